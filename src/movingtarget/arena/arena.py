@@ -1,0 +1,246 @@
+"""The arena: a deployment timeline of benign clients and adversaries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.arena.eventlog import EventLog
+from movingtarget.attacks.base import NO_TARGET, Adversary, Proposal
+from movingtarget.defenses.base import Defense
+from movingtarget.errors import ConfigError
+
+#: Client ids: benign clients are 1..benign_clients, adversary i is ADVERSARY_CLIENT + i.
+ADVERSARY_CLIENT = 1_000_000
+
+
+@dataclass(frozen=True)
+class ArenaConfig:
+    """The threat model and traffic of one deployment.
+
+    Parameters
+    ----------
+    queries:
+        ``m``, the adversarial queries each adversary may send.
+    benign_ratio:
+        Benign queries per adversarial query, spread evenly along the timeline.
+    duplicate_share:
+        Share of benign queries that are legitimate exact duplicates of an earlier
+        benign query (one e-mail sent to many users).
+    benign_clients:
+        Number of distinct benign client ids.
+    adversary_batch:
+        0: each adversary sees answers before choosing its next queries (it may
+        commit to several at once); n > 0: it must send exactly n queries per
+        round, answered together.
+    lifetime:
+        0: one deployment; L > 0: the deployment is replaced after every L queries
+        (all traffic counted), which resets what a dynamic defense learned.
+
+    Examples
+    --------
+    >>> ArenaConfig(queries=100).queries
+    100
+    """
+
+    queries: int = 10_000
+    benign_ratio: float = 0.1
+    duplicate_share: float = 0.05
+    benign_clients: int = 100
+    adversary_batch: int = 0
+    lifetime: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.queries >= 1, "queries must be >= 1"),
+            (self.benign_ratio >= 0, "benign_ratio must be >= 0"),
+            (0 <= self.duplicate_share <= 1, "duplicate_share must be in [0, 1]"),
+            (self.benign_clients >= 1, "benign_clients must be >= 1"),
+            (self.adversary_batch >= 0, "adversary_batch must be >= 0"),
+            (self.lifetime >= 0, "lifetime must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"arena: {message}")
+
+
+class BenignTraffic:
+    """Benign queries: the benign pool in a seeded order (each item once per pass),
+    with a share of exact duplicates of earlier benign queries."""
+
+    def __init__(self, pool_x: NDArray[np.float32], pool_y: NDArray[np.int64],
+                 config: ArenaConfig, rng: np.random.Generator) -> None:
+        self.pool_x, self.pool_y = pool_x, pool_y
+        self.config, self.rng = config, rng
+        self._order = rng.permutation(len(pool_y))
+        self._cursor = 0
+        self._sent: list[NDArray[np.int64]] = []
+        self._n_sent = 0
+
+    def draw(self, n: int) -> NDArray[np.int64]:
+        """Pool indices of the next ``n`` benign queries."""
+        fresh = []
+        need = n
+        while need > 0:
+            if self._cursor == len(self._order):
+                self._order = self.rng.permutation(len(self.pool_y))
+                self._cursor = 0
+            take = self._order[self._cursor : self._cursor + need]
+            self._cursor += len(take)
+            fresh.append(take)
+            need -= len(take)
+        idx = np.concatenate(fresh) if fresh else np.zeros(0, np.int64)
+        if self._n_sent and self.config.duplicate_share > 0:
+            dup = self.rng.random(n) < self.config.duplicate_share
+            if dup.any():
+                history = np.concatenate(self._sent)
+                idx = idx.copy()
+                idx[dup] = history[self.rng.integers(0, len(history), int(dup.sum()))]
+        self._sent.append(idx)
+        self._n_sent += n
+        return idx.astype(np.int64)
+
+
+class Arena:
+    """Runs adversaries and benign clients against a defense and records every query.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from movingtarget.attacks import TestSetAttack
+    >>> from movingtarget.defenses import build_defense
+    >>> class Wrong:                       # always answers class 1
+    ...     n_classes = 2
+    ...     def predict_proba(self, x):
+    ...         return np.tile([0.0, 1.0], (len(x), 1))
+    >>> x = np.zeros((4, 2), np.float32); y = np.array([0, 0, 1, 1])
+    >>> arena = Arena(ArenaConfig(queries=50, benign_ratio=0))
+    >>> log = arena.run(build_defense("deterministic", Wrong()),
+    ...                 [TestSetAttack(x, y, 2, seed=0)], x, y, seed=0)
+    >>> len(log)
+    50
+    """
+
+    def __init__(self, config: ArenaConfig | None = None) -> None:
+        self.config = config or ArenaConfig()
+
+    def run(
+        self,
+        defense: Defense,
+        adversaries: Sequence[Adversary],
+        benign_x: NDArray[np.float32],
+        benign_y: NDArray[np.int64],
+        *,
+        seed: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> EventLog:
+        """One deployment; returns its :class:`EventLog`. ``progress`` gets query counts."""
+        cfg = self.config
+        if not adversaries:
+            raise ConfigError("arena: at least one adversary is needed")
+        rng = np.random.default_rng([seed, 0xA7E4A])
+        benign_x = np.asarray(benign_x, np.float32)
+        benign_y = np.asarray(benign_y, np.int64)
+        benign = (BenignTraffic(benign_x, benign_y, cfg, rng)
+                  if cfg.benign_ratio > 0 and len(benign_y) else None)
+        remaining = [cfg.queries] * len(adversaries)
+        exactly = cfg.adversary_batch > 0
+        cap = cfg.adversary_batch or 1 << 30
+        rows = _Rows()
+        clock = since_reset = adv_sent = benign_sent = 0
+        defense.reset()
+        while any(remaining):
+            limit_cap = cap
+            if cfg.lifetime:
+                limit_cap = min(cap, max(cfg.lifetime - since_reset, 1))
+            proposals = []
+            for i, adversary in enumerate(adversaries):
+                if remaining[i]:
+                    limit = min(remaining[i], limit_cap)
+                    p = adversary.propose(limit, exactly=exactly)
+                    if not 1 <= len(p) <= limit:
+                        raise RuntimeError(
+                            f"adversary {i} proposed {len(p)} queries, limit {limit}"
+                        )
+                    remaining[i] -= len(p)
+                    proposals.append((i, p))
+            n_adv = sum(len(p) for _, p in proposals)
+            adv_sent += n_adv
+            n_benign = 0
+            if benign is not None:
+                # integer accounting: exactly floor(ratio * adversarial) benign so far
+                n_benign = int(cfg.benign_ratio * adv_sent) - benign_sent
+                benign_sent += n_benign
+            n = n_adv + n_benign
+            times = np.arange(clock, clock + n, dtype=np.int64)
+            if len(proposals) == 1 and n_benign == 0:
+                # the common round: one adversary alone, no shuffling needed
+                i, p = proposals[0]
+                owner = np.full(n, i, np.int64)
+                clients = owner + ADVERSARY_CLIENT
+                answers = defense.answer(p.x, clients, times)
+                adversaries[i].observe(answers.labels)
+                rows.add(times, clients, owner, p.source, p.noisy, p.y_true, p.target,
+                         answers.labels, answers.reasons)
+            else:
+                bidx = benign.draw(n_benign) if n_benign else np.zeros(0, np.int64)  # type: ignore[union-attr]
+                order = rng.permutation(n)
+                owner = np.concatenate([np.full(len(p), i, np.int64) for i, p in proposals]
+                                       + [np.full(n_benign, -1, np.int64)])[order]
+                x = np.concatenate([p.x for _, p in proposals] + [benign_x[bidx]])[order]
+                clients = np.where(owner >= 0, ADVERSARY_CLIENT + owner,
+                                   rng.integers(1, cfg.benign_clients + 1, n))
+                answers = defense.answer(x, clients, times)
+                for i, _ in proposals:
+                    adversaries[i].observe(answers.labels[owner == i])
+
+                parts = [p for _, p in proposals]
+                rows.add(times, clients, owner,
+                         _column(parts, "source", bidx, order),
+                         _column(parts, "noisy", np.zeros(n_benign, bool), order),
+                         _column(parts, "y_true", benign_y[bidx], order),
+                         _column(parts, "target", np.full(n_benign, NO_TARGET, np.int64), order),
+                         answers.labels, answers.reasons)
+            clock += n
+            since_reset += n
+            if cfg.lifetime and since_reset >= cfg.lifetime:
+                defense.reset()
+                since_reset = 0
+            if progress is not None:
+                progress(n_adv)
+        names = [getattr(a, "name", type(a).__name__) for a in adversaries]
+        return rows.log(names)
+
+
+def _column(parts: list[Proposal], name: str, benign_part: NDArray[np.generic],
+            order: NDArray[np.int64]) -> NDArray[np.generic]:
+    """One event-log column of a mixed round, in the batch's shuffled order."""
+    return np.concatenate([getattr(p, name) for p in parts] + [benign_part])[order]
+
+
+class _Rows:
+    """Per-round column chunks, joined once at the end (cheap appends on the hot path)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[NDArray[np.generic], ...]] = []
+
+    def add(self, *cols: NDArray[np.generic]) -> None:
+        self.chunks.append(cols)
+
+    def log(self, names: list[str]) -> EventLog:
+        if not self.chunks:
+            return EventLog.empty(names)
+        cols = [np.concatenate(c) for c in zip(*self.chunks, strict=True)]
+        t, client, owner, source, noisy, y_true, target, answer, reason = cols
+        sizes = np.array([len(c[0]) for c in self.chunks])
+        rounds = np.repeat(np.arange(len(self.chunks), dtype=np.int64), sizes)
+        i64 = np.int64
+        return EventLog(
+            t=t.astype(i64), round=rounds, client=client.astype(i64), adversary=owner.astype(i64),
+            source=source.astype(i64), noisy=noisy.astype(i64), y_true=y_true.astype(i64),
+            target=target.astype(i64), answer=answer.astype(i64), reason=reason.astype(np.uint8),
+            adversaries=names,
+        )

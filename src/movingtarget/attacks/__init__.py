@@ -1,0 +1,60 @@
+"""The attacks box: adversaries that act against a deployed defense.
+
+Registered names (configs and the CLI use these): ``test-set``,
+``test-set-targeted``, ``rate-tracking``, ``noisy-repeat``. Every factory takes the
+attacker's labeled pool ``(pool_x, pool_y)``, the number of classes, a ``seed``
+and the attack's own keyword parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.attacks.base import NO_TARGET, Adversary, PoolAdversary, Proposal, success
+from movingtarget.attacks.rate_tracking import RateTrackingAttack
+from movingtarget.attacks.test_set import NoisyRepeatAttack, TargetedTestSetAttack, TestSetAttack
+from movingtarget.registry import Registry
+
+ATTACKS: Registry[Adversary] = Registry("attack")
+ATTACKS.register("test-set")(TestSetAttack)
+ATTACKS.register("test-set-targeted")(TargetedTestSetAttack)
+ATTACKS.register("rate-tracking")(RateTrackingAttack)
+ATTACKS.register("noisy-repeat")(NoisyRepeatAttack)
+
+
+def build_adversary(
+    name: str,
+    pool_x: NDArray[np.float32],
+    pool_y: NDArray[np.int64],
+    n_classes: int,
+    *,
+    seed: int = 0,
+    **params: Any,
+) -> Adversary:
+    """The adversary registered as ``name``, with its pool and parameters."""
+    factory = ATTACKS.get(name)
+    from movingtarget.errors import ConfigError
+
+    try:
+        adversary: Adversary = factory(pool_x, pool_y, n_classes, seed=seed, **params)
+    except TypeError as exc:
+        raise ConfigError(f"attack {name!r}: {exc}") from None
+    return adversary
+
+
+__all__ = [
+    "ATTACKS",
+    "NO_TARGET",
+    "Adversary",
+    "NoisyRepeatAttack",
+    "PoolAdversary",
+    "Proposal",
+    "RateTrackingAttack",
+    "TargetedTestSetAttack",
+    "TestSetAttack",
+    "build_adversary",
+    "success",
+]

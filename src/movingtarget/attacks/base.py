@@ -1,0 +1,108 @@
+"""Adversaries: agents that propose queries, observe the answers, and adapt.
+
+The contract is river-like and small: ``propose(limit)`` returns up to ``limit``
+queries (the adversary decides how many to send before it looks at answers), and
+``observe(labels)`` hands back the answers to exactly those queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.answers import ABSTAIN
+from movingtarget.errors import ConfigError
+
+#: The target of an untargeted query.
+NO_TARGET = -1
+
+
+@dataclass
+class Proposal:
+    """Queries an adversary sends together, with what it knows about each."""
+
+    x: NDArray[np.float32]
+    source: NDArray[np.int64]  # index of the pool item each query is built from
+    y_true: NDArray[np.int64]
+    target: NDArray[np.int64]  # NO_TARGET when untargeted
+    noisy: NDArray[np.bool_]  # True when the query is a perturbed copy of its source
+
+    def __len__(self) -> int:
+        return int(self.source.shape[0])
+
+
+@runtime_checkable
+class Adversary(Protocol):
+    """An attacker with its own labeled pool, acting against a deployed defense."""
+
+    name: str
+
+    def propose(self, limit: int, exactly: bool = False) -> Proposal:
+        """Up to ``limit`` queries (exactly ``limit`` when ``exactly``)."""
+        ...
+
+    def observe(self, labels: NDArray[np.int64]) -> None:
+        """The answers (class or ABSTAIN) to the last proposal, in order."""
+        ...
+
+
+def success(
+    labels: NDArray[np.int64], y_true: NDArray[np.int64], target: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    """Whether each answer is what the attacker wanted: wrong (untargeted) or the
+    target class (targeted). ABSTAIN never counts as success."""
+    targeted = target != NO_TARGET
+    return (labels != ABSTAIN) & np.where(targeted, labels == target, labels != y_true)
+
+
+class PoolAdversary:
+    """Shared plumbing: a labeled pool, a seeded generator, the last proposal."""
+
+    name = "pool"
+
+    def __init__(
+        self,
+        pool_x: NDArray[np.float32],
+        pool_y: NDArray[np.int64],
+        n_classes: int,
+        *,
+        seed: int = 0,
+        target: int | None = None,
+        max_commit: int = 1024,
+    ) -> None:
+        if len(pool_x) == 0 or len(pool_x) != len(pool_y):
+            raise ConfigError(f"{self.name}: needs a non-empty labeled pool")
+        if target is not None and not 0 <= int(target) < n_classes:
+            raise ConfigError(
+                f"{self.name}: target must be a class in [0, {n_classes}), got {target}"
+            )
+        if max_commit < 1:
+            raise ConfigError(f"{self.name}: max_commit must be >= 1")
+        self.pool_x = np.asarray(pool_x, dtype=np.float32)
+        self.pool_y = np.asarray(pool_y, dtype=np.int64)
+        self.n_classes = int(n_classes)
+        self.target = NO_TARGET if target is None else int(target)
+        self.max_commit = int(max_commit)
+        self.rng = np.random.default_rng(seed)
+        self._last: Proposal | None = None
+
+    def _proposal(self, idx: NDArray[np.int64], x: NDArray[np.float32] | None = None,
+                  noisy: bool = False) -> Proposal:
+        idx = np.asarray(idx, dtype=np.int64)
+        p = Proposal(
+            x=self.pool_x[idx] if x is None else x,
+            source=idx,
+            y_true=self.pool_y[idx],
+            target=np.full(len(idx), self.target, dtype=np.int64),
+            noisy=np.full(len(idx), noisy, dtype=bool),
+        )
+        self._last = p
+        return p
+
+    def _wins(self, labels: NDArray[np.int64]) -> NDArray[np.bool_]:
+        if self._last is None or len(labels) != len(self._last):
+            raise ValueError("observe() must get one answer per proposed query")
+        return success(np.asarray(labels), self._last.y_true, self._last.target)

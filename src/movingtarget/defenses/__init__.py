@@ -1,0 +1,123 @@
+"""The defenses box: mechanisms and the named compositions built from them.
+
+A composition is written as mechanisms joined by ``>`` in the order they run, e.g.
+``memorize(on_repeat=abstain) > argmax``; the hello-world compositions have names:
+
+==================  =========================================
+name                mechanisms
+==================  =========================================
+deterministic       argmax
+stochastic          sample(temperature=1)
+threshold-abstain   argmax > threshold(min_confidence=0.9)
+memorize-abstain    memorize(on_repeat=abstain) > argmax
+memorize-random     memorize(on_repeat=random) > argmax
+==================  =========================================
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from movingtarget.defenses.abstain import ConfidenceThreshold
+from movingtarget.defenses.base import Context, Defense, Mechanism, validate_queries
+from movingtarget.defenses.decision import Argmax, Sample
+from movingtarget.defenses.memorize import Memorize
+from movingtarget.defenses.ratelimit import RateLimit
+from movingtarget.errors import ConfigError
+from movingtarget.models.base import Model
+from movingtarget.registry import Registry
+
+MECHANISMS: Registry[Mechanism] = Registry("mechanism")
+MECHANISMS.register("argmax")(Argmax)
+MECHANISMS.register("sample")(Sample)
+MECHANISMS.register("threshold")(ConfidenceThreshold)
+MECHANISMS.register("memorize")(Memorize)
+MECHANISMS.register("rate-limit")(RateLimit)
+
+#: Named compositions: name -> composition text.
+COMPOSITIONS: dict[str, str] = {
+    "deterministic": "argmax",
+    "stochastic": "sample(temperature=1)",
+    "threshold-abstain": "argmax > threshold(min_confidence=0.9)",
+    "memorize-abstain": "memorize(on_repeat=abstain) > argmax",
+    "memorize-random": "memorize(on_repeat=random) > argmax",
+}
+
+_CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def _literal(text: str, where: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text.strip()  # bare words are strings: on_repeat=abstain
+
+
+def parse_mechanism(text: str) -> tuple[str, dict[str, Any]]:
+    """``"memorize(on_repeat=abstain)"`` -> ``("memorize", {"on_repeat": "abstain"})``."""
+    match = _CALL.match(text)
+    if not match:
+        raise ConfigError(f"cannot read mechanism {text.strip()!r}; write name(param=value, ...)")
+    name, args = match.group(1), match.group(2)
+    params: dict[str, Any] = {}
+    if args and args.strip():
+        for part in args.split(","):
+            if "=" not in part:
+                raise ConfigError(
+                    f"mechanism {name!r}: parameter {part.strip()!r} needs the form param=value"
+                )
+            key, value = part.split("=", 1)
+            params[key.strip()] = _literal(value, f"{name}.{key.strip()}")
+    return name, params
+
+
+def build_mechanisms(spec: str | Sequence[Mapping[str, Any]]) -> list[Mechanism]:
+    """Mechanisms from a composition text (``a > b(x=1)``), a composition name, or a list
+    of tables ``{type = "memorize", on_repeat = "abstain"}`` as configs write them."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(spec, str):
+        text = COMPOSITIONS.get(spec.strip(), spec)
+        items = [parse_mechanism(part) for part in text.split(">")]
+    else:
+        for i, table in enumerate(spec):
+            if not isinstance(table, Mapping) or "type" not in table:
+                raise ConfigError(f"mechanism {i + 1}: needs a 'type' naming the mechanism")
+            params = {k: v for k, v in table.items() if k != "type"}
+            items.append((str(table["type"]), params))
+    if not items:
+        raise ConfigError("a defense needs at least one mechanism")
+    return [MECHANISMS.create(name, **params) for name, params in items]
+
+
+def build_defense(
+    spec: str | Sequence[Mapping[str, Any]],
+    model: Model,
+    *,
+    name: str | None = None,
+    seed: int = 0,
+) -> Defense:
+    """A :class:`Defense` from a composition name, text, or list of tables."""
+    if isinstance(spec, str) and name is None:
+        name = spec.strip() if spec.strip() in COMPOSITIONS else None
+    return Defense(model, build_mechanisms(spec), name=name or "", seed=seed)
+
+
+__all__ = [
+    "COMPOSITIONS",
+    "MECHANISMS",
+    "Argmax",
+    "ConfidenceThreshold",
+    "Context",
+    "Defense",
+    "Mechanism",
+    "Memorize",
+    "RateLimit",
+    "Sample",
+    "build_defense",
+    "build_mechanisms",
+    "parse_mechanism",
+    "validate_queries",
+]

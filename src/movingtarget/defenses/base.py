@@ -1,0 +1,190 @@
+"""A defense: a model wrapped in a visible stack of mechanisms.
+
+A defense answers a *batch* of queries, each with its client id and arrival time,
+in arrival order, and may keep state between batches. Each mechanism has one job
+and sees the answers that the mechanisms before it gave:
+
+* a *gate* placed before the decision (rate limit, memorization) may decide some
+  queries itself (ABSTAIN, or a random class); the model never decides those;
+* the *decision* (``argmax`` or ``sample``) answers every query still undecided;
+* a *filter* placed after the decision (confidence threshold) may turn model
+  answers into ABSTAIN.
+
+The reason on each answer names the mechanism that decided it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.answers import Answers
+from movingtarget.errors import ConfigError, InputError
+from movingtarget.models.base import Model
+
+
+@dataclass
+class Context:
+    """What a mechanism sees for one batch: the queries, the answers so far, the model."""
+
+    x: NDArray[np.float32]
+    clients: NDArray[np.int64]
+    times: NDArray[np.int64]
+    answers: Answers
+    model: Model
+    rng: np.random.Generator
+    _proba: NDArray[np.float64] | None = field(default=None, repr=False)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes ``k``."""
+        return int(self.model.n_classes)
+
+    @property
+    def proba(self) -> NDArray[np.float64]:
+        """The model's probabilities for the whole batch, computed once, on first use."""
+        if self._proba is None:
+            self._proba = np.asarray(self.model.predict_proba(self.x), dtype=np.float64)
+        return self._proba
+
+
+@runtime_checkable
+class Mechanism(Protocol):
+    """One job in a defense. ``role`` is ``"gate"``, ``"decision"`` or ``"filter"``."""
+
+    role: str
+
+    def __call__(self, ctx: Context) -> None:
+        """Inspect ``ctx`` and change ``ctx.answers`` in place."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what was learned since deployment (the model lifetime ended)."""
+        ...
+
+    def describe(self) -> str:
+        """Short text with the parameters, e.g. ``memorize(on_repeat=abstain)``."""
+        ...
+
+
+_ORDER = {"gate": 0, "decision": 1, "filter": 2}
+
+
+def validate_queries(x: object) -> NDArray[np.float32]:
+    """Queries as a float32 array ``(n, ...)``; an :class:`InputError` names the problem."""
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"queries are not a numeric array: {exc}") from None
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
+        raise InputError(f"queries must be numeric, got dtype {arr.dtype}")
+    if arr.ndim < 2:
+        raise InputError(f"queries must be a batch (n, features...), got shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise InputError("queries hold NaN or infinite values")
+    return arr
+
+
+class Defense:
+    """A model behind an ordered stack of mechanisms, answering batches of queries.
+
+    Parameters
+    ----------
+    model:
+        Any :class:`~movingtarget.models.base.Model`.
+    mechanisms:
+        Gates, then exactly one decision, then filters.
+    name:
+        The composition's name, used in reports.
+    seed:
+        Seeds the defense's own randomness (sampling, random answers).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from movingtarget.defenses import Defense, Argmax, Memorize
+    >>> class Half:
+    ...     n_classes = 2
+    ...     def predict_proba(self, x):
+    ...         return np.tile([0.3, 0.7], (len(x), 1))
+    >>> d = Defense(Half(), [Memorize(on_repeat="abstain"), Argmax()], name="memorize-abstain")
+    >>> d.answer(np.zeros((2, 3))).labels.tolist()   # the second is a repeat
+    [1, -1]
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        mechanisms: Sequence[Mechanism],
+        *,
+        name: str = "",
+        seed: int = 0,
+    ) -> None:
+        roles = [m.role for m in mechanisms]
+        if roles.count("decision") != 1:
+            raise ConfigError(
+                f"a defense needs exactly one decision mechanism (argmax or sample), got {roles}"
+            )
+        order = [_ORDER.get(r, -1) for r in roles]
+        if -1 in order or order != sorted(order):
+            raise ConfigError(
+                "mechanisms must be ordered gates, then the decision, then filters; got "
+                + " > ".join(m.describe() for m in mechanisms)
+            )
+        self.model = model
+        self.mechanisms = list(mechanisms)
+        self.name = name or self.describe()
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._clock = 0
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes ``k`` of the model."""
+        return int(self.model.n_classes)
+
+    def describe(self) -> str:
+        """The composition in order, e.g. ``memorize(on_repeat=abstain) > argmax``."""
+        return " > ".join(m.describe() for m in self.mechanisms)
+
+    def answer(
+        self,
+        x: object,
+        clients: NDArray[np.int64] | Sequence[int] | None = None,
+        times: NDArray[np.int64] | None = None,
+    ) -> Answers:
+        """Answer a batch of queries in arrival order.
+
+        ``clients`` defaults to client 0 for every query; ``times`` to the defense's own
+        arrival counter.
+        """
+        xs = validate_queries(x)
+        n = len(xs)
+        if clients is None:
+            client_ids = np.zeros(n, dtype=np.int64)
+        else:
+            client_ids = np.asarray(clients, dtype=np.int64)
+            if client_ids.shape != (n,):
+                raise InputError(f"{n} queries but {client_ids.shape} client ids")
+        if times is None:
+            times = np.arange(self._clock, self._clock + n, dtype=np.int64)
+        self._clock = int(times[-1]) + 1 if n else self._clock
+        ctx = Context(xs, client_ids, np.asarray(times, np.int64), Answers.undecided(n),
+                      self.model, self._rng)
+        if n:
+            for mechanism in self.mechanisms:
+                mechanism(ctx)
+        return ctx.answers
+
+    def reset(self) -> None:
+        """Forget all dynamic state: a new deployment of the same model."""
+        for mechanism in self.mechanisms:
+            mechanism.reset()
+        self._clock = 0

@@ -1,0 +1,24 @@
+"""Errors a user can act on.
+
+Every error that reaches a user (a bad file, config field, CLI flag or HTTP body)
+is a :class:`MovingTargetError`: the CLI and the gateway print its message alone,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MovingTargetError(ValueError):
+    """Base class of all user-facing errors; the message names what is wrong."""
+
+
+class DataError(MovingTargetError):
+    """A dataset file is missing, unreadable, corrupt, or holds bad values."""
+
+
+class ConfigError(MovingTargetError):
+    """An experiment config (or CLI option) names an unknown or invalid value."""
+
+
+class InputError(MovingTargetError):
+    """A query batch has the wrong shape, dtype, or non-finite values."""

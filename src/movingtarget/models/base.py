@@ -1,0 +1,33 @@
+"""The model protocol: ``predict_proba(x) -> (n, k)``, optionally ``partial_fit``."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@runtime_checkable
+class Model(Protocol):
+    """Anything that maps a batch of inputs to class probabilities.
+
+    ``predict_proba`` takes ``(n, *input_shape)`` float32 and returns ``(n, k)`` float
+    rows that sum to one. Models must be deterministic: the same input gives the same
+    row, whatever else is in the batch.
+    """
+
+    n_classes: int
+
+    def predict_proba(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Class probabilities for each input."""
+        ...
+
+
+@runtime_checkable
+class OnlineModel(Model, Protocol):
+    """A model that can learn from labeled queries after deployment."""
+
+    def partial_fit(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> None:
+        """Update the model with labeled inputs."""
+        ...
