@@ -1,0 +1,141 @@
+"""``movingtarget``: run experiments, list components, render reports."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from movingtarget.errors import MovingTargetError
+
+app = typer.Typer(
+    name="movingtarget",
+    help="Correlated test-time attacks on classifiers, and dynamic defenses.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _summary_table(rows: list[dict[str, object]], title: str) -> Table:
+    from movingtarget.report.tables import TABLE_COLUMNS, table_rows
+
+    table = Table(title=title, show_lines=False)
+    for _, header in TABLE_COLUMNS:
+        table.add_column(header, justify="left" if header in ("attack", "defense") else "right")
+    for cells in table_rows(rows):  # type: ignore[arg-type]
+        table.add_row(*cells)
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[
+        str | None,
+        typer.Argument(help="A TOML config file, or a shipped config: hello-world, "
+                            "synthetic, spambase. Default: hello-world."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds (overrides the config).",
+                                              min=1)] = None,
+    queries: Annotated[int | None, typer.Option(help="m: adversarial queries per deployment.",
+                                                min=1)] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).",
+                                                min=1)] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config field: KEY=VALUE, e.g. dataset.path=spam.csv.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device for neural models: auto, cpu, "
+                                             "cuda.")] = "auto",
+    cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")]
+    = None,
+) -> None:
+    """Run an experiment: every attack against every defense, for every seed."""
+    from movingtarget.experiment import load_config, run_experiment
+    from movingtarget.report import write_report
+
+    overrides = list(set_ or [])
+    if seeds is not None:
+        overrides.append(f"seeds={seeds}")
+    if queries is not None:
+        overrides.append(f"arena.queries={queries}")
+    cfg = load_config(config, overrides)
+    total = len(cfg.seeds) * len(cfg.attacks) * len(cfg.defenses) * cfg.arena.queries
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err_console, disable=not err_console.is_terminal,
+        transient=True,
+    )
+    with progress:
+        bar = progress.add_task(f"{cfg.name}: adversarial queries", total=total)
+        results = run_experiment(
+            cfg, out, workers=workers, cache_dir=cache_dir, device=device,
+            on_task_done=lambda n: progress.advance(bar, n),
+        )
+    report = write_report(out)
+    console.print(_summary_table(results.rows, f"{cfg.name}: {cfg.dataset.display}, "
+                                               f"{cfg.model.display}, r = {results.r:.4f}"))
+    console.print(f"results: {out}  (summary.json, report.md, r_tilde.png, logs/)")
+    del report
+
+
+@app.command("list")
+def list_components() -> None:
+    """List every registered dataset, model, mechanism, defense and attack."""
+    from movingtarget.attacks import ATTACKS
+    from movingtarget.datasets import DATASETS
+    from movingtarget.defenses import COMPOSITIONS, MECHANISMS
+    from movingtarget.experiment import BUILTIN_CONFIGS
+    from movingtarget.models import MODELS
+
+    table = Table(show_header=True)
+    table.add_column("box")
+    table.add_column("names")
+    table.add_row("datasets", ", ".join(DATASETS.names()))
+    table.add_row("models", ", ".join(MODELS.names()))
+    table.add_row("mechanisms", ", ".join(MECHANISMS.names()))
+    table.add_row("defenses", "\n".join(f"{k}: {v}" for k, v in COMPOSITIONS.items()))
+    table.add_row("attacks", ", ".join(ATTACKS.names()))
+    table.add_row("configs", ", ".join(BUILTIN_CONFIGS))
+    console.print(table)
+
+
+@app.command()
+def report(results: Annotated[Path, typer.Argument(help="A results folder from `run`.")]) -> None:
+    """Re-render report.md and the plot of a results folder."""
+    from movingtarget.report import write_report
+
+    path = write_report(results)
+    console.print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except MovingTargetError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

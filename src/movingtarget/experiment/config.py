@@ -1,0 +1,255 @@
+"""Experiment configs: TOML files naming dataset, model, defenses, adversaries, ``m``, seeds.
+
+Every field is checked when the file is read; a bad one gets one
+:class:`~movingtarget.errors.ConfigError` that names it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from movingtarget.arena.arena import ArenaConfig
+from movingtarget.errors import ConfigError
+
+#: Configs shipped with the package, by name.
+BUILTIN_CONFIGS = ("hello-world", "spambase", "synthetic")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registered component by name, with its own parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def display(self) -> str:
+        """The name reports use (``label`` when given)."""
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A defense: a named composition, or mechanisms given in the config."""
+
+    name: str
+    mechanisms: str | list[dict[str, Any]] | None = None
+
+    @property
+    def spec(self) -> str | list[dict[str, Any]]:
+        """What :func:`~movingtarget.defenses.build_defense` takes."""
+        return self.mechanisms if self.mechanisms is not None else self.name
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: every attack against every defense, for every seed."""
+
+    name: str
+    dataset: ComponentSpec
+    model: ComponentSpec
+    defenses: tuple[DefenseSpec, ...]
+    attacks: tuple[ComponentSpec, ...]
+    arena: ArenaConfig = ArenaConfig()
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    test_size: float = 0.3
+    split_seed: int = 0
+    model_seed: int = 0
+    pools: str = "split"  # "split": attacker and benign pools are disjoint halves of test
+
+
+def _suggest(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(table: dict[str, Any], allowed: list[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown field {where}{key!r}{_suggest(key, allowed)}; "
+                f"known fields: {', '.join(allowed)}"
+            )
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ConfigError(f"{where} must be {_kind_name(kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where} must be {_kind_name(kind)}, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _component(raw: Any, where: str, default: str | None = None) -> ComponentSpec:
+    if isinstance(raw, str):
+        return ComponentSpec(raw)
+    if raw is None and default is not None:
+        return ComponentSpec(default)
+    table = _typed(raw, dict, where)
+    name = table.get("name", default)
+    if name is None:
+        raise ConfigError(f"{where} needs a 'name'")
+    _typed(name, str, f"{where}.name")
+    label = _typed(table.get("label", ""), str, f"{where}.label")
+    params = {k: v for k, v in table.items() if k not in ("name", "label")}
+    return ComponentSpec(name, params, label)
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a parsed TOML table."""
+    top = ["name", "dataset", "model", "defenses", "attacks", "arena", "seeds", "test_size",
+           "split_seed", "model_seed", "pools"]
+    _check_keys(raw, top, "")
+    name = _typed(raw.get("name", Path(source).stem), str, "name")
+    dataset = _component(raw.get("dataset"), "dataset", default="digits")
+    model = _component(raw.get("model"), "model", default="logistic")
+
+    defenses_raw = raw.get("defenses")
+    if defenses_raw is None:
+        raise ConfigError("config needs 'defenses' (a list of composition names or tables)")
+    defenses = []
+    for i, d in enumerate(_typed(defenses_raw, list, "defenses")):
+        where = f"defenses[{i}]"
+        if isinstance(d, str):
+            defenses.append(DefenseSpec(d))
+            continue
+        table = _typed(d, dict, where)
+        _check_keys(table, ["name", "mechanisms"], f"{where}.")
+        dname = _typed(table.get("name"), str, f"{where}.name")
+        mech = table.get("mechanisms")
+        if mech is not None:
+            _typed(mech, (str, list), f"{where}.mechanisms")
+        defenses.append(DefenseSpec(dname, mech))
+    if not defenses:
+        raise ConfigError("'defenses' is empty")
+    names = [d.name for d in defenses]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"defense names must be unique, got {names}")
+
+    attacks_raw = raw.get("attacks")
+    if attacks_raw is None:
+        raise ConfigError("config needs 'attacks' (a list of attack names or tables)")
+    attacks = tuple(_component(a, f"attacks[{i}]")
+                    for i, a in enumerate(_typed(attacks_raw, list, "attacks")))
+    if not attacks:
+        raise ConfigError("'attacks' is empty")
+    labels = [a.display for a in attacks]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"attacks need distinct labels (add label = ...), got {labels}")
+
+    arena_raw = _typed(raw.get("arena", {}), dict, "arena")
+    arena_fields = {f.name: f.type for f in fields(ArenaConfig)}
+    _check_keys(arena_raw, list(arena_fields), "arena.")
+    for key, value in arena_raw.items():
+        kind: type | tuple[type, ...] = (int, float) if arena_fields[key] == "float" else int
+        _typed(value, kind, f"arena.{key}")
+    arena = ArenaConfig(**arena_raw)
+
+    seeds_raw = raw.get("seeds", 5)
+    if isinstance(seeds_raw, list):
+        seeds = tuple(_typed(s, int, "seeds[]") for s in seeds_raw)
+    else:
+        count = _typed(seeds_raw, int, "seeds")
+        if count < 1:
+            raise ConfigError(f"seeds must be >= 1, got {count}")
+        seeds = tuple(range(count))
+    if not seeds:
+        raise ConfigError("seeds is empty")
+    test_size = float(_typed(raw.get("test_size", 0.3), (int, float), "test_size"))
+    if not 0 < test_size < 1:
+        raise ConfigError(f"test_size must be in (0, 1), got {test_size}")
+    pools = _typed(raw.get("pools", "split"), str, "pools")
+    if pools not in ("split", "shared"):
+        raise ConfigError(f"pools must be 'split' or 'shared', got {pools!r}")
+    return ExperimentConfig(
+        name=name, dataset=dataset, model=model, defenses=tuple(defenses), attacks=attacks,
+        arena=arena, seeds=seeds, test_size=test_size,
+        split_seed=_typed(raw.get("split_seed", 0), int, "split_seed"),
+        model_seed=_typed(raw.get("model_seed", 0), int, "model_seed"),
+        pools=pools,
+    )
+
+
+_PATH_KEYS = ("path", "root", "images", "labels", "directory")
+
+
+def load_raw(path_or_name: str | Path | None = None) -> tuple[dict[str, Any], str]:
+    """The parsed TOML table of a config file or shipped config, and its source name.
+
+    Relative dataset paths in a config file are taken relative to that file.
+    """
+    if path_or_name is None:
+        path_or_name = "hello-world"
+    source = str(path_or_name)
+    base: Path | None = None
+    if isinstance(path_or_name, str) and path_or_name in BUILTIN_CONFIGS:
+        text = resources.files("movingtarget.configs").joinpath(f"{path_or_name}.toml").read_text()
+    else:
+        path = Path(path_or_name)
+        if not path.is_file():
+            raise ConfigError(
+                f"config {path} does not exist (shipped configs: {', '.join(BUILTIN_CONFIGS)})"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        base = path.resolve().parent
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {source} is not valid TOML: {exc}") from None
+    dataset = raw.get("dataset")
+    if base is not None and isinstance(dataset, dict):
+        for key in _PATH_KEYS:
+            value = dataset.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                dataset[key] = str(base / value)
+    return raw, source
+
+
+def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``KEY=VALUE`` overrides (``arena.queries=1000``, ``dataset.path=x.csv``).
+
+    Values are read as TOML values when they parse (numbers, booleans, lists), else as text.
+    """
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. arena.queries=1000")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: the key is empty")
+        try:
+            value: Any = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a table")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(
+    path_or_name: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Read a TOML config file, or a shipped one by name (default: ``hello-world``)."""
+    raw, source = load_raw(path_or_name)
+    return parse_config(apply_overrides(raw, overrides or []), source=source)

@@ -1,0 +1,117 @@
+"""Analytic predictions of ``r~`` (Goodfellow, 2019), computed for the model at hand.
+
+Each prediction says how it compares with the measurement (``kind``):
+
+* ``=``: deterministic answers, test set attack: ``(m - T + 1) / m`` with
+  ``E[T] = 1 / r`` where ``r`` is the share of the attacker's pool answered as it
+  wants (0.9951 for r = 0.02, m = 10,000);
+* ``late``: stochastic answers, rate tracking: the best per-input success rate,
+  reached in the late phase;
+* ``<=``: exact memorization with abstention against exact repeats: at most ``r``;
+* ``repeats``: memorization with a random class: ``1/k`` (targeted) or
+  ``(k-1)/k`` (untargeted) on repeated queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.attacks.base import NO_TARGET
+from movingtarget.defenses.abstain import ConfidenceThreshold
+from movingtarget.defenses.base import Defense
+from movingtarget.defenses.decision import Sample
+from movingtarget.defenses.memorize import Memorize
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted ``r~`` and which measurement it is comparable with."""
+
+    value: float
+    kind: str  # "=", "late", "<=", "repeats", or "" when there is no prediction
+    note: str = ""
+
+    @property
+    def measured_key(self) -> str:
+        """The :class:`~movingtarget.metrics.measured.AttackMetrics` field to compare."""
+        return {"late": "r_tilde_late", "repeats": "r_tilde_repeats"}.get(self.kind, "r_tilde")
+
+
+NONE = Prediction(float("nan"), "", "no closed form")
+
+
+def test_set_prediction(r: float, m: int) -> float:
+    """``(m - E[T] + 1) / m`` with ``E[T] = 1/r``: the deterministic test set attack."""
+    if r <= 0:
+        return 0.0
+    return max(0.0, (m - 1.0 / r + 1.0) / m)
+
+
+def per_input_success(
+    defense: Defense,
+    pool_x: NDArray[np.float32],
+    pool_y: NDArray[np.int64],
+    target: int = NO_TARGET,
+) -> NDArray[np.float64]:
+    """Per pool input, the chance a *fresh* query is answered as the attacker wants,
+    under the defense's fixed part (decision and confidence filter; gates ignored)."""
+    proba = np.asarray(defense.model.predict_proba(pool_x), dtype=np.float64)
+    mechanisms = defense.mechanisms
+    sample = next((m for m in mechanisms if isinstance(m, Sample)), None)
+    threshold = next((m for m in mechanisms if isinstance(m, ConfidenceThreshold)), None)
+    rows = np.arange(len(pool_y))
+    if sample is not None:
+        p = proba
+        if sample.temperature != 1.0:
+            logp = np.log(np.clip(p, 1e-300, None)) / sample.temperature
+            p = np.exp(logp - logp.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+        if target != NO_TARGET:
+            return np.where(pool_y == target, 0.0, p[:, target])
+        return 1.0 - p[rows, pool_y]
+    label = proba.argmax(axis=1)
+    answered = np.ones(len(pool_y), dtype=bool)
+    if threshold is not None:
+        answered = proba.max(axis=1) >= threshold.min_confidence
+    wanted = (label == target) if target != NO_TARGET else (label != pool_y)
+    return (wanted & answered).astype(np.float64)
+
+
+def predict(
+    attack: str,
+    defense: Defense,
+    pool_x: NDArray[np.float32],
+    pool_y: NDArray[np.int64],
+    m: int,
+    target: int = NO_TARGET,
+) -> Prediction:
+    """The analytic ``r~`` for ``attack`` against ``defense`` on this pool, or NONE."""
+    k = defense.n_classes
+    memorize = next((mm for mm in defense.mechanisms if isinstance(mm, Memorize)), None)
+    stochastic = any(isinstance(mm, Sample) for mm in defense.mechanisms)
+    q = per_input_success(defense, pool_x, pool_y, target)
+    if target != NO_TARGET:
+        q = q[pool_y != target]  # the targeted attacker drops inputs already of the target
+    r = float(q.mean()) if len(q) else 0.0
+    exact_repeats = attack in ("test-set", "test-set-targeted", "rate-tracking")
+    if memorize is not None and exact_repeats:
+        if memorize.on_repeat == "abstain":
+            return Prediction(r, "<=", "memorization: at most the natural rate")
+        if attack == "rate-tracking":
+            return NONE
+        value = 1.0 / k if target != NO_TARGET else (k - 1.0) / k
+        return Prediction(value, "repeats", "a uniformly random class on repeats")
+    if stochastic:
+        if attack == "rate-tracking":
+            return Prediction(float(q.max()) if len(q) else 0.0, "late",
+                              "best per-input error rate")
+        return NONE
+    if attack == "rate-tracking":
+        return Prediction(1.0 if r > 0 else 0.0, "late", "a deterministic mistake, repeated")
+    if attack in ("test-set", "test-set-targeted", "noisy-repeat"):
+        note = "E[T] = 1/r" if attack != "noisy-repeat" else "noise keeps the mistake (approx.)"
+        return Prediction(test_set_prediction(r, m), "=", note)
+    return NONE

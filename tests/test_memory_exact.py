@@ -1,0 +1,69 @@
+"""Exact fingerprints and the in-process store."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from movingtarget.memory import ExactFingerprint, InProcessStore, occurrences_before
+
+
+def test_identical_bytes_match_and_small_changes_do_not() -> None:
+    fp = ExactFingerprint(secret=b"k")
+    rng = np.random.default_rng(0)
+    x = rng.random((500, 64)).astype(np.float32)
+    y = x.copy()
+    y[np.arange(500), rng.integers(0, 64, 500)] += np.float32(1e-3)
+    hx, hy = fp.fingerprint(x), fp.fingerprint(y)
+    assert (hx == fp.fingerprint(x.copy())).all()
+    assert not (hx == hy).any()
+    assert len(np.unique(hx)) == 500
+
+
+def test_batch_and_single_rows_agree() -> None:
+    fp = ExactFingerprint(secret=b"k")
+    x = np.random.default_rng(1).random((40, 3, 8, 8)).astype(np.float32)
+    batch = fp.fingerprint(x)
+    singles = np.concatenate([fp.fingerprint(x[i : i + 1]) for i in range(40)])
+    assert (batch == singles).all()
+
+
+def test_secret_changes_every_digest() -> None:
+    x = np.random.default_rng(2).random((100, 16)).astype(np.float32)
+    a = ExactFingerprint(secret=b"one").fingerprint(x)
+    b = ExactFingerprint(secret=b"two").fingerprint(x)
+    assert not (a == b).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float32, (2, 5), elements=st.floats(-1e6, 1e6, width=32, allow_nan=False)),
+)
+def test_match_iff_same_values(x: np.ndarray) -> None:
+    fp = ExactFingerprint(secret=b"prop")
+    h = fp.fingerprint(x)
+    same = bool(np.array_equal(x[0], x[1]))  # -0.0 == 0.0, as for the defense
+    assert bool(h[0] == h[1]) == same
+
+
+def test_occurrences_before_counts_earlier_equal_keys() -> None:
+    keys = np.array([3, 1, 3, 3, 2, 1], dtype=np.uint64)
+    assert occurrences_before(keys).tolist() == [0, 0, 1, 2, 0, 1]
+
+
+def test_in_process_store_prior_counts_small_and_large_batches() -> None:
+    for n in (5, 5000):
+        rng = np.random.default_rng(n)
+        keys = rng.integers(0, n // 2 + 1, n).astype(np.uint64)
+        store = InProcessStore()
+        prior = store.observe(keys, np.arange(n))
+        expected = []
+        seen: dict[int, int] = {}
+        for k in keys.tolist():
+            expected.append(seen.get(k, 0))
+            seen[k] = seen.get(k, 0) + 1
+        assert prior.tolist() == expected
+        assert store.lookup(keys).tolist() == [seen[k] for k in keys.tolist()]
+        assert len(store) == len(seen)
