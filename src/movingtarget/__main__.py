@@ -1,0 +1,7 @@
+"""``python -m movingtarget`` is the ``movingtarget`` command."""
+
+import sys
+
+from movingtarget.cli.main import main
+
+sys.exit(main())
