@@ -39,6 +39,7 @@ class TestSetAttack(PoolAdversary):
     """
 
     name = "test-set"
+    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(
         self,

@@ -78,11 +78,15 @@ def run(
             cfg, out, workers=workers, cache_dir=cache_dir, device=device,
             on_task_done=lambda n: progress.advance(bar, n),
         )
-    report = write_report(out)
-    console.print(_summary_table(results.rows, f"{cfg.name}: {cfg.dataset.display}, "
-                                               f"{cfg.model.display}, r = {results.r:.4f}"))
-    console.print(f"results: {out}  (summary.json, report.md, r_tilde.png, logs/)")
-    del report
+    write_report(out)
+    title = f"{cfg.name}: {cfg.dataset.display}, {cfg.model.display}, r = {results.r:.4f}"
+    if console.is_terminal:
+        console.print(_summary_table(results.rows, title))
+    else:  # piped or logged: a Markdown table that no terminal width wraps
+        from movingtarget.report.tables import markdown_table
+
+        print(f"{title}\n\n{markdown_table(results.rows)}\n")
+    print(f"results: {out} (summary.json, report.md, r_tilde.png, logs/)")
 
 
 @app.command("list")
@@ -116,24 +120,17 @@ def report(results: Annotated[Path, typer.Argument(help="A results folder from `
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors print one line and exit 2, never a traceback."""
+    """Entry point: user errors print one line and exit 2, never a traceback.
+
+    Usage errors (unknown flags, bad flag values) are Typer's own one-line messages.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)
     except MovingTargetError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 
