@@ -1,0 +1,213 @@
+"""The models box: ``predict_proba(x) -> (n, k)`` behind one protocol, by name.
+
+Every model is a factory ``factory(split, *, seed=0, **params) -> Model`` registered
+in :data:`MODELS`; :func:`build_model` trains it, or loads it from the cache.
+torch is optional: this package imports it only when a torch model is built.
+
+Examples
+--------
+>>> import tempfile
+>>> from movingtarget.datasets import load_digits
+>>> split = load_digits().split(seed=0)
+>>> cache = tempfile.mkdtemp()
+>>> model = build_model("logistic", split, cache_dir=cache)  # trains, then caches
+>>> again = build_model("logistic", split, cache_dir=cache)  # loads from the cache
+>>> bool((model.predict_proba(split.x_test) == again.predict_proba(split.x_test)).all())
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import pickle
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn as _sklearn  # not "sklearn": the submodule of that name shadows it
+
+from movingtarget.datasets.base import Split
+from movingtarget.errors import ConfigError
+from movingtarget.models.base import Model, OnlineModel
+from movingtarget.models.checks import check_model, check_online_model
+from movingtarget.models.reference import cnn, logistic, mlp
+from movingtarget.models.sklearn import SklearnModel
+from movingtarget.models.synthetic import SyntheticClassifier, synthetic
+from movingtarget.models.torch import TorchModel
+from movingtarget.registry import Registry
+
+__all__ = [
+    "MODELS",
+    "Model",
+    "OnlineModel",
+    "SklearnModel",
+    "SyntheticClassifier",
+    "TorchModel",
+    "build_model",
+    "cache_path",
+    "check_model",
+    "check_online_model",
+    "default_cache_dir",
+    "split_digest",
+]
+
+#: Model name -> factory ``(split, *, seed=0, **params) -> Model``.
+MODELS: Registry[Model] = Registry("model")
+
+MODELS.register("logistic")(logistic)
+MODELS.register("mlp")(mlp)
+MODELS.register("cnn")(cnn)
+MODELS.register("synthetic")(synthetic)
+
+#: Bump when the cache format changes: older entries are then ignored.
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$MOVINGTARGET_CACHE`` if set, else ``~/.cache/movingtarget``."""
+    env = os.environ.get("MOVINGTARGET_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "movingtarget"
+
+
+def split_digest(split: Split) -> str:
+    """A hex digest of the split's arrays (bytes, dtypes and shapes) and class count."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"n_classes={split.n_classes};".encode())
+    for arr in (split.x_train, split.y_train, split.x_test, split.y_test):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes() if not a.flags.c_contiguous else a.data.cast("B"))
+    return h.hexdigest()
+
+
+def _bind(
+    name: str, split: Split, seed: int, device: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The factory's keyword arguments with defaults filled in; ConfigError if invalid."""
+    factory = MODELS.get(name)
+    sig = inspect.signature(factory)
+    kwargs = dict(params)
+    takes_device = "device" in sig.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
+    )
+    if takes_device:
+        kwargs["device"] = device
+    try:
+        bound = sig.bind(split, seed=seed, **kwargs)
+    except TypeError as exc:
+        accepted = [p for p in sig.parameters if p not in ("split", "device")]
+        raise ConfigError(f"model {name!r}: {exc} (parameters: {', '.join(accepted)})") from None
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    args.pop(next(iter(sig.parameters)))  # the split
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            args.update(args.pop(p.name, {}))
+    return args
+
+
+def cache_path(
+    name: str,
+    split: Split,
+    *,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    **params: Any,
+) -> Path:
+    """Where :func:`build_model` keeps (or would keep) this model.
+
+    The file name holds the dataset and model names and a digest of: the split's
+    bytes, the model name, its parameters (defaults filled in), the seed, the cache
+    format and the scikit-learn version. The device is not part of the key.
+    """
+    args = _bind(name, split, seed, "auto", params)
+    args.pop("device", None)
+    key_src = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "sklearn": _sklearn.__version__,
+            "dataset": split.name,
+            "split": split_digest(split),
+            "model": name,
+            "params": args,
+        },
+        sort_keys=True,
+        default=repr,
+    )
+    key = hashlib.blake2b(key_src.encode(), digest_size=12).hexdigest()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{split.name}-{name}")
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return base / f"{stem}-{key}.pkl"
+
+
+def _load(path: Path, split: Split) -> Model | None:
+    """The cached model at ``path``, or None (with a warning) if it is unusable."""
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f)
+        model = entry["model"] if isinstance(entry, dict) else None
+        if not isinstance(model, Model) or model.n_classes != split.n_classes:
+            raise ValueError("not a model for this split")
+    except Exception as exc:  # any unreadable entry is retrained, never a crash
+        warnings.warn(
+            f"{path}: unusable model cache entry ({type(exc).__name__}: {exc}); retraining",
+            stacklevel=3,
+        )
+        return None
+    return model
+
+
+def _save(path: Path, model: Model) -> None:
+    """Write atomically (temp file + rename); a failure only warns."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump({"format": CACHE_FORMAT, "model": model}, f, protocol=5)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        warnings.warn(f"{path}: cannot write the model cache ({exc}); not cached", stacklevel=3)
+
+
+def build_model(
+    name: str,
+    split: Split,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    **params: Any,
+) -> Model:
+    """Train the model registered as ``name`` on ``split``, or load it from the cache.
+
+    ``params`` go to the factory (an unknown one is a :class:`ConfigError` listing the
+    accepted ones); ``device`` goes to factories that take one (torch models) and a
+    cached torch model is moved to it. The cache (see :func:`cache_path`) lives in
+    ``cache_dir``, default :func:`default_cache_dir`; entries are pickles, so only
+    point it at a directory you own. A corrupt entry is retrained and overwritten.
+    Models whose factory sets ``cacheable = False`` (``synthetic``) are always rebuilt.
+    """
+    factory = MODELS.get(name)
+    args = _bind(name, split, seed, device, params)
+    if not getattr(factory, "cacheable", True):
+        return factory(split, **args)
+    path = cache_path(name, split, seed=seed, cache_dir=cache_dir, **params)
+    if path.exists():
+        model = _load(path, split)
+        if model is not None:
+            if "device" in args and isinstance(model, TorchModel):
+                model.to(device)
+            return model
+    model = factory(split, **args)
+    _save(path, model)
+    return model
