@@ -35,10 +35,11 @@ from movingtarget.models import build_model
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -71,6 +72,7 @@ def defense_rows(label: str, model: object, x: np.ndarray, batch: int) -> list[s
     t_bare = best_of(bare)
     rows = [f"| {label} | bare model `predict_proba` | {batch} | {n / t_bare:,.0f} | 1.00 |"]
     for name in ("deterministic", "memorize-abstain"):
+
         def defended(name: str = name) -> None:
             d = build_defense(name, model, seed=0)  # type: ignore[arg-type]
             for b in batches:
@@ -108,28 +110,39 @@ def main() -> None:
     print("|---|---|---|---|---|")
     digits = load_dataset("digits").split(test_size=0.3, seed=0)
     logistic = build_model("logistic", digits, seed=0)
-    for row in defense_rows("digits / logistic", logistic, distinct_queries(digits.x_test,
-                                                                            n_digits), 10_000):
+    for row in defense_rows(
+        "digits / logistic", logistic, distinct_queries(digits.x_test, n_digits), 10_000
+    ):
         print(row, flush=True)
     fashion = load_dataset("fashion-mnist", limit=20_000).split(test_size=0.3, seed=0)
     cnn = build_model("cnn", fashion, seed=0, device="cpu")
-    for row in defense_rows("Fashion-MNIST / CNN", cnn, distinct_queries(fashion.x_test,
-                                                                         n_fashion), 1024):
+    for row in defense_rows(
+        "Fashion-MNIST / CNN", cnn, distinct_queries(fashion.x_test, n_fashion), 1024
+    ):
         print(row, flush=True)
 
     print("\n| data / model | defense | mode | queries/s |")
     print("|---|---|---|---|")
     for defense in ("deterministic", "memorize-abstain"):
-        print(arena_row("digits / logistic", logistic, digits, defense,
-                        250_000 if args.quick else 1_000_000), flush=True)
+        print(
+            arena_row(
+                "digits / logistic", logistic, digits, defense, 250_000 if args.quick else 1_000_000
+            ),
+            flush=True,
+        )
 
     if not args.skip_default_run:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "movingtarget", "run", "--out", tmp],
-                           check=True, capture_output=True)
-            print(f"\nDefault `movingtarget run` (hello-world, 5 seeds × 4 attacks × "
-                  f"5 defenses, m = 10,000): {time.perf_counter() - t:.1f} s wall")
+            subprocess.run(
+                [sys.executable, "-m", "movingtarget", "run", "--out", tmp],
+                check=True,
+                capture_output=True,
+            )
+            print(
+                f"\nDefault `movingtarget run` (hello-world, 5 seeds × 4 attacks × "
+                f"5 defenses, m = 10,000): {time.perf_counter() - t:.1f} s wall"
+            )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,18 @@ def test_hello_world_is_the_default() -> None:
     assert cfg.arena.queries == 10_000
     assert len(cfg.seeds) == 5
     assert [d.name for d in cfg.defenses] == [
-        "deterministic", "stochastic", "threshold-abstain", "memorize-abstain", "memorize-random"]
+        "deterministic",
+        "stochastic",
+        "threshold-abstain",
+        "memorize-abstain",
+        "memorize-random",
+    ]
     assert {a.name for a in cfg.attacks} == {
-        "test-set", "test-set-targeted", "rate-tracking", "noisy-repeat"}
+        "test-set",
+        "test-set-targeted",
+        "rate-tracking",
+        "noisy-repeat",
+    }
 
 
 def test_overrides() -> None:
@@ -39,8 +48,10 @@ def test_overrides() -> None:
 def test_relative_dataset_path_is_relative_to_the_config_file(tmp_path) -> None:
     (tmp_path / "sub").mkdir()
     p = tmp_path / "sub" / "c.toml"
-    p.write_text('defenses = ["deterministic"]\nattacks = ["test-set"]\n'
-                 '[dataset]\nname = "csv"\npath = "data.csv"\n')
+    p.write_text(
+        'defenses = ["deterministic"]\nattacks = ["test-set"]\n'
+        '[dataset]\nname = "csv"\npath = "data.csv"\n'
+    )
     assert load_config(p).dataset.params["path"] == str(tmp_path / "sub" / "data.csv")
 
 
@@ -48,7 +59,10 @@ def test_relative_dataset_path_is_relative_to_the_config_file(tmp_path) -> None:
     ("raw", "message"),
     [
         ({**BASE, "seed": 3}, "unknown field 'seed' (did you mean 'seeds'?)"),
-        ({**BASE, "arena": {"querys": 10}}, "unknown field arena.'querys' (did you mean 'queries'?)"),
+        (
+            {**BASE, "arena": {"querys": 10}},
+            "unknown field arena.'querys' (did you mean 'queries'?)",
+        ),
         ({**BASE, "arena": {"queries": "many"}}, "arena.queries must be an integer"),
         ({**BASE, "arena": {"queries": True}}, "arena.queries must be an integer"),
         ({**BASE, "arena": {"queries": 0}}, "queries must be >= 1"),
@@ -59,7 +73,10 @@ def test_relative_dataset_path_is_relative_to_the_config_file(tmp_path) -> None:
         ({"attacks": ["test-set"]}, "config needs 'defenses'"),
         ({"defenses": ["deterministic"]}, "config needs 'attacks'"),
         ({**BASE, "defenses": []}, "'defenses' is empty"),
-        ({**BASE, "defenses": [{"name": "x", "mechs": "argmax"}]}, "unknown field defenses[0].'mechs'"),
+        (
+            {**BASE, "defenses": [{"name": "x", "mechs": "argmax"}]},
+            "unknown field defenses[0].'mechs'",
+        ),
         ({**BASE, "defenses": ["deterministic", "deterministic"]}, "defense names must be unique"),
         ({**BASE, "attacks": ["test-set", "test-set"]}, "attacks need distinct labels"),
         ({**BASE, "dataset": {"test_size": 3}}, "dataset needs a 'name'"),

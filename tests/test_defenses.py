@@ -139,7 +139,9 @@ def test_composition_text_and_tables() -> None:
     t = build_defense([{"type": "argmax"}, {"type": "threshold", "min_confidence": 0.8}], MODEL)
     assert t.describe() == "argmax > threshold(min_confidence=0.8)"
     assert parse_mechanism("rate-limit(max_queries=5, window=10)") == (
-        "rate-limit", {"max_queries": 5, "window": 10})
+        "rate-limit",
+        {"max_queries": 5, "window": 10},
+    )
 
 
 @pytest.mark.parametrize(

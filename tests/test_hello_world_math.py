@@ -91,9 +91,7 @@ def test_rate_tracking_beats_one_half_against_stochastic_model(synthetic) -> Non
     assert wrong_argmax.any()  # the premise: some input's argmax is wrong
     late = np.array(
         [
-            attack_metrics(
-                run(model, x, y, "stochastic", "rate-tracking", s)
-            ).r_tilde_late
+            attack_metrics(run(model, x, y, "stochastic", "rate-tracking", s)).r_tilde_late
             for s in range(8)
         ]
     )

@@ -71,8 +71,13 @@ class BenignTraffic:
     """Benign queries: the benign pool in a seeded order (each item once per pass),
     with a share of exact duplicates of earlier benign queries."""
 
-    def __init__(self, pool_x: NDArray[np.float32], pool_y: NDArray[np.int64],
-                 config: ArenaConfig, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        pool_x: NDArray[np.float32],
+        pool_y: NDArray[np.int64],
+        config: ArenaConfig,
+        rng: np.random.Generator,
+    ) -> None:
         self.pool_x, self.pool_y = pool_x, pool_y
         self.config, self.rng = config, rng
         self._order = rng.permutation(len(pool_y))
@@ -144,8 +149,11 @@ class Arena:
         rng = np.random.default_rng([seed, 0xA7E4A])
         benign_x = np.asarray(benign_x, np.float32)
         benign_y = np.asarray(benign_y, np.int64)
-        benign = (BenignTraffic(benign_x, benign_y, cfg, rng)
-                  if cfg.benign_ratio > 0 and len(benign_y) else None)
+        benign = (
+            BenignTraffic(benign_x, benign_y, cfg, rng)
+            if cfg.benign_ratio > 0 and len(benign_y)
+            else None
+        )
         remaining = [cfg.queries] * len(adversaries)
         exactly = cfg.adversary_batch > 0
         cap = cfg.adversary_batch or 1 << 30
@@ -179,31 +187,47 @@ class Arena:
             if len(proposals) == 1 and n_benign == 0:
                 # the common round: one adversary alone, no shuffling needed
                 i, p = proposals[0]
-                owner = np.full(n, i, np.int64)
-                clients = owner + ADVERSARY_CLIENT
+                owner, clients = constant_columns(i, n)
                 answers = defense.answer(p.x, clients, times)
                 adversaries[i].observe(answers.labels)
-                rows.add(times, clients, owner, p.source, p.noisy, p.y_true, p.target,
-                         answers.labels, answers.reasons)
+                rows.add(
+                    times,
+                    clients,
+                    owner,
+                    p.source,
+                    p.noisy,
+                    p.y_true,
+                    p.target,
+                    answers.labels,
+                    answers.reasons,
+                )
             else:
                 bidx = benign.draw(n_benign) if n_benign else np.zeros(0, np.int64)  # type: ignore[union-attr]
                 order = rng.permutation(n)
-                owner = np.concatenate([np.full(len(p), i, np.int64) for i, p in proposals]
-                                       + [np.full(n_benign, -1, np.int64)])[order]
+                owner = np.concatenate(
+                    [np.full(len(p), i, np.int64) for i, p in proposals]
+                    + [np.full(n_benign, -1, np.int64)]
+                )[order]
                 x = np.concatenate([p.x for _, p in proposals] + [benign_x[bidx]])[order]
-                clients = np.where(owner >= 0, ADVERSARY_CLIENT + owner,
-                                   rng.integers(1, cfg.benign_clients + 1, n))
+                clients = np.where(
+                    owner >= 0, ADVERSARY_CLIENT + owner, rng.integers(1, cfg.benign_clients + 1, n)
+                )
                 answers = defense.answer(x, clients, times)
                 for i, _ in proposals:
                     adversaries[i].observe(answers.labels[owner == i])
 
                 parts = [p for _, p in proposals]
-                rows.add(times, clients, owner,
-                         _column(parts, "source", bidx, order),
-                         _column(parts, "noisy", np.zeros(n_benign, bool), order),
-                         _column(parts, "y_true", benign_y[bidx], order),
-                         _column(parts, "target", np.full(n_benign, NO_TARGET, np.int64), order),
-                         answers.labels, answers.reasons)
+                rows.add(
+                    times,
+                    clients,
+                    owner,
+                    _column(parts, "source", bidx, order),
+                    _column(parts, "noisy", np.zeros(n_benign, bool), order),
+                    _column(parts, "y_true", benign_y[bidx], order),
+                    _column(parts, "target", np.full(n_benign, NO_TARGET, np.int64), order),
+                    answers.labels,
+                    answers.reasons,
+                )
             clock += n
             since_reset += n
             if cfg.lifetime and since_reset >= cfg.lifetime:
@@ -215,8 +239,27 @@ class Arena:
         return rows.log(names)
 
 
-def _column(parts: list[Proposal], name: str, benign_part: NDArray[np.generic],
-            order: NDArray[np.int64]) -> NDArray[np.generic]:
+_CONSTANT_COLUMNS: dict[tuple[int, int], tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+
+
+def constant_columns(adversary: int, n: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Owner and client columns of a round sent by one adversary alone (cached: the
+    common round is one query)."""
+    key = (adversary, n)
+    cols = _CONSTANT_COLUMNS.get(key)
+    if cols is None:
+        owner = np.full(n, adversary, np.int64)
+        cols = (owner, owner + ADVERSARY_CLIENT)
+        for c in cols:
+            c.flags.writeable = False
+        if len(_CONSTANT_COLUMNS) < 256:
+            _CONSTANT_COLUMNS[key] = cols
+    return cols
+
+
+def _column(
+    parts: list[Proposal], name: str, benign_part: NDArray[np.generic], order: NDArray[np.int64]
+) -> NDArray[np.generic]:
     """One event-log column of a mixed round, in the batch's shuffled order."""
     return np.concatenate([getattr(p, name) for p in parts] + [benign_part])[order]
 
@@ -239,8 +282,15 @@ class _Rows:
         rounds = np.repeat(np.arange(len(self.chunks), dtype=np.int64), sizes)
         i64 = np.int64
         return EventLog(
-            t=t.astype(i64), round=rounds, client=client.astype(i64), adversary=owner.astype(i64),
-            source=source.astype(i64), noisy=noisy.astype(i64), y_true=y_true.astype(i64),
-            target=target.astype(i64), answer=answer.astype(i64), reason=reason.astype(np.uint8),
+            t=t.astype(i64),
+            round=rounds,
+            client=client.astype(i64),
+            adversary=owner.astype(i64),
+            source=source.astype(i64),
+            noisy=noisy.astype(i64),
+            y_true=y_true.astype(i64),
+            target=target.astype(i64),
+            answer=answer.astype(i64),
+            reason=reason.astype(np.uint8),
             adversaries=names,
         )

@@ -15,7 +15,16 @@ from movingtarget.errors import DataError
 
 #: Column order on disk.
 COLUMNS = (
-    "t", "round", "client", "adversary", "source", "noisy", "y_true", "target", "answer", "reason",
+    "t",
+    "round",
+    "client",
+    "adversary",
+    "source",
+    "noisy",
+    "y_true",
+    "target",
+    "answer",
+    "reason",
 )
 _INT_COLUMNS = ("t", "round", "client", "source", "noisy", "y_true", "target", "answer")
 
@@ -52,14 +61,6 @@ class EventLog:
         z = np.zeros(0, dtype=np.int64)
         return cls(z, z, z, z, z, z, z, z, z, np.zeros(0, np.uint8), list(adversaries))
 
-    @classmethod
-    def concat(cls, parts: list[dict[str, NDArray[np.int64]]], adversaries: list[str]) -> EventLog:
-        """Join per-round column chunks."""
-        if not parts:
-            return cls.empty(adversaries)
-        cols = {c: np.concatenate([p[c] for p in parts]).astype(np.int64) for c in COLUMNS}
-        return cls(**{**cols, "reason": cols["reason"].astype(np.uint8)}, adversaries=adversaries)
-
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
@@ -78,8 +79,18 @@ class EventLog:
         """The log as CSV text (stable: the same log always gives the same bytes)."""
         names = np.array([*self.adversaries, ""], dtype=object)  # index -1 is benign
         reasons = np.array([r.label for r in Reason], dtype=object)
-        cols = [self.t, self.round, self.client, names[self.adversary], self.source, self.noisy,
-                self.y_true, self.target, self.answer, reasons[self.reason]]
+        cols = [
+            self.t,
+            self.round,
+            self.client,
+            names[self.adversary],
+            self.source,
+            self.noisy,
+            self.y_true,
+            self.target,
+            self.answer,
+            reasons[self.reason],
+        ]
         text = [c.astype(str) for c in cols]
         lines = [",".join(COLUMNS)]
         lines.extend(map(",".join, zip(*(t.tolist() for t in text), strict=True)))

@@ -88,16 +88,29 @@ class PoolAdversary:
         self.max_commit = int(max_commit)
         self.rng = np.random.default_rng(seed)
         self._last: Proposal | None = None
+        self._constants: dict[tuple[int, int, type], NDArray[np.generic]] = {}
 
-    def _proposal(self, idx: NDArray[np.int64], x: NDArray[np.float32] | None = None,
-                  noisy: bool = False) -> Proposal:
+    def _constant(self, value: int, n: int, dtype: type) -> NDArray[np.generic]:
+        # read-only constant columns, shared between proposals of the same size
+        key = (value, n, dtype)
+        arr = self._constants.get(key)
+        if arr is None:
+            arr = np.full(n, value, dtype=dtype)
+            arr.flags.writeable = False
+            if len(self._constants) < 64:
+                self._constants[key] = arr
+        return arr
+
+    def _proposal(
+        self, idx: NDArray[np.int64], x: NDArray[np.float32] | None = None, noisy: bool = False
+    ) -> Proposal:
         idx = np.asarray(idx, dtype=np.int64)
         p = Proposal(
             x=self.pool_x[idx] if x is None else x,
             source=idx,
             y_true=self.pool_y[idx],
-            target=np.full(len(idx), self.target, dtype=np.int64),
-            noisy=np.full(len(idx), noisy, dtype=bool),
+            target=self._constant(self.target, len(idx), np.int64),  # type: ignore[arg-type]
+            noisy=self._constant(int(noisy), len(idx), np.bool_),  # type: ignore[arg-type]
         )
         self._last = p
         return p
@@ -105,4 +118,7 @@ class PoolAdversary:
     def _wins(self, labels: NDArray[np.int64]) -> NDArray[np.bool_]:
         if self._last is None or len(labels) != len(self._last):
             raise ValueError("observe() must get one answer per proposed query")
-        return success(np.asarray(labels), self._last.y_true, self._last.target)
+        labels = np.asarray(labels)
+        if self.target == NO_TARGET:
+            return (labels != ABSTAIN) & (labels != self._last.y_true)
+        return labels == self.target

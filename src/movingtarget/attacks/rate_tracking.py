@@ -46,8 +46,7 @@ class RateTrackingAttack(PoolAdversary):
         exploration: float = 2.0,
         max_commit: int = 256,
     ) -> None:
-        super().__init__(pool_x, pool_y, n_classes, seed=seed, target=target,
-                         max_commit=max_commit)
+        super().__init__(pool_x, pool_y, n_classes, seed=seed, target=target, max_commit=max_commit)
         if arms < 1:
             raise ConfigError(f"{self.name}: arms must be >= 1, got {arms}")
         if policy not in ("thompson", "ucb"):
@@ -55,8 +54,9 @@ class RateTrackingAttack(PoolAdversary):
         self.policy = policy
         if exploration < 0:
             raise ConfigError(f"{self.name}: exploration must be >= 0, got {exploration}")
-        self.arms = self.rng.choice(len(self.pool_y), size=min(arms, len(self.pool_y)),
-                                    replace=False)
+        self.arms = self.rng.choice(
+            len(self.pool_y), size=min(arms, len(self.pool_y)), replace=False
+        )
         self.exploration = float(exploration)
         self.pulls = np.zeros(len(self.arms), dtype=np.int64)
         self.wins = np.zeros(len(self.arms), dtype=np.int64)

@@ -52,8 +52,7 @@ class TestSetAttack(PoolAdversary):
         patience: int = 1,
         max_commit: int = 1024,
     ) -> None:
-        super().__init__(pool_x, pool_y, n_classes, seed=seed, target=target,
-                         max_commit=max_commit)
+        super().__init__(pool_x, pool_y, n_classes, seed=seed, target=target, max_commit=max_commit)
         if patience < 1:
             raise ConfigError(f"{self.name}: patience must be >= 1, got {patience}")
         self.patience = int(patience)
@@ -131,8 +130,15 @@ class TargetedTestSetAttack(TestSetAttack):
         patience: int = 1,
         max_commit: int = 1024,
     ) -> None:
-        super().__init__(pool_x, pool_y, n_classes, seed=seed, target=target,
-                         patience=patience, max_commit=max_commit)
+        super().__init__(
+            pool_x,
+            pool_y,
+            n_classes,
+            seed=seed,
+            target=target,
+            patience=patience,
+            max_commit=max_commit,
+        )
         # inputs already of the target class cannot be a targeted mistake
         keep = np.flatnonzero(self.pool_y != self.target)
         if len(keep) == 0:
@@ -175,8 +181,15 @@ class NoisyRepeatAttack(TestSetAttack):
         patience: int = 1,
         max_commit: int = 1024,
     ) -> None:
-        super().__init__(pool_x, pool_y, n_classes, seed=seed, target=target,
-                         patience=patience, max_commit=max_commit)
+        super().__init__(
+            pool_x,
+            pool_y,
+            n_classes,
+            seed=seed,
+            target=target,
+            patience=patience,
+            max_commit=max_commit,
+        )
         if not eps > 0:
             raise ConfigError(f"{self.name}: eps must be > 0, got {eps}")
         if norm not in ("linf", "l2"):

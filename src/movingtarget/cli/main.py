@@ -30,7 +30,7 @@ def _summary_table(rows: list[dict[str, object]], title: str) -> Table:
     table = Table(title=title, show_lines=False)
     for _, header in TABLE_COLUMNS:
         table.add_column(header, justify="left" if header in ("attack", "defense") else "right")
-    for cells in table_rows(rows):  # type: ignore[arg-type]
+    for cells in table_rows(rows):
         table.add_row(*cells)
     return table
 
@@ -39,22 +39,31 @@ def _summary_table(rows: list[dict[str, object]], title: str) -> Table:
 def run(
     config: Annotated[
         str | None,
-        typer.Argument(help="A TOML config file, or a shipped config: hello-world, "
-                            "synthetic, spambase. Default: hello-world."),
+        typer.Argument(
+            help="A TOML config file, or a shipped config: hello-world, "
+            "synthetic, spambase. Default: hello-world."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
-    seeds: Annotated[int | None, typer.Option(help="Number of seeds (overrides the config).",
-                                              min=1)] = None,
-    queries: Annotated[int | None, typer.Option(help="m: adversarial queries per deployment.",
-                                                min=1)] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).",
-                                                min=1)] = None,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a config field: KEY=VALUE, e.g. dataset.path=spam.csv.")] = None,
-    device: Annotated[str, typer.Option(help="Torch device for neural models: auto, cpu, "
-                                             "cuda.")] = "auto",
-    cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")]
-    = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Number of seeds (overrides the config).", min=1)
+    ] = None,
+    queries: Annotated[
+        int | None, typer.Option(help="m: adversarial queries per deployment.", min=1)
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: all cores).", min=1)
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config field: KEY=VALUE, e.g. dataset.path=spam.csv."
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="Torch device for neural models: auto, cpu, cuda.")
+    ] = "auto",
+    cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
 ) -> None:
     """Run an experiment: every attack against every defense, for every seed."""
     from movingtarget.experiment import load_config, run_experiment
@@ -68,14 +77,22 @@ def run(
     cfg = load_config(config, overrides)
     total = len(cfg.seeds) * len(cfg.attacks) * len(cfg.defenses) * cfg.arena.queries
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=err_console, disable=not err_console.is_terminal,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
         transient=True,
     )
     with progress:
         bar = progress.add_task(f"{cfg.name}: adversarial queries", total=total)
         results = run_experiment(
-            cfg, out, workers=workers, cache_dir=cache_dir, device=device,
+            cfg,
+            out,
+            workers=workers,
+            cache_dir=cache_dir,
+            device=device,
             on_task_done=lambda n: progress.advance(bar, n),
         )
     write_report(out)

@@ -76,17 +76,20 @@ _ORDER = {"gate": 0, "decision": 1, "filter": 2}
 
 def validate_queries(x: object) -> NDArray[np.float32]:
     """Queries as a float32 array ``(n, ...)``; an :class:`InputError` names the problem."""
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"queries are not a numeric array: {exc}") from None
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
-    ):
-        raise InputError(f"queries must be numeric, got dtype {arr.dtype}")
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        arr = x  # the arena's own queries: skip the dtype checks
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"queries are not a numeric array: {exc}") from None
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+        ):
+            raise InputError(f"queries must be numeric, got dtype {arr.dtype}")
+        arr = arr.astype(np.float32, copy=False)
     if arr.ndim < 2:
         raise InputError(f"queries must be a batch (n, features...), got shape {arr.shape}")
-    arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise InputError("queries hold NaN or infinite values")
     return arr
@@ -176,8 +179,9 @@ class Defense:
         if times is None:
             times = np.arange(self._clock, self._clock + n, dtype=np.int64)
         self._clock = int(times[-1]) + 1 if n else self._clock
-        ctx = Context(xs, client_ids, np.asarray(times, np.int64), Answers.undecided(n),
-                      self.model, self._rng)
+        ctx = Context(
+            xs, client_ids, np.asarray(times, np.int64), Answers.undecided(n), self.model, self._rng
+        )
         if n:
             for mechanism in self.mechanisms:
                 mechanism(ctx)

@@ -56,7 +56,7 @@ class ExperimentConfig:
     model: ComponentSpec
     defenses: tuple[DefenseSpec, ...]
     attacks: tuple[ComponentSpec, ...]
-    arena: ArenaConfig = ArenaConfig()
+    arena: ArenaConfig = field(default_factory=ArenaConfig)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     test_size: float = 0.3
     split_seed: int = 0
@@ -88,8 +88,7 @@ def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "a table"}
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -110,8 +109,19 @@ def _component(raw: Any, where: str, default: str | None = None) -> ComponentSpe
 
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a parsed TOML table."""
-    top = ["name", "dataset", "model", "defenses", "attacks", "arena", "seeds", "test_size",
-           "split_seed", "model_seed", "pools"]
+    top = [
+        "name",
+        "dataset",
+        "model",
+        "defenses",
+        "attacks",
+        "arena",
+        "seeds",
+        "test_size",
+        "split_seed",
+        "model_seed",
+        "pools",
+    ]
     _check_keys(raw, top, "")
     name = _typed(raw.get("name", Path(source).stem), str, "name")
     dataset = _component(raw.get("dataset"), "dataset", default="digits")
@@ -142,8 +152,9 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
     attacks_raw = raw.get("attacks")
     if attacks_raw is None:
         raise ConfigError("config needs 'attacks' (a list of attack names or tables)")
-    attacks = tuple(_component(a, f"attacks[{i}]")
-                    for i, a in enumerate(_typed(attacks_raw, list, "attacks")))
+    attacks = tuple(
+        _component(a, f"attacks[{i}]") for i, a in enumerate(_typed(attacks_raw, list, "attacks"))
+    )
     if not attacks:
         raise ConfigError("'attacks' is empty")
     labels = [a.display for a in attacks]
@@ -175,8 +186,14 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
     if pools not in ("split", "shared"):
         raise ConfigError(f"pools must be 'split' or 'shared', got {pools!r}")
     return ExperimentConfig(
-        name=name, dataset=dataset, model=model, defenses=tuple(defenses), attacks=attacks,
-        arena=arena, seeds=seeds, test_size=test_size,
+        name=name,
+        dataset=dataset,
+        model=model,
+        defenses=tuple(defenses),
+        attacks=attacks,
+        arena=arena,
+        seeds=seeds,
+        test_size=test_size,
         split_seed=_typed(raw.get("split_seed", 0), int, "split_seed"),
         model_seed=_typed(raw.get("model_seed", 0), int, "model_seed"),
         pools=pools,

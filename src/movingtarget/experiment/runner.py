@@ -68,7 +68,12 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(model: Model, pools: Pools, config: ExperimentConfig, logs: str) -> None:
-    try:  # one thread per worker: the workers already use every core
+    # one thread per worker: the workers already use every core, and BLAS threads
+    # fighting over them make small matrix products many times slower
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    try:
         import torch
 
         torch.set_num_threads(1)
@@ -83,10 +88,17 @@ def run_task(task: Task) -> dict[str, Any]:
     pools: Pools = _STATE["pools"]
     config: ExperimentConfig = _STATE["config"]
     defense = build_defense(task.defense.spec, model, name=task.defense.name, seed=task.seed)
-    adversary = build_adversary(task.attack.name, pools.attacker_x, pools.attacker_y,
-                                defense.n_classes, seed=task.seed, **task.attack.params)
-    log = Arena(config.arena).run(defense, [adversary], pools.benign_x, pools.benign_y,
-                                  seed=task.seed)
+    adversary = build_adversary(
+        task.attack.name,
+        pools.attacker_x,
+        pools.attacker_y,
+        defense.n_classes,
+        seed=task.seed,
+        **task.attack.params,
+    )
+    log = Arena(config.arena).run(
+        defense, [adversary], pools.benign_x, pools.benign_y, seed=task.seed
+    )
     if _STATE["logs"]:
         log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
     metrics = attack_metrics(log, 0)
@@ -102,8 +114,9 @@ def run_task(task: Task) -> dict[str, Any]:
     }
 
 
-def _prediction_rows(config: ExperimentConfig, model: Model, pools: Pools) -> dict[tuple[str, str],
-                                                                                   dict[str, Any]]:
+def _prediction_rows(
+    config: ExperimentConfig, model: Model, pools: Pools
+) -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
     for attack in config.attacks:
         target = attack.params.get("target", NO_TARGET)
@@ -111,12 +124,20 @@ def _prediction_rows(config: ExperimentConfig, model: Model, pools: Pools) -> di
             target = 0
         for d in config.defenses:
             defense = build_defense(d.spec, model, name=d.name)
-            p = predict(attack.name, defense, pools.attacker_x, pools.attacker_y,
-                        config.arena.queries, NO_TARGET if target is None else int(target))
-            out[(attack.display, d.name)] = {"r_tilde_predicted": p.value,
-                                              "prediction": p.kind,
-                                              "prediction_note": p.note,
-                                              "_measured_key": p.measured_key}
+            p = predict(
+                attack.name,
+                defense,
+                pools.attacker_x,
+                pools.attacker_y,
+                config.arena.queries,
+                NO_TARGET if target is None else int(target),
+            )
+            out[(attack.display, d.name)] = {
+                "r_tilde_predicted": p.value,
+                "prediction": p.kind,
+                "prediction_note": p.note,
+                "_measured_key": p.measured_key,
+            }
     return out
 
 
@@ -129,8 +150,12 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), se
 
 
-def aggregate(runs: list[dict[str, Any]], predictions: dict[tuple[str, str], dict[str, Any]],
-              r: float, config: ExperimentConfig) -> list[dict[str, Any]]:
+def aggregate(
+    runs: list[dict[str, Any]],
+    predictions: dict[tuple[str, str], dict[str, Any]],
+    r: float,
+    config: ExperimentConfig,
+) -> list[dict[str, Any]]:
     """One summary row per (attack, defense): means and standard errors over seeds."""
     rows = []
     for attack in config.attacks:
@@ -148,8 +173,14 @@ def aggregate(runs: list[dict[str, Any]], predictions: dict[tuple[str, str], dic
                 "queries": config.arena.queries,
                 "r": r,
             }
-            for key in ("r_tilde", "r_tilde_late", "r_tilde_repeats", "abstain_adversarial",
-                        "abstain_benign", "benign_accuracy"):
+            for key in (
+                "r_tilde",
+                "r_tilde_late",
+                "r_tilde_repeats",
+                "abstain_adversarial",
+                "abstain_benign",
+                "benign_accuracy",
+            ):
                 mean, se = _mean_se([x[key] for x in group])
                 row[key] = mean
                 row[f"{key}_se"] = se
@@ -196,8 +227,14 @@ def run_experiment(
     """
     dataset = load_dataset(config.dataset.name, **config.dataset.params)
     split = dataset.split(test_size=config.test_size, seed=config.split_seed)
-    model = build_model(config.model.name, split, seed=config.model_seed, device=device,
-                        cache_dir=cache_dir, **config.model.params)
+    model = build_model(
+        config.model.name,
+        split,
+        seed=config.model_seed,
+        device=device,
+        cache_dir=cache_dir,
+        **config.model.params,
+    )
     pools = make_pools(split.x_test, split.y_test, config.pools, config.split_seed)
     r = natural_error(model.predict_proba(split.x_test), split.y_test)
     predictions = _prediction_rows(config, model, pools)
@@ -217,8 +254,12 @@ def run_experiment(
                 on_task_done(config.arena.queries)
     else:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(model, pools, config, logs)) as pool:
+        with ProcessPoolExecutor(
+            n_workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(model, pools, config, logs),
+        ) as pool:
             for result in pool.map(run_task, tasks):
                 runs.append(result)
                 if on_task_done:
@@ -228,11 +269,23 @@ def run_experiment(
     if out is not None:
         (out / "summary.json").write_text(json.dumps(_json_safe(rows), indent=2) + "\n")
         (out / "runs.json").write_text(json.dumps(_json_safe(runs)) + "\n")
-        (out / "experiment.json").write_text(json.dumps(_json_safe({
-            "name": config.name, "dataset": config.dataset.display,
-            "model": config.model.display, "r": r, "queries": config.arena.queries,
-            "seeds": list(config.seeds), "defenses": [d.name for d in config.defenses],
-            "attacks": [a.display for a in config.attacks],
-            "arena": config.arena.__dict__,
-        }), indent=2) + "\n")
+        (out / "experiment.json").write_text(
+            json.dumps(
+                _json_safe(
+                    {
+                        "name": config.name,
+                        "dataset": config.dataset.display,
+                        "model": config.model.display,
+                        "r": r,
+                        "queries": config.arena.queries,
+                        "seeds": list(config.seeds),
+                        "defenses": [d.name for d in config.defenses],
+                        "attacks": [a.display for a in config.attacks],
+                        "arena": config.arena.__dict__,
+                    }
+                ),
+                indent=2,
+            )
+            + "\n"
+        )
     return results

@@ -106,8 +106,9 @@ def predict(
         return Prediction(value, "repeats", "a uniformly random class on repeats")
     if stochastic:
         if attack == "rate-tracking":
-            return Prediction(float(q.max()) if len(q) else 0.0, "late",
-                              "best per-input error rate")
+            return Prediction(
+                float(q.max()) if len(q) else 0.0, "late", "best per-input error rate"
+            )
         return NONE
     if attack == "rate-tracking":
         return Prediction(1.0 if r > 0 else 0.0, "late", "a deterministic mistake, repeated")

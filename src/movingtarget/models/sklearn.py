@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -157,7 +158,7 @@ class SklearnModel:
         arr = np.asarray(x)
         if arr.ndim < 1:
             raise InputError("inputs must be a batch (n, features...), got a scalar")
-        width = int(np.prod(arr.shape[1:], dtype=np.int64))
+        width = math.prod(arr.shape[1:])
         flat = arr.reshape(len(arr), width).astype(np.float64, copy=False)
         if self.n_features is not None and flat.shape[1] != self.n_features:
             raise InputError(

@@ -8,7 +8,13 @@ from typing import Any
 
 from movingtarget.errors import DataError
 from movingtarget.report.plots import plot_r_tilde
-from movingtarget.report.tables import TABLE_COLUMNS, fmt, markdown_table, predicted_text, table_rows
+from movingtarget.report.tables import (
+    TABLE_COLUMNS,
+    fmt,
+    markdown_table,
+    predicted_text,
+    table_rows,
+)
 
 PLOT_FILE = "r_tilde.png"
 
@@ -28,8 +34,9 @@ def write_report(results_dir: str | Path) -> Path:
     rows = _load(root / "summary.json")
     runs = _load(root / "runs.json")
     meta = _load(root / "experiment.json")
-    plot_r_tilde(runs, root / PLOT_FILE, title=f"{meta['name']}: {meta['dataset']}, "
-                                                f"{meta['model']}")
+    plot_r_tilde(
+        runs, root / PLOT_FILE, title=f"{meta['name']}: {meta['dataset']}, {meta['model']}"
+    )
     r = meta.get("r")
     lines = [
         f"# {meta['name']}",

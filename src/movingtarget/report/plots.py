@@ -34,7 +34,7 @@ def plot_r_tilde(runs: list[dict[str, Any]], path: str | Path, title: str = "") 
         ax.set_xlabel("adversarial queries sent")
         ax.set_ylabel("r~ so far")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(attacks):]:
+    for ax in list(axes.flat)[len(attacks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
