@@ -79,7 +79,8 @@ def test_relative_dataset_path_is_relative_to_the_config_file(tmp_path) -> None:
         ),
         ({**BASE, "defenses": ["deterministic", "deterministic"]}, "defense names must be unique"),
         ({**BASE, "attacks": ["test-set", "test-set"]}, "attacks need distinct labels"),
-        ({**BASE, "dataset": {"test_size": 3}}, "dataset needs a 'name'"),
+        ({**BASE, "attacks": [{"target": 3}]}, "attacks[0] needs a 'name'"),
+        ({**BASE, "dataset": {"name": 5}}, "dataset.name must be a string"),
         ({**BASE, "dataset": 5}, "dataset must be a table"),
     ],
 )
