@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 _CHUNK_ROWS = 4096
+_BLOCK_VALUES = 1 << 19  # float64 values in one block: 4 MB, reused
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 # odd constants that fold the four lanes into one word before the final mix
@@ -96,6 +98,7 @@ class ExactFingerprint:
             "little",
         )
         self._keys: dict[int, NDArray[np.float64]] = {}
+        self._local = threading.local()
 
     def _lane_keys(self, n_chunks: int) -> NDArray[np.float64]:
         keys = self._keys.get(n_chunks)
@@ -118,16 +121,34 @@ class ExactFingerprint:
             out.append(_mix64_int(h))
         return np.array(out, dtype=np.uint64)
 
+    def _buffers(self, rows: int, n_chunks: int) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+        # reused per thread: fresh multi-MB temporaries would be page-faulted in on every
+        # batch, which costs more than the hashing itself
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None or bufs[1].shape != (rows, n_chunks):
+            bufs = (np.empty((rows, n_chunks // 2), np.float32), np.empty((rows, n_chunks)))
+            self._local.bufs = bufs
+        return bufs
+
     def fingerprint(self, x: NDArray[np.generic]) -> NDArray[np.uint64]:
         """One uint64 digest per query."""
-        flat = canonical(x)
-        chunks = flat.view(np.uint16)
-        keys = self._lane_keys(chunks.shape[1])
+        flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        n_chunks = 2 * flat.shape[1]
+        keys = self._lane_keys(n_chunks)
         if len(flat) <= _SMALL:
-            return self._small(chunks.astype(np.float64) @ keys)
+            return self._small(canonical(flat).view(np.uint16).astype(np.float64) @ keys)
+        rows = min(_CHUNK_ROWS, max(1, _BLOCK_VALUES // n_chunks))
+        buf32, buf64 = self._buffers(rows, n_chunks)
         out = np.empty(len(flat), dtype=np.uint64)
-        for start in range(0, len(flat), _CHUNK_ROWS):
-            block = chunks[start : start + _CHUNK_ROWS].astype(np.float64)
-            lanes = (block @ keys).astype(np.uint64)
-            out[start : start + _CHUNK_ROWS] = _mix64(lanes @ _COMBINE)
+        for start in range(0, len(flat), rows):
+            block = flat[start : start + rows]
+            b = len(block)
+            np.add(block, np.float32(0.0), out=buf32[:b])  # folds -0.0 into +0.0
+            np.copyto(buf64[:b], buf32[:b].view(np.uint16))
+            lanes = (buf64[:b] @ keys).astype(np.uint64)
+            # fold the lanes column by column: numpy's integer matmul is far slower
+            h = lanes[:, 0] * _COMBINE[0]
+            for j in range(1, 4):
+                h += lanes[:, j] * _COMBINE[j]
+            out[start : start + b] = _mix64(h)
         return out
