@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.arena.eventlog import EventLog
+from movingtarget.arena.transforms import NearDuplicates, check_transforms
 from movingtarget.attacks.base import NO_TARGET, Adversary, Proposal
 from movingtarget.defenses.base import Defense
 from movingtarget.errors import ConfigError
@@ -36,6 +37,11 @@ class ArenaConfig:
         0: each adversary sees answers before choosing its next queries (it may
         commit to several at once); n > 0: it must send exactly n queries per
         round, answered together.
+    near_duplicate_share:
+        Share of benign queries that are near-duplicates of an earlier benign query:
+        the same item transformed (re-encoded, rounded, shifted, brightness changed).
+    near_duplicate_transforms:
+        The transforms near-duplicates draw from (see :mod:`movingtarget.arena.transforms`).
     lifetime:
         0: one deployment; L > 0: the deployment is replaced after every L queries
         (all traffic counted), which resets what a dynamic defense learned.
@@ -52,6 +58,8 @@ class ArenaConfig:
     benign_clients: int = 100
     adversary_batch: int = 0
     lifetime: int = 0
+    near_duplicate_share: float = 0.0
+    near_duplicate_transforms: tuple[str, ...] = ("requantize", "levels", "shift", "brightness")
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,10 +69,12 @@ class ArenaConfig:
             (self.benign_clients >= 1, "benign_clients must be >= 1"),
             (self.adversary_batch >= 0, "adversary_batch must be >= 0"),
             (self.lifetime >= 0, "lifetime must be >= 0"),
+            (0 <= self.near_duplicate_share <= 1, "near_duplicate_share must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"arena: {message}")
+        check_transforms(self.near_duplicate_transforms, "arena.near_duplicate_transforms")
 
 
 class BenignTraffic:
@@ -84,6 +94,21 @@ class BenignTraffic:
         self._cursor = 0
         self._sent: list[NDArray[np.int64]] = []
         self._n_sent = 0
+        self.near = np.zeros(0, dtype=bool)  # near-duplicate rows of the last draw
+        self._transforms: NearDuplicates | None = None
+
+    def queries(self, idx: NDArray[np.int64]) -> NDArray[np.float32]:
+        """The inputs of the last :meth:`draw`: near-duplicate rows transformed."""
+        x = self.pool_x[idx]
+        if self.near.any():
+            if self._transforms is None:
+                self._transforms = NearDuplicates(
+                    self.config.near_duplicate_transforms,
+                    lo=float(self.pool_x.min()),
+                    hi=float(self.pool_x.max()),
+                )
+            x[self.near] = self._transforms.apply(x[self.near], self.rng)
+        return x
 
     def draw(self, n: int) -> NDArray[np.int64]:
         """Pool indices of the next ``n`` benign queries."""
@@ -104,6 +129,14 @@ class BenignTraffic:
                 history = np.concatenate(self._sent)
                 idx = idx.copy()
                 idx[dup] = history[self.rng.integers(0, len(history), int(dup.sum()))]
+        self.near = np.zeros(n, dtype=bool)
+        if self._n_sent and self.config.near_duplicate_share > 0:
+            # near-duplicates: earlier benign items again, transformed in queries()
+            self.near = self.rng.random(n) < self.config.near_duplicate_share
+            if self.near.any():
+                history = np.concatenate(self._sent)
+                idx = idx.copy()
+                idx[self.near] = history[self.rng.integers(0, len(history), int(self.near.sum()))]
         self._sent.append(idx)
         self._n_sent += n
         return idx.astype(np.int64)
@@ -203,12 +236,14 @@ class Arena:
                 )
             else:
                 bidx = benign.draw(n_benign) if n_benign else np.zeros(0, np.int64)  # type: ignore[union-attr]
+                bx = benign.queries(bidx) if n_benign else benign_x[bidx]  # type: ignore[union-attr]
+                b_near = benign.near if n_benign else np.zeros(0, bool)  # type: ignore[union-attr]
                 order = rng.permutation(n)
                 owner = np.concatenate(
                     [np.full(len(p), i, np.int64) for i, p in proposals]
                     + [np.full(n_benign, -1, np.int64)]
                 )[order]
-                x = np.concatenate([p.x for _, p in proposals] + [benign_x[bidx]])[order]
+                x = np.concatenate([p.x for _, p in proposals] + [bx])[order]
                 clients = np.where(
                     owner >= 0, ADVERSARY_CLIENT + owner, rng.integers(1, cfg.benign_clients + 1, n)
                 )
@@ -222,7 +257,7 @@ class Arena:
                     clients,
                     owner,
                     _column(parts, "source", bidx, order),
-                    _column(parts, "noisy", np.zeros(n_benign, bool), order),
+                    _column(parts, "noisy", b_near, order),
                     _column(parts, "y_true", benign_y[bidx], order),
                     _column(parts, "target", np.full(n_benign, NO_TARGET, np.int64), order),
                     answers.labels,

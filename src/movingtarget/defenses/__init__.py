@@ -3,15 +3,16 @@
 A composition is written as mechanisms joined by ``>`` in the order they run, e.g.
 ``memorize(on_repeat=abstain) > argmax``; the hello-world compositions have names:
 
-==================  =========================================
-name                mechanisms
-==================  =========================================
-deterministic       argmax
-stochastic          sample(temperature=1)
-threshold-abstain   argmax > threshold(min_confidence=0.9)
-memorize-abstain    memorize(on_repeat=abstain) > argmax
-memorize-random     memorize(on_repeat=random) > argmax
-==================  =========================================
+====================  =========================================
+name                  mechanisms
+====================  =========================================
+deterministic         argmax
+stochastic            sample(temperature=1)
+threshold-abstain     argmax > threshold(min_confidence=0.9)
+memorize-abstain      memorize(on_repeat=abstain) > argmax
+memorize-random       memorize(on_repeat=random) > argmax
+near-repeat-abstain   memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
+====================  =========================================
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from movingtarget.defenses.abstain import ConfidenceThreshold
 from movingtarget.defenses.base import Context, Defense, Mechanism, validate_queries
 from movingtarget.defenses.decision import Argmax, Sample
 from movingtarget.defenses.memorize import Memorize
+from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model
@@ -36,6 +38,7 @@ MECHANISMS.register("sample")(Sample)
 MECHANISMS.register("threshold")(ConfidenceThreshold)
 MECHANISMS.register("memorize")(Memorize)
 MECHANISMS.register("rate-limit")(RateLimit)
+MECHANISMS.register("near-repeat")(NearRepeat)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -44,6 +47,7 @@ COMPOSITIONS: dict[str, str] = {
     "threshold-abstain": "argmax > threshold(min_confidence=0.9)",
     "memorize-abstain": "memorize(on_repeat=abstain) > argmax",
     "memorize-random": "memorize(on_repeat=random) > argmax",
+    "near-repeat-abstain": "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax",
 }
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -114,6 +118,7 @@ __all__ = [
     "Defense",
     "Mechanism",
     "Memorize",
+    "NearRepeat",
     "RateLimit",
     "Sample",
     "build_defense",

@@ -164,10 +164,15 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
     arena_raw = _typed(raw.get("arena", {}), dict, "arena")
     arena_fields = {f.name: f.type for f in fields(ArenaConfig)}
     _check_keys(arena_raw, list(arena_fields), "arena.")
+    arena_args: dict[str, Any] = {}
     for key, value in arena_raw.items():
+        if str(arena_fields[key]).startswith("tuple"):  # a list of names, e.g. transforms
+            items = _typed(value, list, f"arena.{key}")
+            arena_args[key] = tuple(_typed(v, str, f"arena.{key}[]") for v in items)
+            continue
         kind: type | tuple[type, ...] = (int, float) if arena_fields[key] == "float" else int
-        _typed(value, kind, f"arena.{key}")
-    arena = ArenaConfig(**arena_raw)
+        arena_args[key] = _typed(value, kind, f"arena.{key}")
+    arena = ArenaConfig(**arena_args)
 
     seeds_raw = raw.get("seeds", 5)
     if isinstance(seeds_raw, list):
