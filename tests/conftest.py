@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from redis_server import running_redis
 
 from movingtarget.memory._redis_launcher import RedisServer
+from redis_server import running_redis
 
 
 @pytest.fixture(scope="session")

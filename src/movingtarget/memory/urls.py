@@ -1,36 +1,140 @@
 """Open a store from a URL, so configs, the CLI and the gateway name stores as text.
 
-``memory://`` (this process), ``sqlite:///PATH`` (one machine, survives restarts),
-``redis://HOST:PORT/DB`` (shared between processes and hosts).
+==============================  ==========================================================
+URL                             store
+==============================  ==========================================================
+``memory://``                   :class:`InProcessStore`: this process only
+``sqlite:///PATH``              :class:`SQLiteStore`: one machine, survives restarts
+                                (``sqlite:///rel/path.db``, ``sqlite:////abs/path.db``)
+``redis://[:PW@]HOST:PORT/DB``  :class:`RedisStore`: shared between processes and hosts
+                                (also ``rediss://`` for TLS and ``unix://`` sockets)
+==============================  ==========================================================
+
+Bounds and options may also ride in the query string: ``?ttl=3600000&capacity=1000000
+&namespace=gw`` for every scheme, ``&synchronous=full`` for SQLite. A keyword argument
+and a query parameter that disagree are a :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from movingtarget.errors import ConfigError
+from movingtarget.memory.redis_store import redact
 from movingtarget.memory.stores import InProcessStore, Store
 
-SCHEMES = ("memory",)
+SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
+_COMMON = ("ttl", "capacity", "namespace")
+_SQLITE_ONLY = ("synchronous",)
+
+
+def _options(url: str, scheme: str, query: str) -> dict[str, str]:
+    allowed = _COMMON + (_SQLITE_ONLY if scheme == "sqlite" else ())
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ConfigError(f"store URL {url!r}: cannot read its query string {query!r}") from None
+    options: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise ConfigError(
+                f"store URL {url!r}: unknown option {name!r}; {scheme}:// takes {allowed}"
+            )
+        options[name] = value
+    return options
+
+
+def _merge(url: str, name: str, given: Any, from_url: str | None, integer: bool) -> Any:
+    if from_url is None:
+        return given
+    value: Any = from_url
+    if integer:
+        try:
+            value = int(from_url)
+        except ValueError:
+            raise ConfigError(
+                f"store URL {url!r}: {name} must be a positive integer, got {from_url!r}"
+            ) from None
+    if given is not None and given != value:
+        raise ConfigError(f"store URL {url!r} sets {name}={value!r} but the config says {given!r}")
+    return value
 
 
 def open_store(
     url: str,
     *,
-    namespace: str = "mt",
+    namespace: str | None = None,
     ttl: int | None = None,
     capacity: int | None = None,
 ) -> Store:
     """The store that ``url`` names.
 
     ``ttl`` (in the units of the ``now`` passed to ``observe``) and ``capacity`` (distinct
-    keys kept) are optional bounds; ``namespace`` separates memories sharing one back end.
+    keys kept) are optional bounds; ``namespace`` (default ``"mt"``) separates memories
+    sharing one back end. Every store applies the same TTL and eviction policy (see
+    ``docs/memory.md``).
 
     >>> import numpy as np
     >>> open_store("memory://").observe(np.array([7, 7], np.uint64), np.arange(2)).tolist()
     [0, 1]
+    >>> open_store("memory://?capacity=10").capacity
+    10
     """
-    scheme = urlsplit(url).scheme
+    if not isinstance(url, str):
+        raise ConfigError(f"store URL must be text, got {url!r}")
+    shown = url  # never echo a password in an error
+    try:
+        shown = redact(url)
+    except ValueError:
+        shown = "<unreadable URL>"
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as err:
+        raise ConfigError(f"store URL {shown!r}: {err}") from None
+    scheme = parts.scheme
+    if scheme not in SCHEMES:
+        raise ConfigError(f"store URL {shown!r}: unknown scheme {scheme!r}; use one of {SCHEMES}")
+    options = _options(shown, scheme, parts.query)
+    ttl = _merge(shown, "ttl", ttl, options.get("ttl"), integer=True)
+    capacity = _merge(shown, "capacity", capacity, options.get("capacity"), integer=True)
+    namespace = _merge(shown, "namespace", namespace, options.get("namespace"), integer=False)
+    namespace = namespace or "mt"
+
     if scheme == "memory":
+        if parts.netloc or parts.path.strip("/"):
+            raise ConfigError(f"store URL {shown!r}: write memory:// with nothing after it")
+        if options.get("namespace") is not None:
+            raise ConfigError(f"store URL {shown!r}: memory:// has no namespaces")
         return InProcessStore(ttl=ttl, capacity=capacity)
-    raise ConfigError(f"store URL {url!r}: unknown scheme {scheme!r}; use one of {SCHEMES}")
+
+    if scheme == "sqlite":
+        from movingtarget.memory.sqlite_store import SQLiteStore
+
+        # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db" (SQLAlchemy style)
+        if parts.netloc or not parts.path.startswith("/") or not parts.path[1:]:
+            raise ConfigError(
+                f"store URL {shown!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        return SQLiteStore(
+            parts.path[1:],
+            namespace=namespace,
+            ttl=ttl,
+            capacity=capacity,
+            synchronous=options.get("synchronous", "normal"),
+        )
+
+    from movingtarget.memory.redis_store import RedisStore
+
+    if scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"store URL {shown!r}: write redis://HOST:PORT/DB")
+    try:
+        parts.port  # noqa: B018 -- urlsplit checks the port only when it is read
+    except ValueError:
+        raise ConfigError(f"store URL {shown!r}: the port must be a number") from None
+    db = parts.path.strip("/")
+    if scheme != "unix" and db and not db.isdigit():
+        raise ConfigError(f"store URL {shown!r}: the database must be a number, got {db!r}")
+    # the client gets the URL without our options (they are not redis-py's)
+    client_url = url.split("?", 1)[0]
+    return RedisStore(client_url, namespace=namespace, ttl=ttl, capacity=capacity)

@@ -1,0 +1,348 @@
+"""Redis store: one memory shared by processes and hosts (e.g. gateway replicas).
+
+Layout, for namespace ``ns`` (the braces are a Redis Cluster hash tag, so all of a
+namespace lives on one shard):
+
+* ``{ns}:fp`` — one hash; field = the 8-byte key, value = 16 bytes
+  ``<int64 count><int64 first_seen>`` (little-endian). About 70 bytes per key in
+  server memory, including the hash table's own overhead.
+* ``{ns}:age`` — a sorted set key -> first-seen time, kept only when a TTL or capacity
+  is set (expiry and eviction walk it oldest first); about 100 more bytes per key.
+* ``{ns}:meta`` — the namespace's clock (latest ``now`` observed) and index flag.
+
+Every batch is one atomic step for all clients: a Lua script walks the keys in arrival
+order (so duplicates inside a batch and concurrent clients both get exact prior
+counts); a batch larger than one script call (16,384 keys) runs as several calls inside
+one ``MULTI``/``EXEC``. Keys and results travel as packed binary strings, one argument
+each, so the client does no per-key work.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.errors import ConfigError, DataError
+from movingtarget.memory._policy import check_bounds, keep_after_eviction
+from movingtarget.memory.sqlite_store import check_namespace
+
+if TYPE_CHECKING:
+    import redis
+
+CHUNK = 16_384
+_CONNECT_TIMEOUT_S = 5.0
+
+# KEYS: fp, age, meta. ARGV: keys (8 bytes each), times (8 bytes each), ttl (0: none),
+# want_index (0/1), settle (0/1), capacity (0: none), keep. Returns the prior counts
+# packed as little-endian int64.
+_OBSERVE = """
+local fp, age, meta = KEYS[1], KEYS[2], KEYS[3]
+local kb, tb = ARGV[1], ARGV[2]
+local ttl = tonumber(ARGV[3])
+local spack, sunpack, sub = struct.pack, struct.unpack, string.sub
+local indexed = redis.call('HGET', meta, 'indexed') == '1'
+if ARGV[4] == '1' and not indexed then
+  if redis.call('HLEN', fp) > 0 then
+    return redis.error_reply('UNINDEXED namespace holds entries without first-seen index')
+  end
+  redis.call('HSET', meta, 'indexed', '1')
+  indexed = true
+end
+local out = {}
+local tmax = nil
+for i = 1, #kb / 8 do
+  local j = 8 * i - 7
+  local k, tbytes = sub(kb, j, j + 7), sub(tb, j, j + 7)
+  local t = sunpack('<i8', tbytes)
+  if tmax == nil or t > tmax then tmax = t end
+  local v = redis.call('HGET', fp, k)
+  local c, fbytes = 0, tbytes
+  if v then
+    c, fbytes = sunpack('<i8', v), sub(v, 9, 16)
+    -- an expired entry restarts: count 0, first seen now
+    if ttl > 0 and c > 0 and sunpack('<i8', fbytes) <= t - ttl then
+      c, fbytes = 0, tbytes
+    end
+  end
+  out[i] = spack('<i8', c)
+  redis.call('HSET', fp, k, spack('<i8', c + 1) .. fbytes)
+  if indexed and c == 0 then redis.call('ZADD', age, t, k) end
+end
+local clock = tonumber(redis.call('HGET', meta, 'clock') or tmax)
+if tmax ~= nil and tmax > clock then clock = tmax end
+redis.call('HSET', meta, 'clock', string.format('%d', clock))
+if ARGV[5] == '1' then
+  local cap, keep = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local function drop(members)
+    for i = 1, #members, 4000 do
+      redis.call('HDEL', fp, unpack(members, i, math.min(i + 3999, #members)))
+    end
+  end
+  if ttl > 0 then
+    local cutoff = clock - ttl
+    local gone = redis.call('ZRANGEBYSCORE', age, '-inf', cutoff)
+    if #gone > 0 then
+      drop(gone)
+      redis.call('ZREMRANGEBYSCORE', age, '-inf', cutoff)
+    end
+  end
+  if cap > 0 then
+    local size = redis.call('HLEN', fp)
+    if size > cap then
+      local excess = size - keep
+      drop(redis.call('ZRANGE', age, 0, excess - 1))
+      redis.call('ZREMRANGEBYRANK', age, 0, excess - 1)
+    end
+  end
+end
+return table.concat(out)
+"""
+
+# KEYS: fp. ARGV: keys (8 bytes each). Returns the counts packed as little-endian int64.
+_LOOKUP = """
+local fp, kb, sub = KEYS[1], ARGV[1], string.sub
+local zero = string.rep('\\0', 8)
+local out = {}
+for i = 1, #kb / 8 do
+  local v = redis.call('HGET', fp, sub(kb, 8 * i - 7, 8 * i))
+  if v then out[i] = sub(v, 1, 8) else out[i] = zero end
+end
+return table.concat(out)
+"""
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print in errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class RedisStore:
+    """A store in Redis, shared by every process and host that opens the same namespace.
+
+    Parameters
+    ----------
+    url_or_client:
+        ``redis://[:password@]HOST:PORT/DB`` (also ``rediss://``, ``unix://``) or a
+        ``redis.Redis`` client (it must not decode responses).
+    namespace:
+        Separates memories on one server (letters, digits, underscores).
+    ttl:
+        An entry expires ``ttl`` after its first-seen time (``now`` units).
+    capacity:
+        Most distinct keys kept.
+
+    Bounds: a query at time ``t`` whose entry has ``first_seen <= t - ttl`` counts as
+    new and restarts the entry; after each batch, entries with ``first_seen <=
+    clock - ttl`` are deleted, where the clock is the latest ``now`` any client has
+    observed in the namespace. When more than ``capacity`` keys are stored after a
+    batch, the oldest first-seen entries are deleted until ``max(1, int(0.9 *
+    capacity))`` remain, inside the same atomic step. All clients of a namespace should
+    use the same bounds; a bounded client refuses a namespace filled without the
+    first-seen index (clear it first).
+
+    Errors: a server that cannot be reached raises :class:`~movingtarget.errors.ConfigError`
+    naming the URL (password hidden); a server error raises
+    :class:`~movingtarget.errors.DataError`.
+
+    Examples
+    --------
+    >>> s = RedisStore("redis://127.0.0.1:6379/0", namespace="doc")  # doctest: +SKIP
+    >>> s.observe(np.array([1, 2, 1], np.uint64), np.arange(3)).tolist()  # doctest: +SKIP
+    [0, 0, 1]
+    >>> s.lookup(np.array([1, 3], np.uint64)).tolist()  # doctest: +SKIP
+    [2, 0]
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis,
+        *,
+        namespace: str = "mt",
+        ttl: int | None = None,
+        capacity: int | None = None,
+    ) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise ConfigError(
+                "the Redis store needs the 'redis' package: pip install 'movingtarget[memory]'"
+            ) from None
+        self._redis = redis
+        if isinstance(url_or_client, str):
+            self.url = redact(url_or_client)
+            try:
+                self.client: redis.Redis = redis.Redis.from_url(
+                    url_or_client, socket_connect_timeout=_CONNECT_TIMEOUT_S
+                )
+            except ValueError as err:
+                raise ConfigError(f"Redis store URL {self.url!r}: {err}") from None
+        else:
+            self.client = url_or_client
+            kwargs = self.client.get_connection_kwargs()
+            self.url = redact(
+                f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+            )
+            if kwargs.get("decode_responses"):
+                raise ConfigError(
+                    f"Redis store {self.url}: the client decodes responses; the store needs"
+                    " bytes (create it with decode_responses=False)"
+                )
+        where = f"Redis store {self.url}"
+        self.namespace = check_namespace(namespace, where)
+        check_bounds(ttl, capacity, where)
+        self.ttl = None if ttl is None else int(ttl)
+        self.capacity = None if capacity is None else int(capacity)
+        self._fp = f"{{{self.namespace}}}:fp"
+        self._age = f"{{{self.namespace}}}:age"
+        self._meta = f"{{{self.namespace}}}:meta"
+        self._observe = self.client.register_script(_OBSERVE)
+        self._lookup = self.client.register_script(_LOOKUP)
+        with self._errors("connect"):
+            self.client.ping()
+            if self._bounded:
+                indexed = self.client.hget(self._meta, "indexed") == b"1"
+                if not indexed and self.client.hlen(self._fp) > 0:
+                    raise ConfigError(self._unindexed_message())
+
+    # -- helpers -------------------------------------------------------------------
+    @property
+    def _bounded(self) -> bool:
+        return self.ttl is not None or self.capacity is not None
+
+    def _unindexed_message(self) -> str:
+        return (
+            f"Redis store {self.url}: namespace {self.namespace!r} was filled without a ttl or"
+            " capacity, so it has no first-seen index; clear it, or open it without bounds"
+        )
+
+    def _errors(self, doing: str) -> _RedisErrors:
+        return _RedisErrors(self, doing)
+
+    def _args(self, keys: NDArray[np.int64], times: NDArray[np.int64], settle: bool) -> list[Any]:
+        return [
+            keys.astype("<i8").tobytes(),
+            times.astype("<i8").tobytes(),
+            self.ttl or 0,
+            int(self._bounded),
+            int(settle),
+            self.capacity or 0,
+            keep_after_eviction(self.capacity) if self.capacity else 0,
+        ]
+
+    # -- the Store interface -------------------------------------------------------
+    def observe(self, keys: NDArray[np.uint64], now: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Record ``keys`` seen at times ``now`` as one atomic step; return how many
+        times each had been seen before it (by any client)."""
+        signed = np.ascontiguousarray(keys, dtype=np.uint64).view(np.int64)
+        times = np.broadcast_to(np.asarray(now, dtype=np.int64), signed.shape)
+        if len(signed) == 0:
+            return np.zeros(0, dtype=np.int64)
+        names = [self._fp, self._age, self._meta]
+        starts = range(0, len(signed), CHUNK)
+        with self._errors("record fingerprints"):
+            if len(signed) <= CHUNK:
+                replies = [self._observe(keys=names, args=self._args(signed, times, True))]
+            else:
+                # several script calls, one MULTI/EXEC: still one atomic step
+                pipe = self.client.pipeline(transaction=True)
+                for s in starts:
+                    last = s + CHUNK >= len(signed)
+                    args = self._args(signed[s : s + CHUNK], times[s : s + CHUNK], last)
+                    self._observe(keys=names, args=args, client=pipe)
+                replies = pipe.execute()
+        return np.frombuffer(b"".join(replies), dtype="<i8").astype(np.int64)
+
+    def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
+        """Counts of ``keys`` (0 for unseen or expired) without recording them."""
+        signed = np.ascontiguousarray(keys, dtype=np.uint64).view(np.int64)
+        if len(signed) == 0:
+            return np.zeros(0, dtype=np.int64)
+        blobs = [
+            signed[s : s + CHUNK].astype("<i8").tobytes() for s in range(0, len(signed), CHUNK)
+        ]
+        with self._errors("look up fingerprints"):
+            if len(blobs) == 1:
+                replies = [self._lookup(keys=[self._fp], args=blobs)]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for blob in blobs:
+                    self._lookup(keys=[self._fp], args=[blob], client=pipe)
+                replies = pipe.execute()
+        return np.frombuffer(b"".join(replies), dtype="<i8").astype(np.int64)
+
+    def first_seen(self, key: int) -> int | None:
+        """Time the key was first observed (in its current entry), or None."""
+        field = np.array([key], dtype=np.uint64).astype("<u8").tobytes()
+        with self._errors("look up a fingerprint"):
+            value = self.client.hget(self._fp, field)
+        if not isinstance(value, bytes):  # None: not stored
+            return None
+        return int(np.frombuffer(value[8:16], dtype="<i8")[0])
+
+    def clear(self) -> None:
+        """Forget every key of this namespace (for every client)."""
+        with self._errors("clear the store"):
+            self.client.delete(self._fp, self._age, self._meta)
+
+    def __len__(self) -> int:
+        with self._errors("count fingerprints"):
+            return int(self.client.hlen(self._fp))
+
+    # -- lifetime ----------------------------------------------------------------
+    def close(self) -> None:
+        """Release this client's connections (the shared memory stays on the server)."""
+        self.client.close()
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisStore({self.url!r}, namespace={self.namespace!r}, ttl={self.ttl},"
+            f" capacity={self.capacity})"
+        )
+
+
+class _RedisErrors:
+    """Turns redis-py exceptions into one clear movingtarget error naming the URL."""
+
+    def __init__(self, store: RedisStore, doing: str) -> None:
+        self.store, self.doing = store, doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        errors = self.store._redis.exceptions
+        where = f"Redis store {self.store.url}"
+        if exc is None or not isinstance(exc, errors.RedisError):
+            return
+        if isinstance(exc, errors.ConnectionError | errors.TimeoutError):
+            raise ConfigError(f"{where}: cannot {self.doing}: server unreachable ({exc})") from None
+        if "UNINDEXED" in str(exc):
+            raise ConfigError(self.store._unindexed_message()) from None
+        raise DataError(f"{where}: cannot {self.doing}: {exc}") from None

@@ -1,0 +1,323 @@
+"""SQLite store: fingerprints that survive restarts, shared by processes on one machine.
+
+One table per namespace, ``fp_<namespace>(key INTEGER PRIMARY KEY, count, first_seen)``:
+the 64-bit key *is* the rowid, so a stored key costs about 21 bytes on disk (no separate
+index) unless a TTL or capacity is set, which adds an index on ``first_seen``. A small
+``mt_meta`` table keeps each namespace's size and clock, so ``len`` is O(1).
+
+Durability: the database runs in WAL mode and every :meth:`SQLiteStore.observe` is one
+``BEGIN IMMEDIATE ... COMMIT`` transaction that has committed before it returns. An
+acknowledged fingerprint therefore survives a restart and ``kill -9`` of any process
+(with the default ``synchronous="normal"``; ``"full"`` also survives power loss or an
+OS crash, at the cost of an fsync, a few milliseconds, per call). ``BEGIN IMMEDIATE``
+takes the write lock before reading counts, so concurrent writers from several
+processes serialize and every query still gets its exact prior count; waiting writers
+retry for ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.errors import ConfigError, DataError
+from movingtarget.memory._policy import check_bounds, keep_after_eviction, settle_batch
+
+SYNCHRONOUS = ("normal", "full")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_CACHE_KIB = 65536  # page cache per connection: keeps the b-tree's inner pages hot
+_NO_CLOCK = -(2**63)
+
+
+def check_namespace(namespace: str, where: str) -> str:
+    """``namespace`` if it is 1-64 letters, digits or underscores, else :class:`ConfigError`."""
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+        raise ConfigError(
+            f"{where}: namespace must be 1-64 letters, digits or underscores, got {namespace!r}"
+        )
+    return namespace
+
+
+class SQLiteStore:
+    """A persistent store in one SQLite file (WAL mode), safe for several processes.
+
+    Parameters
+    ----------
+    path:
+        The database file; created if missing (its directory must exist).
+    namespace:
+        Separates memories kept in one file (letters, digits, underscores).
+    ttl:
+        An entry expires ``ttl`` after its first-seen time (``now`` units); see below.
+    capacity:
+        Most distinct keys kept; see below.
+    synchronous:
+        ``"normal"`` (survives any process crash, ``kill -9`` included) or ``"full"``
+        (also survives power loss; one fsync per :meth:`observe`).
+    timeout:
+        Seconds a writer waits for another process's transaction before failing.
+
+    Bounds: a query at time ``t`` whose entry has ``first_seen <= t - ttl`` counts as
+    new and restarts the entry; after each batch, entries with ``first_seen <=
+    clock - ttl`` (``clock``: the latest ``now`` observed) are deleted. When more than
+    ``capacity`` keys are stored after a batch, the oldest first-seen entries are
+    deleted until ``max(1, int(0.9 * capacity))`` remain, in the same transaction.
+
+    Errors: a file that is not a database, is corrupt, unwritable, or locked for longer
+    than ``timeout`` raises one :class:`~movingtarget.errors.DataError` naming the path;
+    the failed transaction is rolled back, so stored state is never lost.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/memory.db"
+    >>> with SQLiteStore(path) as s:
+    ...     s.observe(np.array([1, 2, 1], np.uint64), np.arange(3)).tolist()
+    [0, 0, 1]
+    >>> with SQLiteStore(path) as s:  # reopened: still remembers
+    ...     s.lookup(np.array([1, 3], np.uint64)).tolist(), len(s)
+    ([2, 0], 2)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str = "mt",
+        ttl: int | None = None,
+        capacity: int | None = None,
+        synchronous: str = "normal",
+        timeout: float = 30.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        where = f"SQLite store {self.path}"
+        self.namespace = check_namespace(namespace, where)
+        check_bounds(ttl, capacity, where)
+        if synchronous not in SYNCHRONOUS:
+            raise ConfigError(
+                f"{where}: synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}"
+            )
+        self.ttl = None if ttl is None else int(ttl)
+        self.capacity = None if capacity is None else int(capacity)
+        self.synchronous = synchronous
+        self.timeout = float(timeout)
+        self._table = f"fp_{self.namespace}"
+        self._lock = threading.RLock()
+        self._orphans: list[sqlite3.Connection] = []
+        self._conn = self._connect()
+
+    # -- connection and errors -----------------------------------------------------
+    def _fail(self, err: sqlite3.Error, doing: str) -> DataError:
+        text = str(err)
+        if "locked" in text or "busy" in text:
+            hint = f"another process held the write lock for more than {self.timeout:g} s"
+        elif "not a database" in text or "malformed" in text or "corrupt" in text:
+            hint = "the file is not a readable SQLite database (corrupt?); it was left untouched"
+        elif "readonly" in text or "unable to open" in text or "permission" in text.lower():
+            hint = "the file or its directory is not writable"
+        else:
+            hint = text
+        return DataError(f"SQLite store {self.path}: cannot {doing}: {hint} ({text})")
+
+    def _connect(self) -> sqlite3.Connection:
+        parent = Path(self.path).resolve().parent
+        if self.path != ":memory:" and not parent.is_dir():
+            raise DataError(f"SQLite store {self.path}: directory {parent} does not exist")
+        conn: sqlite3.Connection | None = None
+        try:
+            # autocommit mode: transactions are opened explicitly, BEGIN IMMEDIATE for writes
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS mt_meta (namespace TEXT PRIMARY KEY,"
+                " size INTEGER NOT NULL, clock INTEGER NOT NULL)"
+            )
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._table} (key INTEGER PRIMARY KEY,"
+                " count INTEGER NOT NULL, first_seen INTEGER NOT NULL)"
+            )
+            if self.ttl is not None or self.capacity is not None:
+                # expiry and eviction walk keys by first-seen time
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {self._table}_first ON {self._table}(first_seen)"
+                )
+            if (
+                conn.execute(
+                    "SELECT 1 FROM mt_meta WHERE namespace = ?", (self.namespace,)
+                ).fetchone()
+                is None
+            ):
+                size = conn.execute(f"SELECT count(*) FROM {self._table}").fetchone()[0]
+                conn.execute(
+                    "INSERT INTO mt_meta VALUES (?, ?, ?)", (self.namespace, size, _NO_CLOCK)
+                )
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            if conn is not None:
+                conn.close()
+            raise self._fail(err, "open it") from None
+        self._pid = os.getpid()
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid:
+            # a forked child must not use its parent's connection; closing it here could
+            # drop this process's POSIX locks on the file, so it is kept, unused
+            self._orphans.append(self._conn)
+            self._conn = self._connect()
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, doing: str, *, write: bool) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._fail(err, doing) from None
+
+    # -- reading -----------------------------------------------------------------
+    def _fetch(
+        self, conn: sqlite3.Connection, uniq: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """Stored (key, count, first_seen) of the keys among ``uniq`` that are stored."""
+        # one statement whatever the batch size: the keys travel as one JSON array
+        rows = conn.execute(
+            f"SELECT f.key, f.count, f.first_seen FROM json_each(?) j"
+            f" JOIN {self._table} f ON f.key = j.value",
+            (json.dumps(uniq.tolist()),),
+        ).fetchall()
+        if not rows:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64, count=3 * len(rows))
+        table = flat.reshape(-1, 3)
+        return table[:, 0], table[:, 1], table[:, 2]
+
+    # -- the Store interface -------------------------------------------------------
+    def observe(self, keys: NDArray[np.uint64], now: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Record ``keys`` seen at times ``now`` in one committed transaction; return
+        how many times each had been seen before it."""
+        signed = np.ascontiguousarray(keys, dtype=np.uint64).view(np.int64)
+        times = np.broadcast_to(np.asarray(now, dtype=np.int64), signed.shape)
+        if len(signed) == 0:
+            return np.zeros(0, dtype=np.int64)
+        uniq = np.unique(signed)
+        with self._transaction("record fingerprints", write=True) as conn:
+            found, counts, first = self._fetch(conn, uniq)
+            prior, uniq, count, first_seen = settle_batch(
+                signed, times, found, counts, first, self.ttl
+            )
+            conn.executemany(
+                f"INSERT INTO {self._table} (key, count, first_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET count = excluded.count,"
+                " first_seen = excluded.first_seen",
+                zip(uniq.tolist(), count.tolist(), first_seen.tolist(), strict=True),
+            )
+            size, clock = conn.execute(
+                "SELECT size, clock FROM mt_meta WHERE namespace = ?", (self.namespace,)
+            ).fetchone()
+            size += len(uniq) - len(found)
+            clock = max(int(clock), int(times.max()))
+            if self.ttl is not None:
+                size -= conn.execute(
+                    f"DELETE FROM {self._table} WHERE first_seen <= ?", (clock - self.ttl,)
+                ).rowcount
+            if self.capacity is not None and size > self.capacity:
+                excess = size - keep_after_eviction(self.capacity)
+                size -= conn.execute(
+                    f"DELETE FROM {self._table} WHERE key IN (SELECT key FROM {self._table}"
+                    " ORDER BY first_seen, key LIMIT ?)",
+                    (excess,),
+                ).rowcount
+            conn.execute(
+                "UPDATE mt_meta SET size = ?, clock = ? WHERE namespace = ?",
+                (size, clock, self.namespace),
+            )
+        return prior
+
+    def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
+        """Counts of ``keys`` (0 for unseen or expired) without recording them."""
+        signed = np.ascontiguousarray(keys, dtype=np.uint64).view(np.int64)
+        out = np.zeros(len(signed), dtype=np.int64)
+        if len(signed) == 0:
+            return out
+        uniq, inverse = np.unique(signed, return_inverse=True)
+        with self._transaction("look up fingerprints", write=False) as conn:
+            found, counts, _ = self._fetch(conn, uniq)
+        per_key = np.zeros(len(uniq), dtype=np.int64)
+        per_key[np.searchsorted(uniq, found)] = counts
+        return per_key[inverse.reshape(-1)]
+
+    def first_seen(self, key: int) -> int | None:
+        """Time the key was first observed (in its current entry), or None."""
+        signed = int(np.array([key], dtype=np.uint64).view(np.int64)[0])
+        with self._transaction("look up a fingerprint", write=False) as conn:
+            row = conn.execute(
+                f"SELECT first_seen FROM {self._table} WHERE key = ?", (signed,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def clear(self) -> None:
+        """Forget every key of this namespace (other namespaces in the file stay)."""
+        with self._transaction("clear the store", write=True) as conn:
+            conn.execute(f"DELETE FROM {self._table}")
+            conn.execute(
+                "UPDATE mt_meta SET size = 0, clock = ? WHERE namespace = ?",
+                (_NO_CLOCK, self.namespace),
+            )
+
+    def __len__(self) -> int:
+        with self._transaction("count fingerprints", write=False) as conn:
+            row = conn.execute(
+                "SELECT size FROM mt_meta WHERE namespace = ?", (self.namespace,)
+            ).fetchone()
+        return int(row[0])
+
+    # -- lifetime ----------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection (committed data is already on disk)."""
+        with self._lock:
+            if os.getpid() == self._pid:
+                self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"SQLiteStore({self.path!r}, namespace={self.namespace!r}, ttl={self.ttl},"
+            f" capacity={self.capacity})"
+        )
