@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from movingtarget.answers import ABSTAIN, Reason
+from movingtarget.answers import ABSTAIN, MODEL, Reason
 from movingtarget.defenses.base import Context
 from movingtarget.errors import ConfigError
+
+_LOW_CONFIDENCE = int(Reason.LOW_CONFIDENCE)
 
 
 class ConfidenceThreshold:
@@ -26,11 +28,10 @@ class ConfidenceThreshold:
         self.min_confidence = float(min_confidence)
 
     def __call__(self, ctx: Context) -> None:
-        unsure = (ctx.answers.reasons == Reason.MODEL) & (
-            ctx.proba.max(axis=1) < self.min_confidence
-        )
-        ctx.answers.labels[unsure] = ABSTAIN
-        ctx.answers.reasons[unsure] = Reason.LOW_CONFIDENCE
+        unsure = (ctx.answers.reasons == MODEL) & (ctx.proba.max(axis=1) < self.min_confidence)
+        if unsure.any():
+            ctx.answers.labels[unsure] = ABSTAIN
+            ctx.answers.reasons[unsure] = _LOW_CONFIDENCE
 
     def reset(self) -> None:
         """Stateless."""

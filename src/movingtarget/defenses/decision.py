@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from movingtarget.answers import Reason
+from movingtarget.answers import MODEL
 from movingtarget.defenses.base import Context
 from movingtarget.errors import ConfigError
 
@@ -24,9 +24,10 @@ class Argmax:
         open_ = ctx.answers.undecided_mask
         if open_.all():
             ctx.answers.labels[:] = ctx.proba.argmax(axis=1)
+            ctx.answers.reasons[:] = MODEL
         else:
             ctx.answers.labels[open_] = ctx.proba[open_].argmax(axis=1)
-        ctx.answers.reasons[open_] = Reason.MODEL
+            ctx.answers.reasons[open_] = MODEL
 
     def reset(self) -> None:
         """Stateless."""
@@ -55,15 +56,20 @@ class Sample:
 
     def __call__(self, ctx: Context) -> None:
         open_ = ctx.answers.undecided_mask
-        p = ctx.proba[open_]
+        every = bool(open_.all())
+        p = ctx.proba if every else ctx.proba[open_]
         if self.temperature != 1.0:
             logp = np.log(np.clip(p, 1e-300, None)) / self.temperature
             p = np.exp(logp - logp.max(axis=1, keepdims=True))
         cdf = np.cumsum(p, axis=1)
         u = ctx.rng.random(len(p)) * cdf[:, -1]
-        labels = (cdf < u[:, None]).sum(axis=1)
-        ctx.answers.labels[open_] = np.minimum(labels, p.shape[1] - 1)
-        ctx.answers.reasons[open_] = Reason.MODEL
+        labels = np.minimum((cdf < u[:, None]).sum(axis=1), p.shape[1] - 1)
+        if every:
+            ctx.answers.labels[:] = labels
+            ctx.answers.reasons[:] = MODEL
+        else:
+            ctx.answers.labels[open_] = labels
+            ctx.answers.reasons[open_] = MODEL
 
     def reset(self) -> None:
         """Stateless (the defense owns the random generator)."""

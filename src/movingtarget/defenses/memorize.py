@@ -8,10 +8,12 @@ caps ``r~`` at about the natural error ``r``.
 from __future__ import annotations
 
 from movingtarget.answers import ABSTAIN, Reason
-from movingtarget.defenses.base import Context
+from movingtarget.defenses.base import Context, uniform_classes
 from movingtarget.errors import ConfigError
 from movingtarget.memory.fingerprints import ExactFingerprint, Fingerprint
 from movingtarget.memory.stores import InProcessStore, Store
+
+_REPEAT, _REPEAT_RANDOM = int(Reason.REPEAT), int(Reason.REPEAT_RANDOM)
 
 ON_REPEAT = ("abstain", "random")
 
@@ -61,10 +63,10 @@ class Memorize:
         repeat &= ctx.answers.undecided_mask
         if self.on_repeat == "abstain":
             ctx.answers.labels[repeat] = ABSTAIN
-            ctx.answers.reasons[repeat] = Reason.REPEAT
+            ctx.answers.reasons[repeat] = _REPEAT
         else:
-            ctx.answers.labels[repeat] = ctx.rng.integers(0, ctx.n_classes, int(repeat.sum()))
-            ctx.answers.reasons[repeat] = Reason.REPEAT_RANDOM
+            ctx.answers.labels[repeat] = uniform_classes(ctx.rng, ctx.n_classes, int(repeat.sum()))
+            ctx.answers.reasons[repeat] = _REPEAT_RANDOM
 
     def reset(self) -> None:
         """Forget every remembered query."""
