@@ -12,6 +12,7 @@ from movingtarget.defenses.base import Context, uniform_classes
 from movingtarget.errors import ConfigError
 from movingtarget.memory.fingerprints import ExactFingerprint, Fingerprint
 from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.urls import open_store, redact
 
 _REPEAT, _REPEAT_RANDOM = int(Reason.REPEAT), int(Reason.REPEAT_RANDOM)
 
@@ -26,7 +27,8 @@ class Memorize:
     on_repeat:
         ``"abstain"`` or ``"random"`` (a uniformly random class).
     store:
-        Where fingerprints live (default: in this process).
+        Where fingerprints live: a :class:`Store`, or a store URL such as
+        ``sqlite:///memory.db`` or ``redis://host:6379/0`` (default: in this process).
     fingerprint:
         How queries are keyed (default: :class:`ExactFingerprint`).
 
@@ -34,6 +36,8 @@ class Memorize:
     --------
     >>> Memorize(on_repeat="random").describe()
     'memorize(on_repeat=random)'
+    >>> Memorize(store="memory://?capacity=1000").describe()
+    'memorize(on_repeat=abstain, store=memory://?capacity=1000)'
     """
 
     role = "gate"
@@ -42,13 +46,17 @@ class Memorize:
         self,
         on_repeat: str = "abstain",
         *,
-        store: Store | None = None,
+        store: Store | str | None = None,
         fingerprint: Fingerprint | None = None,
         secret: bytes | str | None = None,
     ) -> None:
         if on_repeat not in ON_REPEAT:
             raise ConfigError(f"memorize: on_repeat must be one of {ON_REPEAT}, got {on_repeat!r}")
         self.on_repeat = on_repeat
+        # a URL (from a config's text) is kept, so describe() names the same store
+        self.store_url = redact(store) if isinstance(store, str) else None
+        if isinstance(store, str):
+            store = open_store(store)
         self.store: Store = store if store is not None else InProcessStore()
         self.fingerprint: Fingerprint = (
             fingerprint if fingerprint is not None else ExactFingerprint(secret)
@@ -73,4 +81,6 @@ class Memorize:
         self.store.clear()
 
     def describe(self) -> str:
-        return f"memorize(on_repeat={self.on_repeat})"
+        if self.store_url is None:
+            return f"memorize(on_repeat={self.on_repeat})"
+        return f"memorize(on_repeat={self.on_repeat}, store={self.store_url})"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,6 +28,7 @@ from numpy.typing import NDArray
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.memory._policy import check_bounds, keep_after_eviction
 from movingtarget.memory.sqlite_store import check_namespace
+from movingtarget.memory.urls import redact
 
 if TYPE_CHECKING:
     import redis
@@ -113,18 +113,6 @@ for i = 1, #kb / 8 do
 end
 return table.concat(out)
 """
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print in errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class RedisStore:

@@ -18,10 +18,9 @@ and a query parameter that disagree are a :class:`ConfigError`.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from movingtarget.errors import ConfigError
-from movingtarget.memory.redis_store import redact
 from movingtarget.memory.stores import InProcessStore, Store
 
 SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
@@ -59,6 +58,18 @@ def _merge(url: str, name: str, given: Any, from_url: str | None, integer: bool)
     if given is not None and given != value:
         raise ConfigError(f"store URL {url!r} sets {name}={value!r} but the config says {given!r}")
     return value
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print in errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def open_store(
