@@ -1,0 +1,483 @@
+"""The store contract, for every store (in-process, SQLite, Redis), and what only the
+persistent and shared stores promise: SQLite keeps every acknowledged fingerprint
+through a restart and ``kill -9`` of the writer; processes sharing one Redis (or one
+SQLite file) catch each other's repeats, with exact counts under concurrency.
+
+Redis tests run against a real ``redis-server`` (see ``conftest.py``); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from movingtarget.defenses import build_mechanisms
+from movingtarget.errors import ConfigError, DataError
+from movingtarget.memory import ExactFingerprint, InProcessStore, SQLiteStore, Store, open_store
+from movingtarget.memory._redis_launcher import RedisServer
+from movingtarget.memory.redis_store import CHUNK, RedisStore
+
+KINDS = ("memory", "sqlite", "redis")
+MakeStore = Callable[..., Store]
+
+U64 = np.uint64
+
+
+def u64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.uint64)
+
+
+class ReferenceStore:
+    """The documented semantics, one query at a time, in plain Python."""
+
+    def __init__(self, ttl: int | None = None, capacity: int | None = None) -> None:
+        self.ttl, self.capacity = ttl, capacity
+        self.entries: dict[int, list[int]] = {}  # key -> [count, first_seen]
+        self.clock: int | None = None
+
+    def observe(self, keys: list[int], now: list[int]) -> list[int]:
+        prior = []
+        for k, t in zip(keys, now, strict=True):
+            count, first = self.entries.get(k, [0, t])
+            if count and self.ttl is not None and first <= t - self.ttl:
+                count, first = 0, t  # expired: a fresh entry
+            prior.append(count)
+            self.entries[k] = [count + 1, first]
+        self.clock = max(now) if self.clock is None else max(self.clock, *now)
+        if self.ttl is not None:
+            cutoff = self.clock - self.ttl
+            self.entries = {k: e for k, e in self.entries.items() if e[1] > cutoff}
+        if self.capacity is not None and len(self.entries) > self.capacity:
+            keep = max(1, int(0.9 * self.capacity))
+            newest = sorted(self.entries.items(), key=lambda kv: -kv[1][1])[:keep]
+            self.entries = dict(newest)
+        return prior
+
+    def count(self, key: int) -> int:
+        return self.entries.get(key, [0])[0]
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stores")
+
+
+@pytest.fixture(params=KINDS)
+def make_store(
+    request: pytest.FixtureRequest, session_dir: Path, redis_server: RedisServer
+) -> Iterator[MakeStore]:
+    """A factory of fresh, empty stores of one kind, opened through their URLs."""
+    kind: str = request.param
+    opened: list[Store] = []
+
+    def make(ttl: int | None = None, capacity: int | None = None) -> Store:
+        name = uuid.uuid4().hex
+        url = {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{session_dir / name}.db",
+            "redis": f"{redis_server.url}?namespace=t{name}",
+        }[kind]
+        store = open_store(url, ttl=ttl, capacity=capacity)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
+# -- the contract, every store --------------------------------------------------------
+def test_observe_counts_repeats_within_and_across_batches(make_store: MakeStore) -> None:
+    store = make_store()
+    assert isinstance(store, Store)
+    assert store.observe(u64(1, 2, 1), np.arange(3)).tolist() == [0, 0, 1]
+    assert store.observe(u64(2, 3, 2, 1), np.arange(3, 7)).tolist() == [1, 0, 2, 2]
+    assert store.lookup(u64(1, 2, 3, 4, 1)).tolist() == [3, 3, 1, 0, 3]
+    assert len(store) == 3
+    # lookup records nothing
+    assert store.lookup(u64(4)).tolist() == [0]
+    assert len(store) == 3
+    assert store.observe(u64(), np.arange(0)).tolist() == []
+    assert store.lookup(u64()).tolist() == []
+
+
+def test_every_bit_of_the_key_counts(make_store: MakeStore) -> None:
+    store = make_store()
+    edge = u64(0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1)
+    assert store.observe(edge, np.zeros(6, np.int64)).tolist() == [0] * 6
+    assert store.lookup(edge).tolist() == [1] * 6
+    assert store.lookup(u64(2, 2**64 - 2, 2**62)).tolist() == [0, 0, 0]
+    assert len(store) == 6
+
+
+def test_large_batch_matches_a_dictionary(make_store: MakeStore) -> None:
+    # more than one Redis script call (CHUNK keys), many duplicates across chunks
+    store = make_store()
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 30_000, CHUNK * 2 + 123).astype(np.uint64) * U64(0x9E3779B97F4A7C15)
+    seen: dict[int, int] = {}
+    expected = []
+    for k in keys.tolist():
+        expected.append(seen.get(k, 0))
+        seen[k] = seen.get(k, 0) + 1
+    assert store.observe(keys, np.arange(len(keys))).tolist() == expected
+    probe = np.concatenate([keys[:500], u64(12345, 67890)])
+    assert store.lookup(probe).tolist() == [seen.get(k, 0) for k in probe.tolist()]
+    assert len(store) == len(seen)
+
+
+def test_clear_forgets_everything(make_store: MakeStore) -> None:
+    store = make_store()
+    store.observe(u64(5, 6, 5), np.arange(3))
+    store.clear()
+    assert len(store) == 0
+    assert store.lookup(u64(5, 6)).tolist() == [0, 0]
+    assert store.observe(u64(5), np.array([9])).tolist() == [0]
+
+
+def test_ttl_expires_entries_after_their_first_seen_time(make_store: MakeStore) -> None:
+    store = make_store(ttl=10)
+    store.observe(u64(1), np.array([0]))
+    store.observe(u64(2), np.array([5]))
+    assert store.lookup(u64(1, 2)).tolist() == [1, 1]
+    store.observe(u64(1), np.array([9]))  # a repeat does not extend the entry's life
+    assert store.lookup(u64(1)).tolist() == [2]
+    store.observe(u64(3), np.array([10]))  # clock 10: key 1 (first seen 0) expires
+    assert store.lookup(u64(1, 2, 3)).tolist() == [0, 1, 1]
+    assert len(store) == 2
+    assert store.observe(u64(1, 1), np.array([10, 11])).tolist() == [0, 1]  # fresh entry
+    assert store.first_seen(1) == 10  # type: ignore[attr-defined]
+    store.observe(u64(4), np.array([15]))  # clock 15: key 2 (first seen 5) expires
+    assert store.lookup(u64(1, 2, 3, 4)).tolist() == [2, 0, 1, 1]
+    assert len(store) == 3
+
+
+def test_capacity_evicts_oldest_first_seen_down_to_90_percent(make_store: MakeStore) -> None:
+    store = make_store(capacity=10)
+    for t in range(10):
+        store.observe(u64(100 + t), np.array([t]))
+    store.observe(u64(100), np.array([10]))  # a repeat: first-seen time stays 0
+    assert len(store) == 10
+    store.observe(u64(110), np.array([11]))  # 11 keys > 10: keep the 9 newest
+    assert len(store) == 9
+    assert store.lookup(u64(*range(100, 111))).tolist() == [0, 0] + [1] * 9
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    batches=st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=40), min_size=1, max_size=8),
+    ttl=st.one_of(st.none(), st.integers(1, 60)),
+    capacity=st.one_of(st.none(), st.integers(1, 25)),
+)
+def test_matches_the_reference_semantics(
+    make_store: MakeStore, batches: list[list[int]], ttl: int | None, capacity: int | None
+) -> None:
+    # every query has its own time, so first-seen times never tie and eviction order
+    # is fully determined
+    store, ref = make_store(ttl=ttl, capacity=capacity), ReferenceStore(ttl, capacity)
+    t = 0
+    for batch in batches:
+        now = list(range(t, t + len(batch)))
+        t += len(batch)
+        got = store.observe(np.array(batch, dtype=np.uint64), np.array(now))
+        assert got.tolist() == ref.observe(batch, now)
+    keys = list(range(31))
+    assert store.lookup(np.array(keys, dtype=np.uint64)).tolist() == [ref.count(k) for k in keys]
+    assert len(store) == len(ref.entries)
+
+
+def test_bad_bounds_are_config_errors(make_store: MakeStore) -> None:
+    for bad in ({"ttl": 0}, {"capacity": -1}):
+        with pytest.raises(ConfigError, match="positive integer"):
+            make_store(**bad)
+
+
+# -- store URLs -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgres://x/y", "unknown scheme"),
+        ("memcache", "unknown scheme"),
+        ("sqlite://", "sqlite:///"),
+        ("sqlite://host/file.db", "sqlite:///"),
+        ("redis://", "redis://HOST:PORT/DB"),
+        ("redis://localhost:port/0", "port must be a number"),
+        ("redis://localhost:6379/zero", "database must be a number"),
+        ("memory://?ttl=soon", "ttl must be a positive integer"),
+        ("memory://?colour=red", "unknown option 'colour'"),
+        ("memory://?capacity=5", "capacity=5 but the config says 6"),
+        ("memory://elsewhere", "memory://"),
+    ],
+)
+def test_bad_store_urls_are_config_errors_naming_the_url(url: str, words: str) -> None:
+    with pytest.raises(ConfigError, match="store URL") as caught:
+        open_store(url, capacity=6 if "capacity=5" in url else None)
+    assert url in str(caught.value)
+    assert words in str(caught.value)
+
+
+def test_urls_open_the_right_store(tmp_path: Path, redis_url: str) -> None:
+    assert isinstance(open_store("memory://?ttl=5"), InProcessStore)
+    sqlite_store = open_store(f"sqlite:///{tmp_path}/m.db?namespace=gw&synchronous=full")
+    assert isinstance(sqlite_store, SQLiteStore)
+    assert (sqlite_store.namespace, sqlite_store.synchronous) == ("gw", "full")
+    redis_store = open_store(redis_url + "?capacity=100&namespace=urls")
+    assert isinstance(redis_store, RedisStore)
+    assert (redis_store.namespace, redis_store.capacity) == ("urls", 100)
+
+
+def test_unreachable_redis_is_one_config_error_without_the_password() -> None:
+    from movingtarget.memory._redis_launcher import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    shown = re.escape("Redis store redis://:***@127.0.0.1")
+    with pytest.raises(ConfigError, match=shown) as caught:
+        open_store(url)
+    assert "hunter2" not in str(caught.value)
+    assert "unreachable" in str(caught.value)
+
+
+def test_memorize_opens_a_store_from_config_text(tmp_path: Path, redis_url: str) -> None:
+    text = f"memorize(on_repeat=abstain, store=sqlite:///{tmp_path}/memo.db?ttl=1000) > argmax"
+    memorize = build_mechanisms(text)[0]
+    assert isinstance(memorize.store, SQLiteStore)  # type: ignore[attr-defined]
+    assert memorize.store.ttl == 1000  # type: ignore[attr-defined]
+    assert f"store=sqlite:///{tmp_path}/memo.db?ttl=1000" in memorize.describe()
+    tables = [{"type": "memorize", "store": redis_url + "?namespace=memo"}]
+    assert isinstance(build_mechanisms(tables)[0].store, RedisStore)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        build_mechanisms("memorize(store=ftp://x) > argmax")
+
+
+# -- SQLite: persistence, crashes, several processes, bad files ------------------------
+def test_sqlite_keeps_everything_through_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    keys = np.random.default_rng(1).integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True)
+    with SQLiteStore(path, capacity=100_000) as store:
+        store.observe(keys, np.arange(5000))
+        store.observe(keys[:10], np.full(10, 7000))
+    with SQLiteStore(path, capacity=100_000) as again:
+        assert len(again) == len(np.unique(keys))
+        assert again.lookup(keys[:10]).tolist() == [2] * 10
+        assert (again.lookup(keys[10:]) == 1).all()
+        assert again.first_seen(int(keys[3])) == 3
+        # the clock survived too: expiry and eviction resume where they stopped
+        assert again.observe(keys[:1], np.array([7001])).tolist() == [2]
+
+
+def test_sqlite_namespaces_share_a_file_without_mixing(tmp_path: Path) -> None:
+    a = SQLiteStore(tmp_path / "m.db", namespace="a")
+    b = SQLiteStore(tmp_path / "m.db", namespace="b")
+    a.observe(u64(1, 2), np.arange(2))
+    assert b.lookup(u64(1, 2)).tolist() == [0, 0]
+    b.observe(u64(1), np.arange(1))
+    a.clear()
+    assert (len(a), len(b)) == (0, 1)
+    with pytest.raises(ConfigError, match="namespace"):
+        SQLiteStore(tmp_path / "m.db", namespace="a; DROP TABLE x")
+
+
+_WRITER = """
+import sys
+import numpy as np
+from movingtarget.memory import SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+for batch in range(1_000_000):
+    keys = np.random.default_rng(batch).integers(0, 2**64 - 1, 400, dtype=np.uint64, endpoint=True)
+    store.observe(keys, np.full(400, batch))
+    print(batch, flush=True)  # acknowledged: observe has returned
+"""
+
+
+def _batch_keys(batch: int) -> np.ndarray:
+    rng = np.random.default_rng(batch)
+    return rng.integers(0, 2**64 - 1, 400, dtype=np.uint64, endpoint=True)
+
+
+def test_sqlite_keeps_every_acknowledged_key_through_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None
+    acknowledged: list[int] = []
+    for line in writer.stdout:
+        acknowledged.append(int(line))
+        if len(acknowledged) == 40:
+            # mid-stream: the writer is already inside its next transaction
+            os.kill(writer.pid, signal.SIGKILL)
+            break
+    acknowledged += [int(line) for line in writer.stdout]  # printed before it died
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    assert acknowledged == list(range(len(acknowledged)))
+
+    with SQLiteStore(path) as store:
+        for batch in acknowledged:
+            assert (store.lookup(_batch_keys(batch)) >= 1).all(), f"batch {batch} lost"
+        # nothing half-written: the batch in flight is either wholly there or absent
+        n = len(acknowledged)
+        assert len(store) in (400 * n, 400 * (n + 1))
+        if len(store) == 400 * (n + 1):
+            assert (store.lookup(_batch_keys(n)) == 1).all()
+        else:
+            assert (store.lookup(_batch_keys(n)) == 0).all()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+
+
+_SAME_KEYS = """
+import sys
+import numpy as np
+from movingtarget.memory import open_store
+
+store = open_store(sys.argv[1])
+keys = np.arange(1, 3001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+order = np.random.default_rng(int(sys.argv[2])).permutation(len(keys))
+prior = np.zeros(len(keys), dtype=np.int64)
+for chunk in np.array_split(order, 30):
+    prior[chunk] = store.observe(keys[chunk], np.zeros(len(chunk), np.int64))
+print(",".join(map(str, prior.tolist())))
+"""
+
+
+def _run_concurrently(url: str, n: int = 2) -> list[list[int]]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAME_KEYS, url, str(seed)], stdout=subprocess.PIPE, text=True
+        )
+        for seed in range(n)
+    ]
+    outputs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n
+    return [[int(v) for v in out.strip().split(",")] for out in outputs]
+
+
+def test_sqlite_writers_in_two_processes_get_exact_counts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    a, b = _run_concurrently(url)
+    # every key was observed once by each process: exactly one of them saw it first
+    assert all(sorted(pair) == [0, 1] for pair in zip(a, b, strict=True))
+    assert len(open_store(url)) == 3000
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(b"these are not the bytes of a database\n" * 100),
+        lambda p: p.write_bytes(b"\0" * 24 + b"garbage" * 1000),
+    ],
+)
+def test_a_corrupt_sqlite_file_is_one_data_error_and_is_left_untouched(
+    tmp_path: Path, damage: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "memory.db"
+    damage(path)
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=re.escape(f"SQLite store {path}")) as caught:
+        open_store(f"sqlite:///{path}")
+    assert "not a readable SQLite database" in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_store_page_is_a_data_error_and_the_file_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    with SQLiteStore(path) as store:
+        store.observe(np.arange(1, 20_001, dtype=np.uint64), np.zeros(20_000, np.int64))
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[3 * page : 5 * page] = b"\xff" * (2 * page)  # two b-tree pages
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=re.escape(f"SQLite store {path}")):
+        store = SQLiteStore(path)
+        store.lookup(np.arange(1, 20_001, dtype=np.uint64))
+        store.observe(np.arange(1, 20_001, dtype=np.uint64), np.zeros(20_000, np.int64))
+    assert path.read_bytes() == bytes(data)
+
+
+def test_sqlite_in_a_missing_directory_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "dir" / "memory.db"
+    with pytest.raises(DataError, match="does not exist") as caught:
+        open_store(f"sqlite:///{path}")
+    assert str(path) in str(caught.value)
+
+
+def test_cli_style_errors_carry_no_traceback_text(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    path.write_text("not a database")
+    with pytest.raises(DataError) as caught:
+        SQLiteStore(path)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# -- Redis: shared between processes ---------------------------------------------------
+_FINGERPRINT_AND_OBSERVE = """
+import sys
+import numpy as np
+from movingtarget.memory import ExactFingerprint, open_store
+
+store = open_store(sys.argv[1])
+query = (np.arange(784, dtype=np.float32) % 17 / 17).reshape(1, 28, 28)
+keys = ExactFingerprint(secret="shared-secret").fingerprint(query)
+print(int(store.observe(keys, np.array([int(sys.argv[2])]))[0]))
+"""
+
+
+def test_two_processes_sharing_redis_catch_each_others_repeats(redis_url: str) -> None:
+    url = f"{redis_url}?namespace=ab{uuid.uuid4().hex}"
+
+    def run(now: int) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _FINGERPRINT_AND_OBSERVE, url, str(now)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout)
+
+    assert run(1) == 0  # process A: new
+    assert run(2) == 1  # process B: a repeat of what A sent
+    query = (np.arange(784, dtype=np.float32) % 17 / 17).reshape(1, 28, 28)
+    keys = ExactFingerprint(secret="shared-secret").fingerprint(query)
+    assert open_store(url).lookup(keys).tolist() == [2]  # and this process sees both
+
+
+def test_concurrent_redis_clients_get_exact_counts(redis_url: str) -> None:
+    url = f"{redis_url}?namespace=cc{uuid.uuid4().hex}"
+    a, b = _run_concurrently(url)
+    assert all(sorted(pair) == [0, 1] for pair in zip(a, b, strict=True))
+    assert len(open_store(url)) == 3000
+
+
+def test_redis_refuses_a_bounded_client_on_an_unindexed_namespace(redis_url: str) -> None:
+    ns = f"ix{uuid.uuid4().hex}"
+    RedisStore(redis_url, namespace=ns).observe(u64(1), np.array([0]))
+    with pytest.raises(ConfigError, match="no first-seen index"):
+        RedisStore(redis_url, namespace=ns, ttl=5)
+    bounded = f"bx{uuid.uuid4().hex}"
+    RedisStore(redis_url, namespace=bounded, capacity=5).observe(u64(1), np.array([0]))
+    # an unbounded client keeps the index up to date for the bounded ones
+    RedisStore(redis_url, namespace=bounded).observe(u64(*range(2, 8)), np.arange(1, 7))
+    assert RedisStore(redis_url, namespace=bounded, capacity=5).lookup(u64(1)).tolist() == [1]
+    RedisStore(redis_url, namespace=bounded, capacity=5).observe(u64(9), np.array([9]))
+    assert len(RedisStore(redis_url, namespace=bounded)) == 4
