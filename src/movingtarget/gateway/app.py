@@ -1,0 +1,208 @@
+"""The FastAPI application: /v1 routes, the KServe v2 routes, health and metrics.
+
+=====================  =============================================================
+endpoint               what
+=====================  =============================================================
+POST /v1/classify      answer one input or a batch (class or ABSTAIN, reason, query id)
+POST /v1/feedback      true labels for earlier query ids (stored for active learning)
+GET  /healthz          liveness and readiness (no key)
+GET  /metrics          Prometheus metrics
+GET  /docs             OpenAPI documentation (no key), /openapi.json
+/v2/...                the Open Inference Protocol (KServe v2 REST), see kserve.py
+=====================  =============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+
+from movingtarget import __version__ as _pkg_version
+from movingtarget.answers import Answers
+from movingtarget.gateway.http import (
+    BODY_SCHEMAS,
+    LatencyMiddleware,
+    body_doc,
+    install_error_handlers,
+    read_body,
+    token_of,
+)
+from movingtarget.gateway.ids import request_id
+from movingtarget.gateway.inputs import batch_from_json
+from movingtarget.gateway.kserve import router as kserve_router
+from movingtarget.gateway.problems import Problem, bad_request
+from movingtarget.gateway.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
+    Health,
+)
+from movingtarget.gateway.service import Gateway
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Malformed input (shape, dtype, non-finite values, bad JSON).",
+        401: "No API key, or an unknown one.",
+        403: "The API key was revoked.",
+        413: "Too many inputs, or a body over the size limit.",
+        422: "The body does not match the schema.",
+        429: "Over the key's rate limit or quota; see Retry-After.",
+    }.items()
+}
+
+
+def answers_json(
+    query_ids: list[str], answers: Answers, reasons: list[str]
+) -> list[dict[str, Any]]:
+    """The ``answers`` list of a classify response."""
+    out = []
+    for qid, label, reason in zip(
+        query_ids, answers.labels.tolist(), answers.reasons.tolist(), strict=True
+    ):
+        abstained = label < 0
+        out.append(
+            {
+                "query_id": qid,
+                "label": None if abstained else label,
+                "abstained": abstained,
+                "reason": reasons[reason],
+            }
+        )
+    return out
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The ASGI app serving ``gateway`` (started and stopped with the server)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    served = gateway.served
+    app = FastAPI(
+        title="movingtarget gateway",
+        version=_pkg_version,
+        summary=f"{served.name} behind {gateway.defense.describe()}",
+        description=(
+            "A classifier behind a dynamic defense. Every endpoint except health needs an "
+            "API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`). An answer is a "
+            "class or an explicit abstention with its reason."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    app.add_middleware(LatencyMiddleware, histogram=gateway.metrics.latency)
+    reason_labels = [r for r in gateway.metrics._labels]
+    cfg = gateway.config
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=_ERRORS,
+        openapi_extra=body_doc(ClassifyRequest),
+        tags=["v1"],
+    )
+    async def classify(request: Request) -> Response:
+        """Classify one input or a batch; each answer is a class or ABSTAIN with a reason."""
+        token = token_of(request)
+        rid = request_id(request.headers.get("x-request-id"))
+        try:
+            body = await read_body(request, ClassifyRequest, cfg.max_body_bytes)
+            x = batch_from_json(body.batch(), served.input_shape, cfg.max_inputs)
+        except Problem as bad:
+            await gateway.authorize(token, 0)  # a bad key is told so before a bad body
+            gateway.metrics.refusals.labels(bad.kind).inc()
+            raise
+        grant = await gateway.authorize(token, len(x))
+        query_ids, answers = await gateway.classify(x, grant, rid)
+        content = {
+            "request_id": rid,
+            "model": served.name,
+            "model_version": served.version,
+            "defense": gateway.defense.name,
+            "answers": answers_json(query_ids, answers, reason_labels),
+        }
+        return JSONResponse(content, headers={"X-Request-ID": rid})
+
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        responses=_ERRORS,
+        openapi_extra=body_doc(FeedbackRequest),
+        tags=["v1"],
+    )
+    async def feedback(request: Request) -> Response:
+        """Store the true labels of earlier queries of this key (for active learning)."""
+        token = token_of(request)
+        try:
+            body = await read_body(request, FeedbackRequest, cfg.max_body_bytes)
+        except Problem:
+            await gateway.authorize(token, 0)
+            raise
+        grant = await gateway.authorize(token, 0)
+        k = served.n_classes
+        for item in body.labels:
+            if not gateway.ids.check(item.query_id, grant.key_id):
+                raise bad_request(f"query id {item.query_id!r} was not issued to this key")
+            if item.label >= k:
+                raise bad_request(f"label {item.label} is not a class in [0, {k})")
+        from starlette.concurrency import run_in_threadpool
+
+        stored = await run_in_threadpool(
+            gateway.keys.add_feedback, grant.key_id, [(i.query_id, i.label) for i in body.labels]
+        )
+        return JSONResponse({"stored": stored})
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Response:
+        """Liveness and readiness; needs no key. 503 while starting or stopping."""
+        content = {
+            "status": "ok" if gateway.ready else "starting",
+            "model": served.name,
+            "model_version": served.version,
+            "defense": gateway.defense.name,
+        }
+        return JSONResponse(content, status_code=200 if gateway.ready else 503)
+
+    @app.get("/metrics", responses=_ERRORS, tags=["health"])
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text exposition format)."""
+        await gateway.authorize(token_of(request), 0)
+        return Response(gateway.metrics.render(), media_type=gateway.metrics.content_type)
+
+    app.include_router(kserve_router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(BODY_SCHEMAS)
+            components["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,64 @@
+"""Everything ``movingtarget serve`` is told, in one value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from movingtarget.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How one gateway replica serves.
+
+    Examples
+    --------
+    >>> GatewayConfig(model="digits:logistic", defense="memorize-abstain").check().store
+    'memory://'
+    """
+
+    model: str = "digits:logistic"
+    defense: str = "memorize-abstain"
+    store: str = "memory://"
+    keys: str | None = None  # default: $MOVINGTARGET_KEYS or sqlite:///movingtarget-keys.db
+    namespace: str = "mt"
+    audit: Path | None = None
+    max_inputs: int = 256  # inputs in one request
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 256  # queries in one model batch
+    max_wait_ms: float = 1.0
+    memory_ttl_s: float | None = None
+    memory_capacity: int | None = None
+    seed: int = 0
+    test_size: float = 0.3
+    split_seed: int = 0
+    model_seed: int = 0
+    cache_dir: Path | None = None
+    input_shape: tuple[int, ...] | None = None
+    replica: str = ""
+
+    def check(self) -> GatewayConfig:
+        """This config, or a :class:`ConfigError` naming the bad field."""
+        checks = [
+            (self.max_inputs >= 1, f"--max-inputs must be >= 1, got {self.max_inputs}"),
+            (
+                self.max_body_bytes >= 1024,
+                f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}",
+            ),
+            (self.max_batch >= 1, f"--max-batch must be >= 1, got {self.max_batch}"),
+            (self.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {self.max_wait_ms}"),
+            (
+                self.memory_ttl_s is None or self.memory_ttl_s > 0,
+                f"--memory-ttl must be > 0 seconds, got {self.memory_ttl_s}",
+            ),
+            (
+                self.memory_capacity is None or self.memory_capacity >= 1,
+                f"--memory-capacity must be >= 1, got {self.memory_capacity}",
+            ),
+            (bool(self.namespace.strip()), "--namespace must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self

@@ -1,0 +1,149 @@
+"""HTTP plumbing shared by the /v1 and KServe v2 routes: keys from headers, bounded
+JSON bodies, request schemas in the OpenAPI document, uniform JSON errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from movingtarget.errors import DataError, MovingTargetError
+from movingtarget.gateway.problems import Problem, bad_request, unprocessable
+
+log = logging.getLogger("movingtarget.gateway")
+M = TypeVar("M", bound=BaseModel)
+
+#: Request-body schemas the routes declare (merged into the OpenAPI components).
+BODY_SCHEMAS: dict[str, Any] = {}
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring ``model`` as the JSON request body."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    BODY_SCHEMAS.update(schema.pop("$defs", {}))
+    BODY_SCHEMAS[model.__name__] = schema
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def token_of(request: Request) -> str:
+    """The API key from ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; 401 if none."""
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = request.headers.get("x-api-key")
+    if key and key.strip():
+        return key.strip()
+    raise Problem(
+        401,
+        "unauthorized",
+        "an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+    )
+
+
+async def read_body(request: Request, model: type[M], limit: int) -> M:
+    """The request body as ``model``: 413 past ``limit`` bytes, 400 for bad JSON,
+    422 for a body of the wrong form."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "too-large", f"request body of {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, "too-large", f"request body over the limit of {limit} bytes")
+    if not body:
+        raise bad_request("the request body is empty; send JSON", "invalid-json")
+    try:
+        data = json.loads(bytes(body))
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc})", "invalid-json") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise unprocessable(_first_error(exc.errors())) from None
+    except RecursionError:
+        raise unprocessable("the request body is nested too deeply") from None
+
+
+def _first_error(errors: Any) -> str:
+    # one clear message: the first problem, where it is, and how many more there are
+    errs = list(errors)
+    if not errs:
+        return "the body does not match the schema"
+    e = errs[0]
+    where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+    more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
+    msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {msg}{more}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error becomes ``{"error", "type", "status"}`` JSON; never a traceback."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        p = unprocessable(_first_error(exc.errors()))
+        return JSONResponse(p.body(), p.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: "not-found", 405: "method-not-allowed"}
+        body = {
+            "error": str(exc.detail),
+            "type": kinds.get(exc.status_code, "http"),
+            "status": exc.status_code,
+        }
+        return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _unavailable(request: Request, exc: DataError) -> JSONResponse:
+        # a memory or key store that cannot be reached: the client may retry later
+        log.error("store unavailable: %s", exc)
+        body = {"error": f"service unavailable: {exc}", "type": "unavailable", "status": 503}
+        return JSONResponse(body, 503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(MovingTargetError)
+    async def _user(request: Request, exc: MovingTargetError) -> JSONResponse:
+        return JSONResponse(bad_request(str(exc)).body(), 400)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        body = {"error": "internal error", "type": "internal", "status": 500}
+        return JSONResponse(body, 500)
+
+
+class LatencyMiddleware:
+    """Times every request into ``movingtarget_request_seconds{endpoint}`` (pure ASGI:
+    no per-request task or body copy)."""
+
+    def __init__(self, app: ASGIApp, histogram: Any) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "other")
+            self.histogram.labels(endpoint).observe(time.perf_counter() - start)

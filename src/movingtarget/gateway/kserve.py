@@ -1,0 +1,176 @@
+"""The Open Inference Protocol (KServe v2 REST), so KServe, Triton and MLServer clients
+work unchanged.
+
+An abstention is an explicit output, never a fake class: ``infer`` returns the
+tensors ``label`` (INT64, ``-1`` where the gateway abstained), ``abstained`` (BOOL),
+``reason`` (BYTES: ``model``, ``repeat``, ...) and ``query_id`` (BYTES, for
+``/v1/feedback``). The input is one tensor of shape ``[n, *input_shape]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from movingtarget.gateway.http import body_doc, read_body, token_of
+from movingtarget.gateway.ids import request_id
+from movingtarget.gateway.inputs import batch_from_tensor
+from movingtarget.gateway.problems import Problem
+from movingtarget.gateway.schemas import (
+    ErrorBody,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerReady,
+)
+from movingtarget.gateway.service import Gateway
+
+router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+
+#: Output tensors of ``infer``: name -> datatype.
+OUTPUTS = {"label": "INT64", "abstained": "BOOL", "reason": "BYTES", "query_id": "BYTES"}
+_ERR: dict[int | str, dict[str, Any]] = {
+    c: {"model": ErrorBody} for c in (400, 401, 403, 404, 413, 422, 429)
+}
+
+
+def _gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def _model(gw: Gateway, name: str, version: str | None = None) -> None:
+    if name != gw.served.name:
+        raise Problem(
+            404,
+            "not-found",
+            f"model {name!r} is not served here; this gateway serves {gw.served.name!r}",
+        )
+    if version is not None and version != gw.served.version:
+        raise Problem(
+            404,
+            "not-found",
+            f"model {name!r} has no version {version!r}; it serves version {gw.served.version!r}",
+        )
+
+
+@router.get("/health/live", response_model=ServerLive)
+async def live() -> dict[str, bool]:
+    """The server is up (no key)."""
+    return {"live": True}
+
+
+@router.get("/health/ready", response_model=ServerReady)
+async def ready(request: Request) -> Response:
+    """The server can answer (no key)."""
+    ok = _gateway(request).ready
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+def _metadata(gw: Gateway) -> dict[str, Any]:
+    shape = [-1, *gw.served.input_shape]
+    return {
+        "name": gw.served.name,
+        "versions": [gw.served.version],
+        "platform": "movingtarget",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": shape}],
+        "outputs": [{"name": n, "datatype": d, "shape": [-1]} for n, d in OUTPUTS.items()],
+        "parameters": {"defense": gw.defense.describe(), "n_classes": gw.served.n_classes},
+    }
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=_ERR)
+async def metadata(name: str, request: Request) -> Response:
+    """Model metadata: input and output tensors."""
+    gw = _gateway(request)
+    await gw.authorize(token_of(request), 0)
+    _model(gw, name)
+    return JSONResponse(_metadata(gw))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_ERR)
+async def metadata_version(name: str, version: str, request: Request) -> Response:
+    """Metadata of one version (the served one)."""
+    gw = _gateway(request)
+    await gw.authorize(token_of(request), 0)
+    _model(gw, name, version)
+    return JSONResponse(_metadata(gw))
+
+
+@router.get("/models/{name}/ready", response_model=ModelReady, responses=_ERR)
+async def model_ready(name: str, request: Request) -> Response:
+    """Whether the model can answer."""
+    gw = _gateway(request)
+    await gw.authorize(token_of(request), 0)
+    _model(gw, name)
+    return JSONResponse({"name": name, "ready": gw.ready}, status_code=200 if gw.ready else 503)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    gw = _gateway(request)
+    token = token_of(request)
+    try:
+        _model(gw, name, version)
+        body = await read_body(request, InferenceRequest, gw.config.max_body_bytes)
+        tensor = body.inputs[0]
+        x = batch_from_tensor(
+            tensor.data, tensor.shape, tensor.datatype, gw.served.input_shape, gw.config.max_inputs
+        )
+        wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
+        unknown = [w for w in wanted if w not in OUTPUTS]
+        if unknown:
+            raise Problem(
+                400,
+                "invalid-input",
+                f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUTS)}",
+            )
+    except Problem as bad:
+        await gw.authorize(token, 0)
+        gw.metrics.refusals.labels(bad.kind).inc()
+        raise
+    grant = await gw.authorize(token, len(x))
+    rid = request_id(body.id or request.headers.get("x-request-id"))
+    query_ids, answers = await gw.classify(x, grant, rid)
+    labels = gw.metrics._labels
+    n = len(x)
+    values = {
+        "label": answers.labels.tolist(),
+        "abstained": (answers.labels < 0).tolist(),
+        "reason": [labels[r] for r in answers.reasons.tolist()],
+        "query_id": query_ids,
+    }
+    outputs = [{"name": w, "shape": [n], "datatype": OUTPUTS[w], "data": values[w]} for w in wanted]
+    content = {
+        "model_name": gw.served.name,
+        "model_version": gw.served.version,
+        "id": rid,
+        "parameters": {"defense": gw.defense.name},
+        "outputs": outputs,
+    }
+    return JSONResponse(content, headers={"X-Request-ID": rid})
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferenceResponse,
+    responses=_ERR,
+    openapi_extra=body_doc(InferenceRequest),
+)
+async def infer(name: str, request: Request) -> Response:
+    """Inference; abstentions are the ``abstained`` and ``reason`` outputs."""
+    return await _infer(request, name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferenceResponse,
+    responses=_ERR,
+    openapi_extra=body_doc(InferenceRequest),
+)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    """Inference on one version (the served one)."""
+    return await _infer(request, name, version)

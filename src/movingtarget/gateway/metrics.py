@@ -1,0 +1,95 @@
+"""Prometheus metrics of one gateway process (its own registry, so tests may run many).
+
+=====================================  ===========================================
+metric                                 meaning
+=====================================  ===========================================
+movingtarget_queries_total             queries the defense answered
+movingtarget_answers_total{reason}     answers by reason (model, repeat, ...)
+movingtarget_abstentions_total{reason} ABSTAIN answers by reason
+movingtarget_repeats_caught_total      exact or near repeats caught (any answer)
+movingtarget_refusals_total{kind}      requests refused: unauthorized, revoked,
+                                       rate-limited, quota-limited, invalid
+movingtarget_request_seconds{endpoint} request latency (histogram)
+movingtarget_batch_queries             queries per model batch (histogram)
+=====================================  ===========================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from movingtarget.answers import ABSTAIN, Answers, Reason
+
+_REPEATS = [
+    int(r)
+    for r in (Reason.REPEAT, Reason.REPEAT_RANDOM, Reason.NEAR_REPEAT, Reason.NEAR_REPEAT_RANDOM)
+]
+
+
+class GatewayMetrics:
+    """The gateway's counters and histograms.
+
+    Examples
+    --------
+    >>> m = GatewayMetrics()
+    >>> a = Answers.undecided(2); a.labels[:] = [1, -1]; a.reasons[:] = [1, 3]
+    >>> m.record_answers(a)
+    >>> b"movingtarget_repeats_caught_total 1.0" in m.render()
+    True
+    """
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queries = Counter("movingtarget_queries", "Queries the defense answered.", registry=r)
+        self.answers = Counter("movingtarget_answers", "Answers by reason.", ["reason"], registry=r)
+        self.abstentions = Counter(
+            "movingtarget_abstentions", "ABSTAIN answers by reason.", ["reason"], registry=r
+        )
+        self.repeats = Counter(
+            "movingtarget_repeats_caught", "Exact or near repeats caught.", registry=r
+        )
+        self.refusals = Counter(
+            "movingtarget_refusals", "Requests refused, by kind.", ["kind"], registry=r
+        )
+        self.latency = Histogram(
+            "movingtarget_request_seconds",
+            "Request latency in seconds.",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.batch = Histogram(
+            "movingtarget_batch_queries",
+            "Queries per model batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.up = Gauge("movingtarget_up", "1 while the gateway serves.", registry=r)
+        self.up.set(1)
+        self._labels = [x.label for x in Reason]
+
+    def record_answers(self, answers: Answers) -> None:
+        """Count one batch's answers."""
+        n = len(answers)
+        self.queries.inc(n)
+        self.batch.observe(n)
+        counts = np.bincount(answers.reasons, minlength=len(self._labels))
+        abstained = np.bincount(
+            answers.reasons[answers.labels == ABSTAIN], minlength=len(self._labels)
+        )
+        for code in np.flatnonzero(counts).tolist():
+            self.answers.labels(self._labels[code]).inc(int(counts[code]))
+            if abstained[code]:
+                self.abstentions.labels(self._labels[code]).inc(int(abstained[code]))
+        caught = int(counts[_REPEATS].sum())
+        if caught:
+            self.repeats.inc(caught)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

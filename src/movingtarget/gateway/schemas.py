@@ -1,0 +1,200 @@
+"""Typed request and response bodies (pydantic), for /v1 and the KServe v2 protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Longest query id, request id or model name the gateway accepts.
+MAX_ID = 200
+
+
+class ClassifyRequest(BaseModel):
+    """One input (``input``) or a batch (``inputs``), each a (nested) list of numbers
+    of the model's input shape."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": [[0.0, 1.5, 3.0]]}, {"input": [0.0, 1.5, 3.0]}]},
+    )
+
+    inputs: list[Any] | None = Field(None, description="A batch of inputs.")
+    input: list[Any] | None = Field(None, description="A single input.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.inputs is None) == (self.input is None):
+            raise ValueError("give exactly one of 'input' (one input) or 'inputs' (a batch)")
+        return self
+
+    def batch(self) -> list[Any]:
+        """The inputs as a batch."""
+        return self.inputs if self.inputs is not None else [self.input]
+
+
+class Answer(BaseModel):
+    """The answer to one query: a class, or ABSTAIN (``label`` null) with the reason."""
+
+    query_id: str = Field(description="Quote it in /v1/feedback.")
+    label: int | None = Field(description="The class, or null when the gateway abstained.")
+    abstained: bool
+    reason: str = Field(description="model, repeat, near-repeat, low-confidence, ...")
+
+
+class ClassifyResponse(BaseModel):
+    """Answers in the order of the inputs."""
+
+    request_id: str
+    model: str
+    model_version: str
+    defense: str
+    answers: list[Answer]
+
+
+class FeedbackItem(BaseModel):
+    """The true class of an earlier query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query_id: str = Field(min_length=1, max_length=MAX_ID)
+    label: int = Field(ge=0, lt=2**31)
+
+
+class FeedbackRequest(BaseModel):
+    """Labels for earlier queries (your own: query ids are bound to your key)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"labels": [{"query_id": "QUERY-ID", "label": 3}]}]},
+    )
+
+    labels: list[FeedbackItem] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackResponse(BaseModel):
+    """How many labels were stored."""
+
+    stored: int
+
+
+class Health(BaseModel):
+    """Liveness and what is served."""
+
+    status: str
+    model: str
+    model_version: str
+    defense: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: one message, a machine-readable kind, the status."""
+
+    error: str
+    type: str
+    status: int
+
+
+# -- Open Inference Protocol (KServe v2) -----------------------------------------------
+
+
+class RequestInput(BaseModel):
+    """An input tensor: name, shape, datatype, and its data (flat or nested, row-major)."""
+
+    name: str = Field(max_length=MAX_ID)
+    shape: list[int] = Field(max_length=8)
+    datatype: str = Field(max_length=16)
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class RequestOutput(BaseModel):
+    """An output the client asks for (all are returned when none is named)."""
+
+    name: str = Field(max_length=MAX_ID)
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """``POST /v2/models/{name}/infer``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 3],
+                            "datatype": "FP32",
+                            "data": [0.0, 1.5, 3.0],
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    id: str | None = Field(None, max_length=MAX_ID)
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1)
+    outputs: list[RequestOutput] | None = Field(None, max_length=8)
+
+
+class ResponseOutput(BaseModel):
+    """An output tensor."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class InferenceResponse(BaseModel):
+    """The answers as tensors: ``label`` (INT64, -1 where abstained), ``abstained``
+    (BOOL), ``reason`` (BYTES) and ``query_id`` (BYTES)."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class MetadataTensor(BaseModel):
+    """Name, datatype and shape of a tensor (-1: any size)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """``GET /v2/models/{name}``."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Any] | None = None
+
+
+class ModelReady(BaseModel):
+    """``GET /v2/models/{name}/ready``."""
+
+    name: str
+    ready: bool
+
+
+class ServerLive(BaseModel):
+    """``GET /v2/health/live``."""
+
+    live: bool
+
+
+class ServerReady(BaseModel):
+    """``GET /v2/health/ready``."""
+
+    ready: bool

@@ -1,0 +1,178 @@
+"""The gateway's core, free of HTTP: model + defense + memory + keys + batching + audit.
+
+:class:`Gateway` answers validated query batches for an authorized key; the FastAPI
+routes (``app.py``, ``kserve.py``) only parse, authorize and format.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from starlette.concurrency import run_in_threadpool
+
+from movingtarget.answers import Answers
+from movingtarget.defenses import Defense, build_defense
+from movingtarget.gateway.audit import AuditLog, deciding_mechanisms
+from movingtarget.gateway.batching import Job, MicroBatcher
+from movingtarget.gateway.config import GatewayConfig
+from movingtarget.gateway.ids import QueryIds
+from movingtarget.gateway.keys import Grant, KeyStore, open_keys, token_digest
+from movingtarget.gateway.metrics import GatewayMetrics
+from movingtarget.gateway.problems import Problem
+from movingtarget.gateway.serving import ServedModel, load_served_model
+from movingtarget.memory.fingerprints import secret_from_env
+from movingtarget.memory.stores import InProcessStore
+
+
+def build_served_defense(config: GatewayConfig, served: ServedModel) -> Defense:
+    """The defense of ``config`` around the served model, its memories in ``config.store``.
+
+    Every mechanism that keeps a memory in this process by default (``memorize``,
+    ``near-repeat`` with robust fingerprints) gets its own namespace in the store, named
+    by its position, so replicas with the same composition share each memory. Memory
+    time is milliseconds since the epoch, so ``--memory-ttl`` is in seconds * 1000.
+    """
+    from movingtarget.memory.urls import open_store
+
+    defense = build_defense(config.defense, served.model, seed=config.seed)
+    bounded = config.memory_ttl_s is not None or config.memory_capacity is not None
+    if config.store.startswith("memory:") and not bounded:
+        return defense
+    ttl = None if config.memory_ttl_s is None else int(config.memory_ttl_s * 1000)
+    for i, mech in enumerate(defense.mechanisms):
+        if isinstance(getattr(mech, "store", None), InProcessStore):
+            name = mech.describe().split("(")[0]
+            mech.store = open_store(  # type: ignore[attr-defined]
+                config.store,
+                namespace=f"{config.namespace}:{served.name}:{i}-{name}",
+                ttl=ttl,
+                capacity=config.memory_capacity,
+            )
+    return defense
+
+
+@dataclass(frozen=True)
+class _Meta:
+    request_id: str
+    query_ids: list[str]
+    key_id: int
+    key_name: str
+
+
+class Gateway:
+    """One replica's serving state.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> cfg = GatewayConfig(keys=os.path.join(tempfile.mkdtemp(), "k.db"))
+    >>> gw = Gateway.from_config(cfg)      # doctest: +SKIP
+    >>> gw.defense.describe()              # doctest: +SKIP
+    'memorize(on_repeat=abstain) > argmax'
+    """
+
+    def __init__(
+        self, config: GatewayConfig, served: ServedModel, defense: Defense, keys: KeyStore
+    ) -> None:
+        self.config = config.check()
+        self.served = served
+        self.defense = defense
+        self.keys = keys
+        self.metrics = GatewayMetrics()
+        self.replica = config.replica or f"{socket.gethostname()}:{os.getpid()}"
+        self.audit = AuditLog(
+            config.audit,
+            defense=defense.name,
+            model=served.name,
+            model_version=served.version,
+            mechanisms=deciding_mechanisms(defense),
+            replica=self.replica,
+        )
+        self.ids = QueryIds(secret_from_env())
+        self.batcher: MicroBatcher[Answers] = MicroBatcher(
+            self._answer, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms
+        )
+        self.ready = False
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> Gateway:
+        """Load the model, build the defense, open memory and keys."""
+        config = config.check()
+        served = load_served_model(
+            config.model,
+            test_size=config.test_size,
+            split_seed=config.split_seed,
+            model_seed=config.model_seed,
+            cache_dir=config.cache_dir,
+            input_shape=config.input_shape,
+        )
+        defense = build_served_defense(config, served)
+        keys = open_keys(config.keys, namespace=config.namespace)
+        return cls(config, served, defense, keys)
+
+    async def start(self) -> None:
+        """Start the micro-batcher (in the server's event loop)."""
+        await self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Stop batching; close the audit log and the key store."""
+        self.ready = False
+        await self.batcher.stop()
+        self.audit.close()
+        self.keys.close()
+
+    # -- access ----------------------------------------------------------------------
+
+    async def authorize(self, token: str, cost: int) -> Grant:
+        """The key's grant for ``cost`` queries, or a 401/403/429 Problem."""
+        try:
+            return await run_in_threadpool(self.keys.authorize, token_digest(token), cost)
+        except Problem as p:
+            self.metrics.refusals.labels(p.kind).inc()
+            raise
+
+    # -- answering -------------------------------------------------------------------
+
+    def _answer(
+        self,
+        x: NDArray[np.float32],
+        clients: NDArray[np.int64],
+        times: NDArray[np.int64],
+        jobs: list[Job],
+    ) -> list[Answers]:
+        # runs on the batcher's thread: one batch at a time, in arrival order
+        answers = self.defense.answer(x, clients, times)
+        self.metrics.record_answers(answers)
+        if self.audit.path is not None:
+            rids: list[str] = []
+            qids: list[str] = []
+            names: list[str] = []
+            for job in jobs:
+                meta: _Meta = job.meta
+                n = len(job.x)
+                rids += [meta.request_id] * n
+                qids += meta.query_ids
+                names += [meta.key_name] * n
+            self.audit.write(rids, qids, clients.tolist(), names, times.tolist(), answers)
+        out, start = [], 0
+        for job in jobs:
+            end = start + len(job.x)
+            out.append(Answers(answers.labels[start:end], answers.reasons[start:end]))
+            start = end
+        return out
+
+    async def classify(
+        self, x: NDArray[np.float32], grant: Grant, request_id: str
+    ) -> tuple[list[str], Answers]:
+        """Answer a validated batch for an authorized key: its query ids and answers."""
+        query_ids = self.ids.issue(request_id, len(x), grant.key_id)
+        meta = _Meta(request_id, query_ids, grant.key_id, grant.name)
+        now_ms = time.time_ns() // 1_000_000
+        answers = await self.batcher.submit(x, grant.key_id, now_ms, meta)
+        return query_ids, answers

@@ -1,0 +1,108 @@
+"""What the gateway serves: a model (by reference spec or saved file) and its metadata.
+
+``--model`` takes either
+
+* a reference spec ``DATASET:MODEL`` (``digits:logistic``, ``breast-cancer:mlp``):
+  the dataset is split as experiments split it (``test_size`` 0.3, split seed 0,
+  model seed 0, overridable) and the reference model is trained, or loaded from the
+  model cache — so a gateway and a local experiment with the same spec serve the
+  very same model; or
+* a saved model file (``.pkl``): a pickled :class:`~movingtarget.models.Model`, or a
+  model-cache entry (``{"model": ...}``). Pickles run code when loaded: serve only
+  files you made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from movingtarget.errors import ConfigError, DataError
+from movingtarget.models.base import Model
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model ready to serve: its input shape, classes, name and version.
+
+    Examples
+    --------
+    >>> served = load_served_model("digits:logistic")  # doctest: +SKIP
+    >>> served.input_shape, served.n_classes           # doctest: +SKIP
+    ((64,), 10)
+    """
+
+    model: Model
+    name: str
+    version: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    source: str
+
+
+def _version(model: Model) -> str:
+    # the model's own bytes decide its version: a retrained model gets a new one
+    try:
+        blob = pickle.dumps(model, protocol=5)
+    except Exception:  # an unpicklable model still serves, under its type's name
+        blob = type(model).__qualname__.encode()
+    return hashlib.blake2b(blob, digest_size=6).hexdigest()
+
+
+def _shape_of(model: Model) -> tuple[int, ...] | None:
+    shape = getattr(model, "input_shape", None)
+    if shape:
+        return tuple(int(s) for s in shape)
+    n = getattr(model, "n_features", None)
+    return (int(n),) if n else None
+
+
+def load_served_model(
+    spec: str,
+    *,
+    test_size: float = 0.3,
+    split_seed: int = 0,
+    model_seed: int = 0,
+    cache_dir: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> ServedModel:
+    """The model that ``spec`` names (see the module docs)."""
+    path = Path(spec)
+    if path.suffix in (".pkl", ".pickle") or (path.exists() and path.is_file()):
+        return _load_file(path, input_shape)
+    if ":" not in spec:
+        raise ConfigError(
+            f"--model {spec!r}: write DATASET:MODEL (e.g. digits:logistic) or a saved .pkl file"
+        )
+    from movingtarget.datasets import load_dataset
+    from movingtarget.models import build_model
+
+    dataset_name, model_name = (part.strip() for part in spec.split(":", 1))
+    split = load_dataset(dataset_name).split(test_size=test_size, seed=split_seed)
+    model = build_model(model_name, split, seed=model_seed, cache_dir=cache_dir)
+    shape = input_shape or split.input_shape
+    name = f"{dataset_name}-{model_name}"
+    return ServedModel(model, name, _version(model), tuple(shape), split.n_classes, spec)
+
+
+def _load_file(path: Path, input_shape: tuple[int, ...] | None) -> ServedModel:
+    try:
+        with path.open("rb") as f:
+            obj: Any = pickle.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--model {path}: no such file") from None
+    except Exception as exc:  # any unreadable pickle is the user's file problem
+        raise DataError(f"--model {path}: cannot load ({type(exc).__name__}: {exc})") from None
+    model = obj.get("model") if isinstance(obj, dict) else obj
+    if not isinstance(model, Model):
+        raise DataError(f"--model {path}: holds {type(model).__name__}, not a model")
+    shape = input_shape or _shape_of(model)
+    if shape is None:
+        raise ConfigError(
+            f"--model {path}: the model does not say its input shape; pass --input-shape"
+        )
+    name = path.stem.split("-")[0] or "model"
+    return ServedModel(model, name, _version(model), shape, int(model.n_classes), str(path))
