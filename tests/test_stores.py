@@ -157,13 +157,23 @@ def test_ttl_expires_entries_after_their_first_seen_time(make_store: MakeStore) 
     store.observe(u64(1), np.array([9]))  # a repeat does not extend the entry's life
     assert store.lookup(u64(1)).tolist() == [2]
     store.observe(u64(3), np.array([10]))  # clock 10: key 1 (first seen 0) expires
-    assert store.lookup(u64(1, 2, 3)).tolist() == [0, 1, 1]
+    assert store.lookup(u64(1, 2, 3)).tolist() == [0, 0, 1]  # clock 30: only 3 lives
     assert len(store) == 2
     assert store.observe(u64(1, 1), np.array([10, 11])).tolist() == [0, 1]  # fresh entry
     assert store.first_seen(1) == 10  # type: ignore[attr-defined]
     store.observe(u64(4), np.array([15]))  # clock 15: key 2 (first seen 5) expires
     assert store.lookup(u64(1, 2, 3, 4)).tolist() == [2, 0, 1, 1]
     assert len(store) == 3
+
+
+def test_ttl_boundary_a_query_exactly_ttl_later_is_new(make_store: MakeStore) -> None:
+    store = make_store(ttl=10)
+    assert store.observe(u64(1, 2), np.array([0, 1])).tolist() == [0, 0]
+    assert store.observe(u64(2, 1), np.array([10, 10])).tolist() == [1, 0]
+    assert store.observe(u64(2), np.array([11])).tolist() == [0]
+    # the same inside one batch: the entry expires between two of its queries
+    assert store.observe(u64(3, 3, 3), np.array([20, 29, 30])).tolist() == [0, 1, 0]
+    assert store.lookup(u64(1, 2, 3)).tolist() == [0, 0, 1]  # clock 30: only 3 lives
 
 
 def test_capacity_evicts_oldest_first_seen_down_to_90_percent(make_store: MakeStore) -> None:
