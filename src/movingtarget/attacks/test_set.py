@@ -157,6 +157,9 @@ class NoisyRepeatAttack(TestSetAttack):
         length (``norm="l2"``, a random direction), in input units.
     clip:
         Keep queries inside the pool's value range (True by default).
+    transform:
+        Optionally also transform each repeat before the noise (a name from
+        :data:`movingtarget.arena.transforms.TRANSFORMS`: ``shift``, ``brightness``, ...).
 
     Examples
     --------
@@ -178,6 +181,7 @@ class NoisyRepeatAttack(TestSetAttack):
         eps: float = 2 / 255,
         norm: str = "linf",
         clip: bool = True,
+        transform: str | None = None,
         patience: int = 1,
         max_commit: int = 1024,
     ) -> None:
@@ -190,6 +194,11 @@ class NoisyRepeatAttack(TestSetAttack):
             patience=patience,
             max_commit=max_commit,
         )
+        if transform is not None:
+            from movingtarget.arena.transforms import check_transforms
+
+            check_transforms([transform], f"{self.name}.transform")
+        self.transform = transform
         if not eps > 0:
             raise ConfigError(f"{self.name}: eps must be > 0, got {eps}")
         if norm not in ("linf", "l2"):
@@ -199,6 +208,10 @@ class NoisyRepeatAttack(TestSetAttack):
 
     def _exploit_queries(self, idx: NDArray[np.int64]) -> NDArray[np.float32] | None:
         base = self.pool_x[idx]
+        if self.transform is not None:
+            from movingtarget.arena.transforms import TRANSFORMS
+
+            base = TRANSFORMS[self.transform](base, self.rng, self._lo, self._hi)
         if self.norm == "linf":
             noise = self.rng.uniform(-self.eps, self.eps, size=base.shape)
         else:

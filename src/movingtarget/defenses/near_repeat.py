@@ -247,6 +247,29 @@ class NearRepeat:
         return f"near-repeat(on_repeat={self.on_repeat}, fingerprint={self.kind})"
 
 
+def calibrate_defense(
+    defense: Any,
+    x_benign: NDArray[np.generic] | None,
+    x_heldout: NDArray[np.generic] | None = None,
+    *,
+    seed: int = 0,
+) -> list[Calibration]:
+    """Calibrate every mechanism of ``defense`` that can be (``calibrate``) on benign
+    queries; returns their calibrations (empty when there is nothing to calibrate).
+
+    >>> calibrate_defense(object(), None)
+    []
+    """
+    out: list[Calibration] = []
+    if x_benign is None:
+        return out
+    for mechanism in getattr(defense, "mechanisms", []):
+        calibrate = getattr(mechanism, "calibrate", None)
+        if callable(calibrate):
+            out.append(calibrate(x_benign, x_heldout, model=defense.model, seed=seed))
+    return out
+
+
 def _open(store: Store | str | None) -> Store:
     if store is None:
         return InProcessStore()

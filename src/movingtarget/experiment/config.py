@@ -17,7 +17,7 @@ from movingtarget.arena.arena import ArenaConfig
 from movingtarget.errors import ConfigError
 
 #: Configs shipped with the package, by name.
-BUILTIN_CONFIGS = ("hello-world", "spambase", "synthetic")
+BUILTIN_CONFIGS = ("hello-world", "spambase", "synthetic", "arms-race")
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,37 @@ def _component(raw: Any, where: str, default: str | None = None) -> ComponentSpe
     return ComponentSpec(name, params, label)
 
 
+def _grid_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def expand_grid(raw: Any, where: str) -> list[Any]:
+    """An attack table with ``grid = {param = [v1, v2, ...], ...}`` becomes one attack per
+    combination of the listed values, labelled ``label(param=v, ...)``; others pass as is.
+
+    >>> [a["label"] for a in expand_grid({"name": "a", "grid": {"eps": [0.5, 1]}}, "x")]
+    ['a(eps=0.5)', 'a(eps=1)']
+    """
+    if not isinstance(raw, dict) or "grid" not in raw:
+        return [raw]
+    grid = _typed(raw["grid"], dict, f"{where}.grid")
+    if not grid:
+        raise ConfigError(f"{where}.grid is empty")
+    combos: list[dict[str, Any]] = [{}]
+    for key, values in grid.items():
+        items = _typed(values, list, f"{where}.grid.{key}")
+        if not items:
+            raise ConfigError(f"{where}.grid.{key} is empty")
+        combos = [{**c, key: v} for c in combos for v in items]
+    base = {k: v for k, v in raw.items() if k != "grid"}
+    stem = str(base.get("label") or base.get("name", "attack"))
+    out = []
+    for combo in combos:
+        text = ", ".join(f"{k}={_grid_value(v)}" for k, v in combo.items())
+        out.append({**base, **combo, "label": f"{stem}({text})"})
+    return out
+
+
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a parsed TOML table."""
     top = [
@@ -153,7 +184,9 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
     if attacks_raw is None:
         raise ConfigError("config needs 'attacks' (a list of attack names or tables)")
     attacks = tuple(
-        _component(a, f"attacks[{i}]") for i, a in enumerate(_typed(attacks_raw, list, "attacks"))
+        _component(g, f"attacks[{i}]")
+        for i, a in enumerate(_typed(attacks_raw, list, "attacks"))
+        for g in expand_grid(a, f"attacks[{i}]")
     )
     if not attacks:
         raise ConfigError("'attacks' is empty")

@@ -18,13 +18,21 @@ from movingtarget.arena.arena import Arena
 from movingtarget.attacks import NO_TARGET, build_adversary
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
+from movingtarget.defenses.near_repeat import calibrate_defense
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
 from movingtarget.metrics.analytic import predict
-from movingtarget.metrics.measured import attack_metrics, cumulative_r_tilde, natural_error
+from movingtarget.metrics.measured import (
+    attack_metrics,
+    benign_false_abstention,
+    cumulative_r_tilde,
+    natural_error,
+)
 from movingtarget.models import Model, build_model
 
 #: Points kept per cumulative-error curve in the results (the event logs keep all).
 CURVE_POINTS = 200
+#: Training inputs that calibrate approximate memories (thresholds for a benign rate).
+CALIBRATION_SIZE = 2000
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,13 @@ class Task:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(model: Model, pools: Pools, config: ExperimentConfig, logs: str) -> None:
+def _init_worker(
+    model: Model,
+    pools: Pools,
+    config: ExperimentConfig,
+    logs: str,
+    calibration_x: NDArray[np.float32] | None = None,
+) -> None:
     # one thread per worker: the workers already use every core, and BLAS threads
     # fighting over them make small matrix products many times slower
     from threadpoolctl import threadpool_limits
@@ -79,7 +93,7 @@ def _init_worker(model: Model, pools: Pools, config: ExperimentConfig, logs: str
         torch.set_num_threads(1)
     except ImportError:
         pass
-    _STATE.update(model=model, pools=pools, config=config, logs=logs)
+    _STATE.update(model=model, pools=pools, config=config, logs=logs, calibration_x=calibration_x)
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -88,6 +102,10 @@ def run_task(task: Task) -> dict[str, Any]:
     pools: Pools = _STATE["pools"]
     config: ExperimentConfig = _STATE["config"]
     defense = build_defense(task.defense.spec, model, name=task.defense.name, seed=task.seed)
+    # approximate memories choose thresholds on training data, checked on the benign pool
+    calibrations = calibrate_defense(
+        defense, _STATE.get("calibration_x"), pools.benign_x, seed=task.seed
+    )
     adversary = build_adversary(
         task.attack.name,
         pools.attacker_x,
@@ -109,6 +127,8 @@ def run_task(task: Task) -> dict[str, Any]:
         "defense": task.defense.name,
         "seed": task.seed,
         **metrics.as_dict(),
+        "abstain_benign_false": benign_false_abstention(log),
+        "calibration": [c.as_dict() for c in calibrations],
         "curve_x": at.tolist(),
         "curve_y": curve[at - 1].tolist(),
     }
@@ -180,8 +200,9 @@ def aggregate(
                 "abstain_adversarial",
                 "abstain_benign",
                 "benign_accuracy",
+                "abstain_benign_false",
             ):
-                mean, se = _mean_se([x[key] for x in group])
+                mean, se = _mean_se([x.get(key, float("nan")) for x in group])
                 row[key] = mean
                 row[f"{key}_se"] = se
             row.update({k: v for k, v in pred.items() if not k.startswith("_")})
@@ -237,6 +258,12 @@ def run_experiment(
     )
     pools = make_pools(split.x_test, split.y_test, config.pools, config.split_seed)
     r = natural_error(model.predict_proba(split.x_test), split.y_test)
+    calibration_x = split.x_train
+    if len(calibration_x) > CALIBRATION_SIZE:
+        pick = np.random.default_rng([config.split_seed, 0xCA1]).choice(
+            len(calibration_x), CALIBRATION_SIZE, replace=False
+        )
+        calibration_x = calibration_x[np.sort(pick)]
     predictions = _prediction_rows(config, model, pools)
     tasks = [Task(a, d, s) for s in config.seeds for a in config.attacks for d in config.defenses]
     logs = ""
@@ -247,7 +274,7 @@ def run_experiment(
     n_workers = workers or min(len(tasks), os.cpu_count() or 1)
     runs: list[dict[str, Any]] = []
     if n_workers <= 1:
-        _init_worker(model, pools, config, logs)
+        _init_worker(model, pools, config, logs, calibration_x)
         for task in tasks:
             runs.append(run_task(task))
             if on_task_done:
@@ -258,7 +285,7 @@ def run_experiment(
             n_workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(model, pools, config, logs),
+            initargs=(model, pools, config, logs, calibration_x),
         ) as pool:
             for result in pool.map(run_task, tasks):
                 runs.append(result)

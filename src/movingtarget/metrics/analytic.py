@@ -24,6 +24,7 @@ from movingtarget.defenses.abstain import ConfidenceThreshold
 from movingtarget.defenses.base import Defense
 from movingtarget.defenses.decision import Sample
 from movingtarget.defenses.memorize import Memorize
+from movingtarget.defenses.near_repeat import NearRepeat
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ def predict(
         return NONE
     if attack == "rate-tracking":
         return Prediction(1.0 if r > 0 else 0.0, "late", "a deterministic mistake, repeated")
+    near = next((mm for mm in defense.mechanisms if isinstance(mm, NearRepeat)), None)
+    if attack == "noisy-repeat" and near is not None and near.on_repeat == "abstain":
+        return Prediction(r, "<=", "approximate memorization: at most r while repeats match")
     if attack in ("test-set", "test-set-targeted", "noisy-repeat"):
         note = "E[T] = 1/r" if attack != "noisy-repeat" else "noise keeps the mistake (approx.)"
         return Prediction(test_set_prediction(r, m), "=", note)

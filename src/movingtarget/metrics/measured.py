@@ -83,6 +83,26 @@ def attack_metrics(log: EventLog, adversary: int = 0) -> AttackMetrics:
     )
 
 
+def benign_false_abstention(log: EventLog) -> float:
+    """Share of *fresh* benign queries (an item's first appearance in the benign
+    stream) answered ABSTAIN: abstentions a memory cannot justify by a repeat.
+    Exact and near duplicates of earlier benign items are not fresh.
+
+    >>> import numpy as np
+    >>> from movingtarget.arena import EventLog
+    >>> z = np.zeros(4, np.int64)
+    >>> log = EventLog(t=np.arange(4), round=z, client=z, adversary=z - 1,
+    ...                source=np.array([0, 1, 0, 2]), noisy=z, y_true=z, target=z - 1,
+    ...                answer=np.array([0, -1, -1, 0]), reason=np.zeros(4, np.uint8),
+    ...                adversaries=[])
+    >>> benign_false_abstention(log)   # item 1 (fresh) abstained; item 0's repeat is not fresh
+    0.3333333333333333
+    """
+    benign = log.adversary < 0
+    fresh = ~repeat_mask(log.source[benign])
+    return _rate(log.answer[benign][fresh] == ABSTAIN)
+
+
 def cumulative_r_tilde(log: EventLog, adversary: int = 0) -> NDArray[np.float64]:
     """``r~`` after each of the adversary's queries: successes so far / queries so far."""
     mine = log.adversary == adversary

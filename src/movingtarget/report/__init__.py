@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from movingtarget.errors import DataError
+from movingtarget.report.arms_race import arms_race_section, has_arms_race, plot_tradeoff
 from movingtarget.report.plots import plot_r_tilde
 from movingtarget.report.tables import (
     TABLE_COLUMNS,
@@ -57,6 +58,8 @@ def write_report(results_dir: str | Path) -> Path:
         "Event logs (one row per query) are in `logs/`.",
         "",
     ]
+    if has_arms_race(rows, runs):
+        lines += [arms_race_section(rows, runs, root)]
     report = root / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
@@ -68,6 +71,7 @@ __all__ = [
     "fmt",
     "markdown_table",
     "plot_r_tilde",
+    "plot_tradeoff",
     "predicted_text",
     "table_rows",
     "write_report",

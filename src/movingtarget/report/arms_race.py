@@ -1,0 +1,130 @@
+"""The arms-race section of a report: ``r~`` against benign false abstention per cell
+(attack x defense), the calibrations of approximate memories, and the trade-off plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from movingtarget.report.tables import fmt
+
+#: File name of the trade-off plot in a results folder.
+TRADEOFF_FILE = "tradeoff.png"
+
+
+def has_arms_race(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> bool:
+    """Whether the results hold approximate memories (a calibration was made)."""
+    return any(run.get("calibration") for run in runs)
+
+
+def calibration_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """One Markdown line per (defense, calibrated mechanism), from the first seed."""
+    from movingtarget.memory.calibration import Calibration
+
+    lines, seen = [], set()
+    for run in runs:
+        if run["defense"] in seen or not run.get("calibration"):
+            continue
+        seen.add(run["defense"])
+        for c in run["calibration"]:
+            lines.append(f"- **{run['defense']}** — {Calibration(**c).describe()}")
+    return lines
+
+
+def tradeoff_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per cell, ``r~`` beside ``r``, benign false abstention and all benign
+    abstention (means ± standard errors over seeds)."""
+    header = (
+        "| attack | defense | r~ | r~ <= 2r | benign false abstention | benign abstention |\n"
+        "|---|---|---|---|---|---|"
+    )
+    out = [header]
+    for row in rows:
+        r, rt = row.get("r"), row.get("r_tilde")
+        ok = "—" if r is None or rt is None else ("yes" if rt <= 2 * r else "no")
+        out.append(
+            f"| {row['attack']} | {row['defense']} | {fmt(rt, row.get('r_tilde_se'))} | {ok} | "
+            f"{fmt(row.get('abstain_benign_false'), row.get('abstain_benign_false_se'))} | "
+            f"{fmt(row.get('abstain_benign'), row.get('abstain_benign_se'))} |"
+        )
+    return "\n".join(out)
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Left: each defense's cells as points of (benign false abstention, ``r~``), with its
+    mean over attacks joined across defenses (the trade-off curve). Right: ``r~`` per
+    attack, one line per defense, with the ``2r`` bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
+    means = []
+    for i, defense in enumerate(defenses):
+        group = [r for r in rows if r["defense"] == defense]
+        x = np.array([_num(r.get("abstain_benign_false")) for r in group])
+        y = np.array([_num(r.get("r_tilde")) for r in group])
+        color = f"C{i % 10}"
+        left.scatter(100 * x, y, s=18, alpha=0.5, color=color, label=defense)
+        means.append((float(np.nanmean(x)) if len(x) else math.nan, float(np.nanmean(y))))
+        left.scatter(100 * means[-1][0], means[-1][1], s=90, marker="D", color=color)
+        ry = [
+            _num(r.get("r_tilde")) for r in sorted(group, key=lambda r: attacks.index(r["attack"]))
+        ]
+        right.plot(range(len(ry)), ry, marker="o", color=color, label=defense)
+    order = sorted(range(len(means)), key=lambda j: means[j][0])
+    left.plot([100 * means[j][0] for j in order], [means[j][1] for j in order], "k--", lw=0.8)
+    r = next((_num(row.get("r")) for row in rows if row.get("r") is not None), math.nan)
+    for ax in (left, right):
+        if not math.isnan(r):
+            ax.axhline(2 * r, color="grey", ls=":", lw=1, label="2r")
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_ylim(-0.001, 1.05)
+        ax.grid(alpha=0.3)
+        ax.set_ylabel("r~ (adversary's success rate)")
+    left.set_xlabel("benign false abstention (%): fresh benign items abstained")
+    left.set_title("trade-off (diamonds: mean over attacks)")
+    right.set_xticks(range(len(attacks)))
+    right.set_xticklabels(attacks, rotation=40, ha="right", fontsize=7)
+    right.set_title("r~ per attack")
+    right.legend(fontsize=7, loc="center right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def arms_race_section(rows: list[dict[str, Any]], runs: list[dict[str, Any]], root: Path) -> str:
+    """The report section (writes the plot into ``root``)."""
+    plot_tradeoff(rows, root / TRADEOFF_FILE)
+    lines = [
+        "## Approximate memory: the arms race",
+        "",
+        "*Benign false abstention* is abstention on benign items sent for the first time "
+        "(a memory cannot justify it by a repeat); benign exact and near-duplicates are "
+        "excluded from it but counted in *benign abstention*.",
+        "",
+        "Calibration (thresholds chosen on training data for the target benign "
+        "false-match rate; achieved rate on the held-out benign pool):",
+        "",
+        *calibration_lines(runs),
+        "",
+        tradeoff_table(rows),
+        "",
+        f"![r~ against benign false abstention]({TRADEOFF_FILE})",
+        "",
+    ]
+    return "\n".join(lines)
