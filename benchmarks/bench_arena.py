@@ -130,6 +130,13 @@ def main() -> None:
             ),
             flush=True,
         )
+    for defense in ("deterministic", "memorize-abstain"):
+        print(
+            arena_row(
+                "Fashion-MNIST / CNN", cnn, fashion, defense, 10_000 if args.quick else 30_000
+            ),
+            flush=True,
+        )
 
     if not args.skip_default_run:
         with tempfile.TemporaryDirectory() as tmp:

@@ -134,3 +134,31 @@ def test_list_shows_every_box(tmp_path: Path) -> None:
     assert p.returncode == 0
     for name in ("digits", "logistic", "memorize", "memorize-abstain", "rate-tracking"):
         assert name in p.stdout
+
+
+OPTIONAL = ("torch", "faiss", "redis", "fastapi", "uvicorn", "art", "httpx", "prometheus_client")
+
+
+def test_core_run_needs_no_optional_dependency(tmp_path: Path) -> None:
+    # the core install (no extras) must run the main job: hide every optional package
+    code = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] in {OPTIONAL!r}:\n"
+        "            raise ImportError(name + ' is not installed')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from movingtarget.cli.main import main\n"
+        "sys.argv = ['movingtarget', 'run', '--seeds', '1', '--queries', '300', '--workers', '1',"
+        f" '--out', {str(tmp_path / 'out')!r}]\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MOVINGTARGET_CACHE": str(tmp_path / "cache")},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "summary.json").exists()
