@@ -136,6 +136,11 @@ def report(results: Annotated[Path, typer.Argument(help="A results folder from `
     console.print(f"wrote {path}")
 
 
+# the gateway's commands (serve, keys, attack) live in their own module
+from movingtarget.cli.serve import register as register_gateway  # noqa: E402
+
+register_gateway(app)
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2, never a traceback.
 

@@ -1,0 +1,204 @@
+"""``movingtarget serve``, ``movingtarget keys ...`` and ``movingtarget attack URL``.
+
+Registered on the main app by :func:`register`; user errors are
+:class:`~movingtarget.errors.MovingTargetError` (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from movingtarget.errors import ConfigError
+
+keys_app = typer.Typer(
+    name="keys",
+    help="Create, list and revoke the gateway's API keys.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+KeysDb = Annotated[
+    str | None,
+    typer.Option(
+        "--keys-db",
+        help="Key store: sqlite:///PATH or redis://HOST:PORT/DB "
+        "(default $MOVINGTARGET_KEYS, else sqlite:///movingtarget-keys.db).",
+    ),
+]
+Namespace = Annotated[str, typer.Option(help="Prefix of every key in a shared store.")]
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--input-shape {text!r}: write sizes like 64 or 1,28,28") from None
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r}: sizes must be >= 1")
+    return shape
+
+
+def serve(
+    model: Annotated[
+        str,
+        typer.Option(help="DATASET:MODEL (e.g. digits:logistic) or a saved .pkl model."),
+    ] = "digits:logistic",
+    defense: Annotated[
+        str,
+        typer.Option(help="A composition name or text: 'memorize(on_repeat=abstain) > argmax'."),
+    ] = "memorize-abstain",
+    store: Annotated[
+        str,
+        typer.Option(help="Memory: memory://, sqlite:///PATH or redis://HOST:PORT/DB."),
+    ] = "memory://",
+    keys_db: KeysDb = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
+    audit: Annotated[Path | None, typer.Option(help="Audit log: one JSON line per query.")] = None,
+    max_inputs: Annotated[int, typer.Option(help="Most inputs in one request.", min=1)] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.", min=1024)] = 4 << 20,
+    max_batch: Annotated[int, typer.Option(help="Most queries in one model batch.", min=1)] = 256,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="Longest wait to fill a model batch (ms).", min=0)
+    ] = 1.0,
+    memory_ttl: Annotated[
+        float | None, typer.Option(help="Forget remembered queries after this many seconds.")
+    ] = None,
+    memory_capacity: Annotated[
+        int | None, typer.Option(help="Most distinct queries remembered.")
+    ] = None,
+    namespace: Namespace = "mt",
+    seed: Annotated[int, typer.Option(help="Seed of the defense's own randomness.")] = 0,
+    test_size: Annotated[float, typer.Option(help="Test share of the DATASET split.")] = 0.3,
+    split_seed: Annotated[int, typer.Option(help="Seed of the DATASET split.")] = 0,
+    model_seed: Annotated[int, typer.Option(help="Seed of the model's training.")] = 0,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Input shape of a saved model that does not say it: 1,28,28.")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
+    replica: Annotated[str, typer.Option(help="This replica's name in the audit log.")] = "",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve a model behind a defense over HTTP (see docs/gateway.md)."""
+    import uvicorn
+
+    from movingtarget.gateway import Gateway, GatewayConfig, create_app
+
+    config = GatewayConfig(
+        model=model,
+        defense=defense,
+        store=store,
+        keys=keys_db,
+        namespace=namespace,
+        audit=audit,
+        max_inputs=max_inputs,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        memory_ttl_s=memory_ttl,
+        memory_capacity=memory_capacity,
+        seed=seed,
+        test_size=test_size,
+        split_seed=split_seed,
+        model_seed=model_seed,
+        cache_dir=cache_dir,
+        input_shape=_shape(input_shape),
+        replica=replica,
+    )
+    gateway = Gateway.from_config(config)
+    app = create_app(gateway)
+    typer.echo(
+        f"serving {gateway.served.name} (version {gateway.served.version}) behind "
+        f"{gateway.defense.describe()} on http://{host}:{port} (memory {store}, "
+        f"keys {gateway.keys.url})",
+        err=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key (the client).")],
+    rate: Annotated[
+        float, typer.Option(help="Queries per second (token refill); 0: unlimited.", min=0)
+    ] = 50.0,
+    burst: Annotated[float, typer.Option(help="Bucket size: most queries at once.", min=1)] = 256.0,
+    quota: Annotated[
+        int | None, typer.Option(help="Most queries per quota window (default: none).", min=1)
+    ] = None,
+    quota_window: Annotated[
+        int, typer.Option(help="Length of the quota window in seconds.", min=1)
+    ] = 86_400,
+    keys_db: KeysDb = None,
+    namespace: Namespace = "mt",
+) -> None:
+    """Create a key; its token is printed once (only its SHA-256 is stored)."""
+    from movingtarget.gateway.keys import KeyLimits, open_keys
+
+    store = open_keys(keys_db, namespace=namespace)
+    try:
+        record, token = store.create(name, KeyLimits(rate, burst, quota, quota_window))
+    finally:
+        store.close()
+    typer.echo(f"created key {record.name!r} (id {record.id}); token (shown once):", err=True)
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(
+    keys_db: KeysDb = None,
+    namespace: Namespace = "mt",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List keys with their limits (never tokens)."""
+    from movingtarget.gateway.keys import open_keys
+
+    store = open_keys(keys_db, namespace=namespace)
+    try:
+        records = store.list_keys()
+    finally:
+        store.close()
+    for r in records:
+        if as_json:
+            typer.echo(json.dumps(r.as_dict()))
+            continue
+        lim = r.limits
+        quota = "none" if lim.quota is None else f"{lim.quota}/{lim.quota_window}s"
+        state = "revoked" if r.revoked else "active"
+        typer.echo(
+            f"{r.id:>4}  {r.name:<24} {state:<8} rate {lim.rate:g}/s  burst {lim.burst:g}  "
+            f"quota {quota}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name.")],
+    keys_db: KeysDb = None,
+    namespace: Namespace = "mt",
+) -> None:
+    """Revoke a key: its requests get 403 from then on."""
+    from movingtarget.gateway.keys import open_keys
+
+    store = open_keys(keys_db, namespace=namespace)
+    try:
+        record = store.revoke(name)
+    finally:
+        store.close()
+    typer.echo(f"revoked key {record.name!r} (id {record.id})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve``, ``keys`` and ``attack`` to the main command."""
+    app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")
+    from movingtarget.cli.attack import attack
+
+    app.command("attack")(attack)
