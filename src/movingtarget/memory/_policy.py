@@ -101,3 +101,26 @@ def settle_batch(
             c += 1
         count[g], first[g] = c, f
     return prior, uniq, count, first
+
+
+def settle_small(
+    keys: list[int], now: list[int], entries: dict[int, list[int]], ttl: int | None
+) -> list[int]:
+    """:func:`settle_batch` for a few queries, in plain Python (numpy's fixed cost per
+    call dominates there). ``entries`` maps each stored key to ``[count, first_seen]``
+    and is updated in place; returns the prior counts.
+
+    >>> entries = {4: [2, 1]}
+    >>> settle_small([4, 9, 4], [10, 11, 12], entries, None), entries
+    ([2, 0, 3], {4: [4, 1], 9: [1, 11]})
+    """
+    prior = []
+    for k, t in zip(keys, now, strict=True):
+        entry = entries.get(k)
+        if entry is None:
+            entry = entries[k] = [0, t]
+        elif ttl is not None and entry[0] and entry[1] <= t - ttl:
+            entry[0], entry[1] = 0, t  # expired: a fresh entry
+        prior.append(entry[0])
+        entry[0] += 1
+    return prior

@@ -23,7 +23,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -32,12 +32,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.memory._policy import check_bounds, keep_after_eviction, settle_batch
+from movingtarget.memory._policy import (
+    check_bounds,
+    keep_after_eviction,
+    settle_batch,
+    settle_small,
+)
 
 SYNCHRONOUS = ("normal", "full")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _CACHE_KIB = 65536  # page cache per connection: keeps the b-tree's inner pages hot
 _NO_CLOCK = -(2**63)
+_SMALL_BATCH = 32  # up to this many keys, plain Python beats numpy's per-call cost
 
 
 def check_namespace(namespace: str, where: str) -> str:
@@ -185,10 +191,16 @@ class SQLiteStore:
 
     @contextmanager
     def _transaction(self, doing: str, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """The connection, under this object's lock; with ``write``, inside one
+        ``BEGIN IMMEDIATE`` transaction. Reads are single statements, each already an
+        atomic snapshot, so they skip BEGIN/COMMIT."""
         with self._lock:
             conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                if not write:
+                    yield conn
+                    return
+                conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
                 except BaseException:
@@ -226,39 +238,75 @@ class SQLiteStore:
         times = np.broadcast_to(np.asarray(now, dtype=np.int64), signed.shape)
         if len(signed) == 0:
             return np.zeros(0, dtype=np.int64)
+        if len(signed) <= _SMALL_BATCH:
+            return self._observe_small(signed.tolist(), times.tolist())
         uniq = np.unique(signed)
         with self._transaction("record fingerprints", write=True) as conn:
             found, counts, first = self._fetch(conn, uniq)
             prior, uniq, count, first_seen = settle_batch(
                 signed, times, found, counts, first, self.ttl
             )
-            conn.executemany(
-                f"INSERT INTO {self._table} (key, count, first_seen) VALUES (?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET count = excluded.count,"
-                " first_seen = excluded.first_seen",
+            self._write(
+                conn,
                 zip(uniq.tolist(), count.tolist(), first_seen.tolist(), strict=True),
-            )
-            size, clock = conn.execute(
-                "SELECT size, clock FROM mt_meta WHERE namespace = ?", (self.namespace,)
-            ).fetchone()
-            size += len(uniq) - len(found)
-            clock = max(int(clock), int(times.max()))
-            if self.ttl is not None:
-                size -= conn.execute(
-                    f"DELETE FROM {self._table} WHERE first_seen <= ?", (clock - self.ttl,)
-                ).rowcount
-            if self.capacity is not None and size > self.capacity:
-                excess = size - keep_after_eviction(self.capacity)
-                size -= conn.execute(
-                    f"DELETE FROM {self._table} WHERE key IN (SELECT key FROM {self._table}"
-                    " ORDER BY first_seen, key LIMIT ?)",
-                    (excess,),
-                ).rowcount
-            conn.execute(
-                "UPDATE mt_meta SET size = ?, clock = ? WHERE namespace = ?",
-                (size, clock, self.namespace),
+                added=len(uniq) - len(found),
+                latest=int(times.max()),
             )
         return prior
+
+    def _observe_small(self, keys: list[int], now: list[int]) -> NDArray[np.int64]:
+        uniq = sorted(set(keys))
+        with self._transaction("record fingerprints", write=True) as conn:
+            rows = conn.execute(
+                f"SELECT key, count, first_seen FROM {self._table}"
+                f" WHERE key IN ({','.join('?' * len(uniq))})",
+                uniq,
+            ).fetchall()
+            entries = {k: [c, f] for k, c, f in rows}
+            prior = settle_small(keys, now, entries, self.ttl)
+            self._write(
+                conn,
+                ((k, c, f) for k, (c, f) in entries.items()),
+                added=len(entries) - len(rows),
+                latest=max(now),
+            )
+        return np.array(prior, dtype=np.int64)
+
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        entries: Iterable[tuple[int, int, int]],
+        *,
+        added: int,
+        latest: int,
+    ) -> None:
+        """Write back a batch's entries, then apply the TTL and capacity (same transaction)."""
+        conn.executemany(
+            f"INSERT INTO {self._table} (key, count, first_seen) VALUES (?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET count = excluded.count,"
+            " first_seen = excluded.first_seen",
+            entries,
+        )
+        size, clock = conn.execute(
+            "SELECT size, clock FROM mt_meta WHERE namespace = ?", (self.namespace,)
+        ).fetchone()
+        size += added
+        clock = max(int(clock), latest)
+        if self.ttl is not None:
+            size -= conn.execute(
+                f"DELETE FROM {self._table} WHERE first_seen <= ?", (clock - self.ttl,)
+            ).rowcount
+        if self.capacity is not None and size > self.capacity:
+            excess = size - keep_after_eviction(self.capacity)
+            size -= conn.execute(
+                f"DELETE FROM {self._table} WHERE key IN (SELECT key FROM {self._table}"
+                " ORDER BY first_seen, key LIMIT ?)",
+                (excess,),
+            ).rowcount
+        conn.execute(
+            "UPDATE mt_meta SET size = ?, clock = ? WHERE namespace = ?",
+            (size, clock, self.namespace),
+        )
 
     def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
         """Counts of ``keys`` (0 for unseen or expired) without recording them."""
@@ -266,6 +314,17 @@ class SQLiteStore:
         out = np.zeros(len(signed), dtype=np.int64)
         if len(signed) == 0:
             return out
+        if len(signed) <= _SMALL_BATCH:
+            wanted = signed.tolist()
+            with self._transaction("look up fingerprints", write=False) as conn:
+                stored = dict(
+                    conn.execute(
+                        f"SELECT key, count FROM {self._table}"
+                        f" WHERE key IN ({','.join('?' * len(wanted))})",
+                        wanted,
+                    ).fetchall()
+                )
+            return np.array([stored.get(k, 0) for k in wanted], dtype=np.int64)
         uniq, inverse = np.unique(signed, return_inverse=True)
         with self._transaction("look up fingerprints", write=False) as conn:
             found, counts, _ = self._fetch(conn, uniq)
