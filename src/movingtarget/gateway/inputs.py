@@ -34,8 +34,9 @@ def _numeric(data: Any, what: str) -> NDArray[Any]:
         # numpy refuses ragged nesting ("inhomogeneous shape"): name it plainly
         msg = str(exc).split(";")[0].split(". ")[0]
         raise bad_request(f"{what} is not a rectangular array of numbers ({msg})") from None
-    if arr.dtype.kind not in "iuf":
-        found = {"U": "text", "S": "text", "O": "mixed or non-numeric values", "b": "booleans"}
+    # booleans read as 0 and 1 (JSON mixes of numbers and booleans do anyway)
+    if arr.dtype.kind not in "biuf":
+        found = {"U": "text", "S": "text", "O": "mixed or non-numeric values"}
         raise bad_request(
             f"{what} must hold only numbers, found {found.get(arr.dtype.kind, arr.dtype.name)}"
         )

@@ -1,0 +1,283 @@
+"""The gateway end to end, against a real server (``movingtarget serve`` in a subprocess
+on a free loopback port): keys, limits, repeats, validation, KServe v2, feedback,
+metrics, audit log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway_server import GatewayServer
+from movingtarget.datasets import load_dataset
+from movingtarget.gateway.keys import KeyLimits, open_keys
+
+MODEL = "digits-logistic"
+
+
+@pytest.fixture(scope="session")
+def gateway_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One model cache for every server of the session (trained once), one secret."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    return {"MOVINGTARGET_CACHE": str(cache), "MOVINGTARGET_SECRET": "gateway-tests"}
+
+
+@pytest.fixture(scope="session")
+def digits_x() -> np.ndarray:
+    return load_dataset("digits").x
+
+
+def new_key(keys_url: str, name: str, **limits: float | int | None) -> str:
+    store = open_keys(keys_url)
+    try:
+        return store.create(name, KeyLimits(**limits).check())[1]  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, gateway_env: dict[str, str]
+) -> Iterator[dict[str, str]]:
+    """A memory:// gateway with an audit log and an unlimited key."""
+    root = tmp_path_factory.mktemp("gw")
+    keys = f"sqlite:///{root / 'keys.db'}"
+    audit = root / "audit.jsonl"
+    token = new_key(keys, "tester", rate=0)
+    server = GatewayServer(
+        "--keys-db", keys, "--audit", str(audit), env=gateway_env, log=root / "serve.log"
+    )
+    with server:
+        yield {"url": server.url, "keys": keys, "token": token, "audit": str(audit)}
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def classify(url: str, token: str, x: np.ndarray, **kw: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/classify", json={"inputs": x.tolist()}, headers=auth(token), **kw)
+
+
+# -- access ------------------------------------------------------------------------------
+
+
+def test_refused_without_a_key_or_with_an_unknown_one(served, digits_x):
+    url = served["url"]
+    r = httpx.post(f"{url}/v1/classify", json={"inputs": digits_x[:1].tolist()})
+    assert r.status_code == 401
+    assert r.json()["type"] == "unauthorized" and "API key" in r.json()["error"]
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert classify(url, "mt_not-a-key", digits_x[:1]).status_code == 401
+    for path in ("/metrics", f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/ready"):
+        assert httpx.get(url + path).status_code == 401
+    # health needs no key
+    for path in ("/healthz", "/v2/health/live", "/v2/health/ready", "/openapi.json"):
+        assert httpx.get(url + path).status_code == 200
+
+
+def test_x_api_key_header_works_too(served, digits_x):
+    r = httpx.post(
+        f"{served['url']}/v1/classify",
+        json={"input": digits_x[5].tolist()},
+        headers={"X-API-Key": served["token"]},
+    )
+    assert r.status_code == 200 and len(r.json()["answers"]) == 1
+
+
+def test_revoked_key_gets_403(served, digits_x):
+    token = new_key(served["keys"], "leaver", rate=0)
+    assert classify(served["url"], token, digits_x[10:11]).status_code == 200
+    store = open_keys(served["keys"])
+    store.revoke("leaver")
+    store.close()
+    r = classify(served["url"], token, digits_x[11:12])
+    assert r.status_code == 403 and r.json()["type"] == "revoked"
+
+
+def test_rate_limit_is_429_with_retry_after(served, digits_x):
+    # a bucket of 2 queries refilled at one query per 1000 s: the third must wait
+    token = new_key(served["keys"], "slow", rate=0.001, burst=2)
+    url = served["url"]
+    assert classify(url, token, digits_x[20:21]).status_code == 200
+    assert classify(url, token, digits_x[21:22]).status_code == 200
+    r = classify(url, token, digits_x[22:23])
+    assert r.status_code == 429
+    assert r.json()["type"] == "rate-limited"
+    assert 1 <= int(r.headers["retry-after"]) <= 1000
+
+
+def test_a_batch_costs_one_token_per_input(served, digits_x):
+    token = new_key(served["keys"], "batcher", rate=0.001, burst=5)
+    assert classify(served["url"], token, digits_x[30:34]).status_code == 200  # 4 of 5
+    assert classify(served["url"], token, digits_x[34:36]).status_code == 429  # 2 > 1 left
+
+
+def test_quota_is_429_with_retry_after(served, digits_x):
+    token = new_key(served["keys"], "quota", rate=0, quota=3, quota_window=3600)
+    url = served["url"]
+    assert classify(url, token, digits_x[40:43]).status_code == 200
+    r = classify(url, token, digits_x[43:44])
+    assert r.status_code == 429 and r.json()["type"] == "quota-limited"
+    assert 1 <= int(r.headers["retry-after"]) <= 3600
+
+
+# -- answers -----------------------------------------------------------------------------
+
+
+def test_abstains_on_a_repeat(served, digits_x):
+    url, token = served["url"], served["token"]
+    first = classify(url, token, digits_x[100:101]).json()["answers"][0]
+    assert not first["abstained"] and first["reason"] == "model"
+    assert 0 <= first["label"] < 10
+    again = classify(url, token, digits_x[100:101]).json()["answers"][0]
+    assert again == {**again, "label": None, "abstained": True, "reason": "repeat"}
+    # a repeat inside one batch: the first is answered, the second abstains
+    batch = classify(url, token, digits_x[[101, 101]]).json()["answers"]
+    assert [a["reason"] for a in batch] == ["model", "repeat"]
+
+
+def test_kserve_v2_infer_metadata_and_abstention_tensor(served, digits_x):
+    url, h = served["url"], auth(served["token"])
+    meta = httpx.get(f"{url}/v2/models/{MODEL}", headers=h).json()
+    assert meta["inputs"][0]["shape"] == [-1, 64]
+    assert {o["name"] for o in meta["outputs"]} == {"label", "abstained", "reason", "query_id"}
+    assert httpx.get(f"{url}/v2/models/{MODEL}/ready", headers=h).json()["ready"] is True
+    x = digits_x[200:202]
+    body = {
+        "inputs": [
+            {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x.ravel().tolist()}
+        ]
+    }
+    out = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, headers=h).json()
+    tensors = {o["name"]: o for o in out["outputs"]}
+    assert tensors["label"]["datatype"] == "INT64" and tensors["abstained"]["data"] == [False] * 2
+    # the same inputs again (nested data this time): explicit abstention, label -1
+    body["inputs"][0]["data"] = x.tolist()
+    again = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, headers=h).json()
+    tensors = {o["name"]: o for o in again["outputs"]}
+    assert tensors["label"]["data"] == [-1, -1]
+    assert tensors["abstained"]["data"] == [True, True]
+    assert tensors["reason"]["data"] == ["repeat", "repeat"]
+    # an unknown model is a 404 in the protocol's error form
+    r = httpx.post(f"{url}/v2/models/nope/infer", json=body, headers=h)
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_feedback_is_stored_and_bound_to_the_key(served, digits_x):
+    url, token = served["url"], served["token"]
+    qid = classify(url, token, digits_x[300:301]).json()["answers"][0]["query_id"]
+    r = httpx.post(
+        f"{url}/v1/feedback", json={"labels": [{"query_id": qid, "label": 3}]}, headers=auth(token)
+    )
+    assert r.status_code == 200 and r.json() == {"stored": 1}
+    other = new_key(served["keys"], "other", rate=0)
+    r = httpx.post(
+        f"{url}/v1/feedback", json={"labels": [{"query_id": qid, "label": 3}]}, headers=auth(other)
+    )
+    assert r.status_code == 400 and "not issued to this key" in r.json()["error"]
+    r = httpx.post(
+        f"{url}/v1/feedback", json={"labels": [{"query_id": qid, "label": 10}]}, headers=auth(token)
+    )
+    assert r.status_code == 400
+    store = open_keys(served["keys"])
+    rows = store.feedback()
+    store.close()
+    assert [(row["query_id"], row["label"]) for row in rows] == [(qid, 3)]
+
+
+def test_metrics_count_queries_abstentions_repeats_and_refusals(served, digits_x):
+    url, token = served["url"], served["token"]
+    classify(url, token, digits_x[[400, 400]])
+    text = httpx.get(f"{url}/metrics", headers=auth(token)).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("movingtarget_") and " " in line
+    }
+    assert values["movingtarget_queries_total"] >= 2
+    assert values['movingtarget_abstentions_total{reason="repeat"}'] >= 1
+    assert values["movingtarget_repeats_caught_total"] >= 1
+    assert 'movingtarget_request_seconds_bucket{endpoint="/v1/classify"' in text
+
+
+def test_audit_log_has_one_line_per_query_with_the_deciding_mechanism(served, digits_x):
+    url, token = served["url"], served["token"]
+    r = httpx.post(
+        f"{url}/v1/classify",
+        json={"inputs": digits_x[[500, 500]].tolist()},
+        headers={**auth(token), "X-Request-ID": "audit-check-1"},
+    )
+    assert r.headers["x-request-id"] == "audit-check-1"
+    rows = [json.loads(line) for line in Path(served["audit"]).read_text().splitlines()]
+    mine = [row for row in rows if row["request_id"] == "audit-check-1"]
+    assert [row["mechanism"] for row in mine] == ["argmax", "memorize(on_repeat=abstain)"]
+    assert [row["answer"] is None for row in mine] == [False, True]
+    assert {row["key"] for row in mine} == {"tester"}
+    assert mine[0]["model_version"] == r.json()["model_version"]
+    assert [row["query_id"] for row in mine] == [a["query_id"] for a in r.json()["answers"]]
+
+
+# -- validation --------------------------------------------------------------------------
+
+BAD_BODIES = [
+    (b"", 400),
+    (b"{", 400),
+    (b"[1, 2]", 422),
+    (b'{"inputs": []}', 400),
+    (b'{"inputs": [[1, 2]]}', 400),  # wrong shape
+    (b'{"inputs": [[' + b"1," * 63 + b'"a"]]}', 400),  # text
+    (b'{"inputs": [[' + b"1," * 63 + b"NaN]]}", 400),
+    (b'{"inputs": [[' + b"1," * 63 + b"1e400]]}", 400),  # infinite
+    (b'{"inputs": [[' + b"1," * 63 + b"1e39]]}", 400),  # beyond float32
+    (b'{"inputs": [[' + b"1," * 63 + b"null]]}", 400),
+    (b'{"inputs": [[1, [2]]]}', 400),  # ragged
+    (b'{"input": [1], "inputs": [[1]]}', 422),
+    (b'{"inputs": [[1]], "extra": 1}', 422),
+    (b"[" * 100_000 + b"]" * 100_000, 400),  # nested beyond the parser
+    (b'{"inputs": [[' + b"9" * 5000 + b"]]}", 400),  # an integer too long to read
+]
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_BODIES, ids=range(len(BAD_BODIES)))
+def test_bad_bodies_get_a_clear_4xx_json_error(served, body, status):
+    r = httpx.post(
+        f"{served['url']}/v1/classify",
+        content=body,
+        headers={**auth(served["token"]), "Content-Type": "application/json"},
+    )
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert set(err) == {"error", "type", "status"} and err["status"] == status
+    assert err["error"]
+
+
+def test_request_limits(served, digits_x):
+    url, token = served["url"], served["token"]
+    r = classify(url, token, np.zeros((257, 64), np.float32))
+    assert r.status_code == 413 and "the limit is 256" in r.json()["error"]
+    huge = b'{"inputs": [[' + b"0," * 3_000_000 + b"0]]}"
+    r = httpx.post(f"{url}/v1/classify", content=huge, headers=auth(token))
+    assert r.status_code == 413 and r.json()["type"] == "too-large"
+
+
+def test_bad_requests_never_reach_memory(served, digits_x):
+    # an input refused for a bad value is not remembered: sent properly, it is new
+    url, token = served["url"], served["token"]
+    x = digits_x[600:601].copy()
+    bad = x.tolist()
+    bad[0][-1] = "x"
+    assert (
+        httpx.post(f"{url}/v1/classify", json={"inputs": bad}, headers=auth(token)).status_code
+        == 400
+    )
+    assert classify(url, token, x).json()["answers"][0]["reason"] == "model"
+
+
+def test_bad_key_is_told_before_a_bad_body(served):
+    r = httpx.post(f"{served['url']}/v1/classify", content=b"{", headers=auth("mt_unknown"))
+    assert r.status_code == 401
