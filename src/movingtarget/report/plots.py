@@ -10,16 +10,15 @@ import numpy as np
 
 def plot_r_tilde(runs: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """One panel per attack; in each, the mean cumulative ``r~`` curve of every defense."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure renders with Agg and skips pyplot's import and global state
+    from matplotlib.figure import Figure
 
     attacks = list(dict.fromkeys(r["attack"] for r in runs))
     defenses = list(dict.fromkeys(r["defense"] for r in runs))
     cols = min(len(attacks), 2)
     rows = (len(attacks) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.6 * rows), squeeze=False)
+    fig = Figure(figsize=(6 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, attack in zip(axes.flat, attacks, strict=False):
         for defense in defenses:
             group = [r for r in runs if r["attack"] == attack and r["defense"] == defense]
@@ -43,5 +42,4 @@ def plot_r_tilde(runs: list[dict[str, Any]], path: str | Path, title: str = "") 
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(path)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
