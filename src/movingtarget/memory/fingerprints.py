@@ -115,10 +115,11 @@ class ExactFingerprint:
     @staticmethod
     def _small(lanes: NDArray[np.float64]) -> NDArray[np.uint64]:
         # the same digest as the batch path, in Python ints: cheaper for a few rows
-        out = []
-        for row in lanes.tolist():
-            h = sum(int(v) * c for v, c in zip(row, _COMBINE_INT, strict=True)) & _MASK
-            out.append(_mix64_int(h))
+        c0, c1, c2, c3 = _COMBINE_INT
+        out = [
+            _mix64_int((int(a) * c0 + int(b) * c1 + int(c) * c2 + int(d) * c3) & _MASK)
+            for a, b, c, d in lanes.tolist()
+        ]
         return np.array(out, dtype=np.uint64)
 
     def _buffers(self, rows: int, n_chunks: int) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
@@ -136,7 +137,9 @@ class ExactFingerprint:
         n_chunks = 2 * flat.shape[1]
         keys = self._lane_keys(n_chunks)
         if len(flat) <= _SMALL:
-            return self._small(canonical(flat).view(np.uint16).astype(np.float64) @ keys)
+            # adding +0.0 folds -0.0 into +0.0, as canonical() does
+            chunks = (flat + np.float32(0.0)).view(np.uint16)
+            return self._small(chunks.astype(np.float64) @ keys)
         rows = min(_CHUNK_ROWS, max(1, _BLOCK_VALUES // n_chunks))
         buf32, buf64 = self._buffers(rows, n_chunks)
         out = np.empty(len(flat), dtype=np.uint64)
