@@ -42,6 +42,10 @@ from movingtarget.memory._policy import (
 SYNCHRONOUS = ("normal", "full")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _CACHE_KIB = 65536  # page cache per connection: keeps the b-tree's inner pages hot
+# random 64-bit keys touch a different leaf page per key: a longer WAL (about 80 MB)
+# lets many batches' updates of one page share a checkpoint write (2-3x faster inserts
+# past a million keys)
+_WAL_CHECKPOINT_PAGES = 20_000
 _NO_CLOCK = -(2**63)
 _SMALL_BATCH = 32  # up to this many keys, plain Python beats numpy's per-call cost
 
@@ -149,6 +153,7 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS mt_meta (namespace TEXT PRIMARY KEY,"
