@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -87,12 +88,9 @@ def _init_worker(
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # only a torch model has imported it: importing costs seconds
+    if torch is not None:
         torch.set_num_threads(1)
-    except ImportError:
-        pass
     _STATE.update(model=model, pools=pools, config=config, logs=logs, calibration_x=calibration_x)
 
 
