@@ -115,13 +115,15 @@ def test_observe_counts_repeats_within_and_across_batches(make_store: MakeStore)
     assert store.lookup(u64()).tolist() == []
 
 
-def test_every_bit_of_the_key_counts(make_store: MakeStore) -> None:
+@pytest.mark.parametrize("padding", [0, 100])  # small batches and the batch path
+def test_every_bit_of_the_key_counts(make_store: MakeStore, padding: int) -> None:
     store = make_store()
     edge = u64(0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1)
-    assert store.observe(edge, np.zeros(6, np.int64)).tolist() == [0] * 6
-    assert store.lookup(edge).tolist() == [1] * 6
+    keys = np.concatenate([edge, np.arange(1000, 1000 + padding, dtype=np.uint64)])
+    assert store.observe(keys, np.zeros(len(keys), np.int64)).tolist() == [0] * len(keys)
+    assert store.lookup(keys).tolist() == [1] * len(keys)
     assert store.lookup(u64(2, 2**64 - 2, 2**62)).tolist() == [0, 0, 0]
-    assert len(store) == 6
+    assert len(store) == len(keys)
 
 
 def test_large_batch_matches_a_dictionary(make_store: MakeStore) -> None:
