@@ -13,6 +13,11 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import numpy as np
+import pytest
+
+from movingtarget.datasets import load_dataset
+from movingtarget.gateway.keys import KeyLimits, open_keys
 
 
 def free_port() -> int:
@@ -36,11 +41,16 @@ class GatewayServer:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> GatewayServer:
-        """Start and wait until ``/healthz`` answers 200 (or the process dies)."""
+    def launch(self) -> GatewayServer:
+        """Start the process without waiting (start several, then :meth:`wait_ready`)."""
         cmd = [sys.executable, "-m", "movingtarget", "serve", "--port", str(self.port), *self.args]
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> GatewayServer:
+        """Wait until ``/healthz`` answers 200; raise if the process dies or never does."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -51,9 +61,13 @@ class GatewayServer:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"gateway on {self.url} did not become ready in {timeout} s")
+
+    def start(self) -> GatewayServer:
+        """Start and wait until ready."""
+        return self.launch().wait_ready()
 
     def stop(self) -> None:
         """SIGTERM (a graceful shutdown), SIGKILL if it lingers."""
@@ -73,3 +87,31 @@ class GatewayServer:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One model cache for every server of the session (trained once), one secret."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    return {"MOVINGTARGET_CACHE": str(cache), "MOVINGTARGET_SECRET": "gateway-tests"}
+
+
+@pytest.fixture(scope="session")
+def digits_x() -> np.ndarray:
+    return load_dataset("digits").x
+
+
+def new_key(keys_url: str, name: str, **limits: float | int | None) -> str:
+    store = open_keys(keys_url)
+    try:
+        return store.create(name, KeyLimits(**limits).check())[1]  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def classify(url: str, token: str, x: np.ndarray, **kw: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/classify", json={"inputs": x.tolist()}, headers=auth(token), **kw)

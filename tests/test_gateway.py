@@ -7,36 +7,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gateway_server import GatewayServer
-from movingtarget.datasets import load_dataset
-from movingtarget.gateway.keys import KeyLimits, open_keys
+from gateway_server import GatewayServer, auth, classify, digits_x, gateway_env, new_key
+from movingtarget.gateway.keys import open_keys
 
 MODEL = "digits-logistic"
-
-
-@pytest.fixture(scope="session")
-def gateway_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One model cache for every server of the session (trained once), one secret."""
-    cache = tmp_path_factory.mktemp("model-cache")
-    return {"MOVINGTARGET_CACHE": str(cache), "MOVINGTARGET_SECRET": "gateway-tests"}
-
-
-@pytest.fixture(scope="session")
-def digits_x() -> np.ndarray:
-    return load_dataset("digits").x
-
-
-def new_key(keys_url: str, name: str, **limits: float | int | None) -> str:
-    store = open_keys(keys_url)
-    try:
-        return store.create(name, KeyLimits(**limits).check())[1]  # type: ignore[arg-type]
-    finally:
-        store.close()
+__all__ = ["digits_x", "gateway_env"]  # fixtures shared with test_gateway_scaleout
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +36,6 @@ def served(
     )
     with server:
         yield {"url": server.url, "keys": keys, "token": token, "audit": str(audit)}
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def classify(url: str, token: str, x: np.ndarray, **kw: object) -> httpx.Response:
-    return httpx.post(f"{url}/v1/classify", json={"inputs": x.tolist()}, headers=auth(token), **kw)
 
 
 # -- access ------------------------------------------------------------------------------
@@ -203,6 +178,7 @@ def test_metrics_count_queries_abstentions_repeats_and_refusals(served, digits_x
     assert values['movingtarget_abstentions_total{reason="repeat"}'] >= 1
     assert values["movingtarget_repeats_caught_total"] >= 1
     assert 'movingtarget_request_seconds_bucket{endpoint="/v1/classify"' in text
+    assert values["movingtarget_up"] == 1
 
 
 def test_audit_log_has_one_line_per_query_with_the_deciding_mechanism(served, digits_x):
@@ -281,3 +257,94 @@ def test_bad_requests_never_reach_memory(served, digits_x):
 def test_bad_key_is_told_before_a_bad_body(served):
     r = httpx.post(f"{served['url']}/v1/classify", content=b"{", headers=auth("mt_unknown"))
     assert r.status_code == 401
+
+
+def test_remote_attack_waits_out_429(served):
+    # a bucket of 1 refilled at 2 queries/s: the attack must honour Retry-After to finish
+    from movingtarget.gateway.remote_attack import RemoteAttack, run_remote_attack
+
+    token = new_key(served["keys"], "throttled", rate=2, burst=1)
+    result = run_remote_attack(RemoteAttack(served["url"], [token], budget=3))
+    assert len(result.log) == 3
+    assert result.refused >= 1 and result.waited_s >= 1
+
+
+# -- property-based fuzz over the OpenAPI document ----------------------------------------
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=40,
+)
+NUMBER = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.integers(-(2**66), 2**66)
+ROWS = st.lists(st.lists(NUMBER, min_size=0, max_size=70), min_size=0, max_size=4)
+CLASSIFY = st.fixed_dictionaries({"inputs": ROWS}) | st.fixed_dictionaries({"input": JSON})
+TENSOR = st.fixed_dictionaries(
+    {
+        "name": st.text(max_size=8),
+        "shape": st.lists(st.integers(-3, 300), max_size=4),
+        "datatype": st.sampled_from(["FP32", "FP64", "INT64", "UINT8", "BOOL", "BYTES", "x"]),
+        "data": st.lists(NUMBER, max_size=130) | JSON,
+    }
+)
+INFER = st.fixed_dictionaries(
+    {"inputs": st.lists(TENSOR, max_size=2)},
+    optional={
+        "id": st.text(max_size=10),
+        "outputs": st.lists(
+            st.fixed_dictionaries({"name": st.sampled_from(["label", "reason", "nope"])}),
+            max_size=3,
+        ),
+    },
+)
+FEEDBACK = st.fixed_dictionaries(
+    {
+        "labels": st.lists(
+            st.fixed_dictionaries(
+                {"query_id": st.text(max_size=12), "label": st.integers(-5, 2**40)}
+            ),
+            max_size=3,
+        )
+    }
+)
+BODIES = {"/v1/classify": CLASSIFY, "/v1/feedback": FEEDBACK, "/infer": INFER}
+
+
+@pytest.fixture(scope="module")
+def operations(served) -> list[tuple[str, str]]:
+    """Every (method, path) in the live OpenAPI document."""
+    doc = httpx.get(f"{served['url']}/openapi.json").json()
+    return [(m.upper(), p) for p, item in doc["paths"].items() for m in item]
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_fuzzed_requests_never_get_a_5xx(served, operations, data):
+    method, path = data.draw(st.sampled_from(operations), label="operation")
+    for param in ("{name}", "{version}"):
+        if param in path:
+            value = data.draw(st.sampled_from([MODEL, "x"]) | st.text(min_size=1, max_size=6))
+            path = path.replace(param, quote(value, safe=""))
+    key = data.draw(st.sampled_from([served["token"], None, "mt_wrong", "Bearer"]), label="key")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    kwargs: dict[str, object] = {}
+    if method == "POST":
+        schema = next((s for suffix, s in BODIES.items() if path.endswith(suffix)), JSON)
+        body = data.draw(schema | JSON, label="body")
+        raw = data.draw(st.booleans(), label="raw bytes")
+        kwargs["content"] = data.draw(st.binary(max_size=64)) if raw else json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    r = httpx.request(method, served["url"] + path, headers=headers, timeout=30, **kwargs)
+    assert r.status_code < 500, (method, path, r.status_code, r.text[:300])
+    if r.status_code >= 400:
+        assert r.json()["status"] == r.status_code

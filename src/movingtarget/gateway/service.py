@@ -7,6 +7,7 @@ routes (``app.py``, ``kserve.py``) only parse, authorize and format.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -47,9 +48,11 @@ def build_served_defense(config: GatewayConfig, served: ServedModel) -> Defense:
     for i, mech in enumerate(defense.mechanisms):
         if isinstance(getattr(mech, "store", None), InProcessStore):
             name = mech.describe().split("(")[0]
+            # stores take namespaces of letters, digits and underscores (at most 64)
+            space = re.sub(r"\W", "_", f"{config.namespace}_{served.name}_{i}_{name}")[-64:]
             mech.store = open_store(  # type: ignore[attr-defined]
                 config.store,
-                namespace=f"{config.namespace}:{served.name}:{i}-{name}",
+                namespace=space,
                 ttl=ttl,
                 capacity=config.memory_capacity,
             )
