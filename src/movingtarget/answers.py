@@ -13,7 +13,15 @@ ABSTAIN: int = -1
 
 
 class Reason(IntEnum):
-    """Why a query got its answer; the mechanism that decided last sets it."""
+    """Why a query got its answer; the mechanism that decided last sets it.
+
+    Examples
+    --------
+    >>> Reason.NEAR_REPEAT.label
+    'near-repeat'
+    >>> Reason.from_label("rate-limited") is Reason.RATE_LIMITED
+    True
+    """
 
     UNDECIDED = 0
     MODEL = 1  # the model's own decision (argmax or a sample)

@@ -79,7 +79,15 @@ class ArenaConfig:
 
 class BenignTraffic:
     """Benign queries: the benign pool in a seeded order (each item once per pass),
-    with a share of exact duplicates of earlier benign queries."""
+    with a share of exact duplicates of earlier benign queries.
+
+    Examples
+    --------
+    >>> x = np.arange(8, dtype=np.float32).reshape(4, 2); y = np.array([0, 1, 0, 1])
+    >>> traffic = BenignTraffic(x, y, ArenaConfig(duplicate_share=0.0), np.random.default_rng(0))
+    >>> sorted(traffic.draw(4).tolist())          # one pass: every item once
+    [0, 1, 2, 3]
+    """
 
     def __init__(
         self,

@@ -22,7 +22,15 @@ NO_TARGET = -1
 
 @dataclass
 class Proposal:
-    """Queries an adversary sends together, with what it knows about each."""
+    """Queries an adversary sends together, with what it knows about each.
+
+    Examples
+    --------
+    >>> p = Proposal(np.zeros((2, 3), np.float32), np.array([4, 4]), np.array([1, 1]),
+    ...              np.full(2, NO_TARGET), np.array([False, True]))
+    >>> len(p), p.noisy.tolist()
+    (2, [False, True])
+    """
 
     x: NDArray[np.float32]
     source: NDArray[np.int64]  # index of the pool item each query is built from
@@ -36,7 +44,17 @@ class Proposal:
 
 @runtime_checkable
 class Adversary(Protocol):
-    """An attacker with its own labeled pool, acting against a deployed defense."""
+    """An attacker with its own labeled pool, acting against a deployed defense.
+
+    Examples
+    --------
+    Any object with ``name``, ``propose`` and ``observe`` is one:
+
+    >>> from movingtarget.attacks import TestSetAttack
+    >>> x = np.zeros((3, 2), np.float32); y = np.array([0, 1, 0])
+    >>> isinstance(TestSetAttack(x, y, 2, seed=0), Adversary)
+    True
+    """
 
     name: str
 
@@ -59,7 +77,16 @@ def success(
 
 
 class PoolAdversary:
-    """Shared plumbing: a labeled pool, a seeded generator, the last proposal."""
+    """Shared plumbing: a labeled pool, a seeded generator, the last proposal.
+
+    Examples
+    --------
+    Subclasses implement ``propose``; ``observe`` records the answers.
+
+    >>> x = np.zeros((3, 2), np.float32); y = np.array([0, 1, 0])
+    >>> PoolAdversary(x, y, 2, seed=0, target=1).target
+    1
+    """
 
     name = "pool"
 

@@ -12,7 +12,15 @@ from movingtarget.errors import DataError
 
 @dataclass(frozen=True)
 class Split:
-    """A train/test split of one dataset (test is the attacker's and benign pool)."""
+    """A train/test split of one dataset (test is the attacker's and benign pool).
+
+    Examples
+    --------
+    >>> from movingtarget.datasets import load_dataset
+    >>> split = load_dataset("digits").split(test_size=0.5, seed=0)
+    >>> split.input_shape, split.n_classes
+    ((64,), 10)
+    """
 
     name: str
     x_train: NDArray[np.float32]

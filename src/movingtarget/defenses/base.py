@@ -55,7 +55,23 @@ class Context:
 
 @runtime_checkable
 class Mechanism(Protocol):
-    """One job in a defense. ``role`` is ``"gate"``, ``"decision"`` or ``"filter"``."""
+    """One job in a defense. ``role`` is ``"gate"``, ``"decision"`` or ``"filter"``.
+
+    Examples
+    --------
+    A gate that abstains on every query from client 7:
+
+    >>> from movingtarget.answers import ABSTAIN
+    >>> class Block7:
+    ...     role = "gate"
+    ...     def __call__(self, ctx):
+    ...         ctx.answers.labels[ctx.clients == 7] = ABSTAIN
+    ...         ctx.answers.reasons[ctx.clients == 7] = 7
+    ...     def reset(self): pass
+    ...     def describe(self): return "block7"
+    >>> isinstance(Block7(), Mechanism)
+    True
+    """
 
     role: str
 

@@ -222,7 +222,16 @@ def _json_safe(obj: Any) -> Any:
 
 @dataclass
 class Results:
-    """What an experiment produced (also written to ``out``)."""
+    """What an experiment produced (also written to ``out``).
+
+    Examples
+    --------
+    >>> from movingtarget.experiment import load_config, run_experiment
+    >>> cfg = load_config("synthetic", overrides=["seeds=1", "arena.queries=200"])
+    >>> results = run_experiment(cfg, workers=1)
+    >>> {"attack", "defense", "r_tilde", "r_tilde_predicted"} <= set(results.rows[0])
+    True
+    """
 
     config: ExperimentConfig
     r: float

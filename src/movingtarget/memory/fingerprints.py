@@ -62,7 +62,14 @@ def _mix64_int(h: int) -> int:
 
 
 class Fingerprint(Protocol):
-    """Maps a batch of queries to fingerprints, one row per query."""
+    """Maps a batch of queries to fingerprints, one row per query.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ExactFingerprint(secret=b"k").fingerprint(np.zeros((3, 4), np.float32)).shape
+    (3,)
+    """
 
     name: str
 

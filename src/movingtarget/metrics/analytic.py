@@ -29,7 +29,15 @@ from movingtarget.defenses.near_repeat import NearRepeat
 
 @dataclass(frozen=True)
 class Prediction:
-    """A predicted ``r~`` and which measurement it is comparable with."""
+    """A predicted ``r~`` and which measurement it is comparable with.
+
+    Examples
+    --------
+    >>> Prediction(0.9951, "=").measured_key
+    'r_tilde'
+    >>> Prediction(0.1, "repeats").measured_key
+    'r_tilde_repeats'
+    """
 
     value: float
     kind: str  # "=", "late", "<=", "repeats", or "" when there is no prediction

@@ -26,7 +26,17 @@ class Model(Protocol):
 
 @runtime_checkable
 class OnlineModel(Model, Protocol):
-    """A model that can learn from labeled queries after deployment."""
+    """A model that can learn from labeled queries after deployment.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import SGDClassifier
+    >>> from movingtarget.models import SklearnModel
+    >>> x = np.array([[0.0], [1.0]], np.float32); y = np.array([0, 1])
+    >>> model = SklearnModel(SGDClassifier(loss="log_loss").fit(x, y), n_classes=2)
+    >>> isinstance(model, OnlineModel)
+    True
+    """
 
     def partial_fit(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> None:
         """Update the model with labeled inputs."""
