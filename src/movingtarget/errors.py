@@ -9,7 +9,19 @@ from __future__ import annotations
 
 
 class MovingTargetError(ValueError):
-    """Base class of all user-facing errors; the message names what is wrong."""
+    """Base class of all user-facing errors; the message names what is wrong.
+
+    Examples
+    --------
+    The CLI prints the message as one line (no traceback) and exits with status 2:
+
+    >>> from movingtarget.defenses import build_defense
+    >>> try:
+    ...     build_defense("no-such-defense", None)
+    ... except MovingTargetError as err:
+    ...     print(type(err).__name__)
+    ConfigError
+    """
 
 
 class DataError(MovingTargetError):

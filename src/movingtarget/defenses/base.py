@@ -30,7 +30,20 @@ from movingtarget.models.base import Model
 
 @dataclass
 class Context:
-    """What a mechanism sees for one batch: the queries, the answers so far, the model."""
+    """What a mechanism sees for one batch: the queries, the answers so far, the model.
+
+    Examples
+    --------
+    >>> from movingtarget.answers import Answers
+    >>> class Half:
+    ...     n_classes = 2
+    ...     def predict_proba(self, x):
+    ...         return np.tile([0.5, 0.5], (len(x), 1))
+    >>> ctx = Context(np.zeros((3, 2), np.float32), np.zeros(3, np.int64), np.arange(3),
+    ...               Answers.undecided(3), Half(), np.random.default_rng(0))
+    >>> ctx.n_classes, ctx.proba.shape
+    (2, (3, 2))
+    """
 
     x: NDArray[np.float32]
     clients: NDArray[np.int64]

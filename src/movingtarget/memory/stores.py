@@ -52,6 +52,11 @@ class Store(Protocol):
     ``observe`` is the one write: it records each key in arrival order and returns
     how many times that key had been seen *before* it (so a key twice in one batch
     is new the first time and a repeat the second).
+
+    Examples
+    --------
+    >>> isinstance(InProcessStore(), Store)
+    True
     """
 
     def observe(self, keys: NDArray[np.uint64], now: NDArray[np.int64]) -> NDArray[np.int64]:

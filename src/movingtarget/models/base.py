@@ -15,6 +15,15 @@ class Model(Protocol):
     ``predict_proba`` takes ``(n, *input_shape)`` float32 and returns ``(n, k)`` float
     rows that sum to one. Models must be deterministic: the same input gives the same
     row, whatever else is in the batch.
+
+    Examples
+    --------
+    >>> class Constant:
+    ...     n_classes = 2
+    ...     def predict_proba(self, x):
+    ...         return np.tile([0.25, 0.75], (len(x), 1))
+    >>> isinstance(Constant(), Model)
+    True
     """
 
     n_classes: int
