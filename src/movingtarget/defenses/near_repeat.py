@@ -28,6 +28,7 @@ from movingtarget.memory.calibration import (
     Calibration,
     calibrate_radius,
     calibrate_robust,
+    measure_robust,
 )
 from movingtarget.memory.neighbours import (
     INDEXES,
@@ -62,6 +63,9 @@ class NearRepeat:
         re-chosen by :meth:`calibrate` unless ``calibrate_width=False``.
     radius:
         Neighbours only: the match radius in embedding space (None: set by :meth:`calibrate`).
+    radius_scale:
+        Neighbours only: serve ``radius_scale`` times the calibrated radius (above 1: more
+        noise caught, more benign false matches; the rates are measured at that radius).
     index:
         Neighbours only: ``"flat"`` (exact) or ``"hnsw"`` (approximate).
     encoder:
@@ -104,6 +108,7 @@ class NearRepeat:
         threshold: int = 1,
         calibrate_width: bool = True,
         radius: float | None = None,
+        radius_scale: float = 1.0,
         index: str = "flat",
         encoder: str = "auto",
         dim: int = 64,
@@ -120,6 +125,9 @@ class NearRepeat:
                 raise ConfigError(f"near-repeat: {field} must be one of {allowed}, got {value!r}")
         if radius is not None and not radius >= 0:
             raise ConfigError(f"near-repeat: radius must be >= 0, got {radius!r}")
+        if not radius_scale > 0:
+            raise ConfigError(f"near-repeat: radius_scale must be > 0, got {radius_scale!r}")
+        self._radius_scale = float(radius_scale)
         if not 0 < target_rate < 1:
             raise ConfigError(f"near-repeat: target_rate must be in (0, 1), got {target_rate!r}")
         self.on_repeat, self.kind = on_repeat, fingerprint
@@ -191,21 +199,28 @@ class NearRepeat:
                     device=self.fingerprint.device, **self._robust_params,
                 )  # fmt: skip
                 self.fingerprint = fp
-            else:
-                _, cal = calibrate_robust(
-                    x_benign, x_heldout, target_rate=self.target_rate, seed=seed,
-                    widths=(self.fingerprint.width,), **self._robust_params,
-                )  # fmt: skip
+            else:  # a fixed width: only measure its false-match rates
+                cal = measure_robust(self.fingerprint, x_benign, x_heldout, self.target_rate, seed)
             self.store.clear()
         else:
             encoder = self._make_encoder(model)
             if isinstance(encoder, PCAEncoder):
                 encoder.fit(x_benign)
+            radius = self._radius  # a fixed radius is only measured
+            if radius is None and self._radius_scale != 1.0:
+                chosen = calibrate_radius(
+                    encoder, x_benign, target_rate=self.target_rate, seed=seed
+                )
+                radius = chosen.value * self._radius_scale
             cal = calibrate_radius(
-                encoder, x_benign, x_heldout, target_rate=self.target_rate, seed=seed
+                encoder,
+                x_benign,
+                x_heldout,
+                target_rate=self.target_rate,
+                seed=seed,
+                radius=radius,
             )
-            radius = self._radius if self._radius is not None else cal.value
-            self.memory = NeighbourMemory(encoder, radius=radius, index=self._index)
+            self.memory = NeighbourMemory(encoder, radius=cal.value, index=self._index)
         self.calibration = cal
         return cal
 

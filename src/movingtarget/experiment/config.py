@@ -17,7 +17,7 @@ from movingtarget.arena.arena import ArenaConfig
 from movingtarget.errors import ConfigError
 
 #: Configs shipped with the package, by name.
-BUILTIN_CONFIGS = ("hello-world", "spambase", "synthetic", "arms-race")
+BUILTIN_CONFIGS = ("hello-world", "spambase", "synthetic", "arms-race", "arms-race-fashion")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,14 @@ class DefenseSpec:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: every attack against every defense, for every seed."""
+    """One experiment: every attack against every defense, for every seed.
+
+    Examples
+    --------
+    >>> cfg = load_config("hello-world")
+    >>> cfg.dataset.name, len(cfg.defenses), len(cfg.seeds), cfg.arena.queries
+    ('digits', 5, 5, 10000)
+    """
 
     name: str
     dataset: ComponentSpec

@@ -124,7 +124,6 @@ def calibrate_robust(
     """
     _check(target_rate, x_calibration)
     cal = _distinct(x_calibration, seed)
-    held = _distinct(x_heldout, seed + 1) if x_heldout is not None and len(x_heldout) else None
     if not widths:
         raise ConfigError("calibration: widths is empty")
     chosen: tuple[RobustFingerprint, float] | None = None
@@ -139,9 +138,29 @@ def calibrate_robust(
             f"calibration: no width in {tuple(widths)} reaches a false-match rate of "
             f"{target_rate} on the benign data; add narrower widths or more rows"
         )
-    fp, rate = chosen
+    return chosen[0], measure_robust(chosen[0], x_calibration, x_heldout, target_rate, seed)
+
+
+def measure_robust(
+    fp: RobustFingerprint,
+    x_calibration: NDArray[np.generic],
+    x_heldout: NDArray[np.generic] | None = None,
+    target_rate: float = TARGET_RATE,
+    seed: int = 0,
+) -> Calibration:
+    """The false-match rates of a fixed robust fingerprint (no threshold is chosen).
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((300, 64), dtype=np.float32)
+    >>> measure_robust(RobustFingerprint(width=5.0, secret=b"s"), x).calibration_rate > 0.5
+    True
+    """
+    _check(target_rate, x_calibration)
+    cal = _distinct(x_calibration, seed)
+    rate = float(robust_stream_matches(fp, cal).mean())
+    held = _distinct(x_heldout, seed + 1) if x_heldout is not None and len(x_heldout) else None
     h_rate, h_se = _rate_se(robust_stream_matches(fp, held)) if held is not None else (0.0, 0.0)
-    return fp, Calibration(
+    return Calibration(
         "robust", "width", fp.width, target_rate, rate, len(cal), h_rate, h_se,
         0 if held is None else len(held),
     )  # fmt: skip
@@ -154,9 +173,11 @@ def calibrate_radius(
     *,
     target_rate: float = TARGET_RATE,
     seed: int = 0,
+    radius: float | None = None,
 ) -> Calibration:
     """The neighbour radius: the largest distance at which at most ``target_rate`` of a
-    benign stream lies that close to an earlier, different benign query.
+    benign stream lies that close to an earlier, different benign query (or, with
+    ``radius`` given, the false-match rates of that fixed radius).
 
     Examples
     --------
@@ -173,8 +194,10 @@ def calibrate_radius(
     nearest = stream_nearest(NeighbourIndex(emb.shape[1]), emb)[1:]  # the first has no past
     ranked = np.sort(nearest)
     allowed = math.floor(target_rate * len(ranked))
-    # strictly below the (allowed+1)-th smallest distance: exactly `allowed` matches
-    radius = float(np.nextafter(ranked[allowed], 0.0)) if allowed < len(ranked) else ranked[-1]
+    if radius is None:
+        # strictly below the (allowed+1)-th smallest distance: exactly `allowed` matches
+        top = ranked[allowed] if allowed < len(ranked) else ranked[-1]
+        radius = float(np.nextafter(top, 0.0))
     rate = float((nearest <= radius).mean())
     h_rate = h_se = 0.0
     n_held = 0
