@@ -1,0 +1,110 @@
+"""Fingerprint cost per query and bytes per stored query, per fingerprint kind.
+Not a test: prints Markdown.
+
+    python benchmarks/bench_fingerprints.py            # batches of 4,096
+    python benchmarks/bench_fingerprints.py --quick    # batches of 512
+
+For 28x28 (Fashion-MNIST-like) and 32x32x3 (CIFAR-like) inputs in [0, 1]:
+* ``exact``: the keyed multilinear hash of the canonical bytes (one uint64);
+* ``robust``: noise-robust band keys (numpy; and the torch path on the CPU, and on a
+  GPU when one is present);
+* ``neighbours``: the random-projection embedding that the neighbour memory stores
+  (64 float32 values) and the FAISS flat-index lookup is benchmarked separately in
+  ``bench_neighbours.py``.
+One BLAS / torch thread, so the figures are per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+
+from movingtarget.memory.fingerprints import ExactFingerprint
+from movingtarget.memory.neighbours import RandomProjectionEncoder
+from movingtarget.memory.robust import RobustFingerprint
+
+
+def machine() -> str:
+    """CPU model, core count and Python version."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
+    """The fastest of ``repeats`` timings (the least disturbed by other processes)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller batches")
+    args = parser.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch = None
+    try:
+        import torch as _torch
+
+        _torch.set_num_threads(1)
+        torch = _torch
+    except ImportError:
+        pass
+    n = 512 if args.quick else 4096
+    rng = np.random.default_rng(0)
+    shapes = {"28x28": (1, 28, 28), "32x32x3": (3, 32, 32)}
+    exact, robust = ExactFingerprint(secret=b"bench"), RobustFingerprint(secret=b"bench")
+    encoder = RandomProjectionEncoder(64, seed=0)
+    rows = []
+    for label, shape in shapes.items():
+        # 8-bit images, as a model receives them
+        x = (rng.integers(0, 256, (n, *shape)) / 255).astype(np.float32)
+        kinds: list[tuple[str, Callable[[], object], int]] = [
+            ("exact", partial(exact.fingerprint, x), 8),
+            ("robust (numpy)", partial(robust.fingerprint, x), robust.bytes_per_query),
+            ("neighbours embedding (64-d)", partial(encoder.encode, x), 64 * 4),
+        ]
+        if torch is not None:
+            xt = torch.from_numpy(x)
+            kinds.append(("robust (torch, cpu)", partial(robust.fingerprint, xt), 128))
+            if torch.cuda.is_available():
+                gpu = RobustFingerprint(secret=b"bench", device="cuda")
+                xg = xt.cuda()
+                gpu.fingerprint(xg)
+                kinds.append(("robust (torch, cuda)", partial(gpu.fingerprint, xg), 128))
+        for name, fn, size in kinds:
+            fn()  # warm-up: keys and constants are made on the first call
+            seconds = best_of(fn)
+            rows.append((label, name, n, 1e6 * seconds / n, n / seconds, size))
+    print(f"## Fingerprint cost per query\n\nMachine: {machine()}; one thread.\n")
+    print("| input | fingerprint | batch | µs / query | queries / s | bytes stored / query |")
+    print("|---|---|---|---|---|---|")
+    for label, name, batch, us, qps, size in rows:
+        print(f"| {label} | {name} | {batch} | {us:.2f} | {qps:,.0f} | {size} |")
+    print(
+        "\nBytes stored: the fingerprint payload a store keeps per query (8 per uint64 key; "
+        "robust: 16 band keys; neighbours: 64 float32 values in the FAISS index)."
+    )
+
+
+if __name__ == "__main__":
+    main()

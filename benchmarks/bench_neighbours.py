@@ -1,0 +1,105 @@
+"""Neighbour memory: recall and lookups/s of the exact (flat) and approximate (HNSW)
+FAISS indexes. Not a test: prints Markdown.
+
+    python benchmarks/bench_neighbours.py            # 1,000,000 stored 64-d vectors
+    python benchmarks/bench_neighbours.py --quick    # 100,000 stored
+
+Stored vectors: a seeded mixture of Gaussian clusters in 64 dimensions (embeddings of
+real inputs are clustered; i.i.d. Gaussian noise is reported too, as the hardest case).
+Two kinds of lookups:
+* ``near-repeat``: a stored vector plus small noise (what the near-repeat gate asks);
+* ``fresh``: a new vector from the same distribution.
+Recall: the share of lookups whose nearest stored vector is the flat index's answer.
+Lookups are answered in batches of 1,000 with FAISS's own threads (all cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+from movingtarget.memory.neighbours import NeighbourIndex
+
+
+def machine() -> str:
+    """CPU model, core count and Python version."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, centres: int = 1000) -> np.ndarray:
+    """``n`` points around ``centres`` random centres (spread 0.3 of the centres' scale)."""
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    return c[rng.integers(0, centres, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def timed_search(index: NeighbourIndex, q: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ids of the nearest stored vector and lookups per second (batches of 1,000)."""
+    ids = np.empty(len(q), dtype=np.int64)
+    t = time.perf_counter()
+    for start in range(0, len(q), 1000):
+        _, found = index.search(q[start : start + 1000], 1)
+        ids[start : start + 1000] = found[:, 0]
+    return ids, len(q) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 stored vectors")
+    args = parser.parse_args()
+    n = 100_000 if args.quick else 1_000_000
+    dim, n_queries = 64, 2000
+    rng = np.random.default_rng(0)
+    print(f"## Neighbour memory: flat vs HNSW at {n:,} stored {dim}-d vectors\n")
+    print(f"Machine: {machine()}; FAISS threads: all cores; lookups in batches of 1,000.\n")
+    print(
+        "| data | lookups | index | build s | lookups / s | recall@1 vs flat |\n"
+        "|---|---|---|---|---|---|"
+    )
+    for data in ("clustered", "iid-gaussian"):
+        if data == "clustered":
+            base = clustered(n, dim, rng)
+            fresh = clustered(n_queries, dim, rng)
+        else:
+            base = rng.standard_normal((n, dim)).astype(np.float32)
+            fresh = rng.standard_normal((n_queries, dim)).astype(np.float32)
+        near = base[rng.integers(0, n, n_queries)] + 0.01 * rng.standard_normal(
+            (n_queries, dim)
+        ).astype(np.float32)
+        t = time.perf_counter()
+        flat = NeighbourIndex(dim, "flat")
+        flat.add(base)
+        flat_build = time.perf_counter() - t
+        t = time.perf_counter()
+        hnsw = NeighbourIndex(dim, "hnsw", hnsw_m=32, ef_construction=64, ef_search=64)
+        hnsw.add(base)
+        hnsw_build = time.perf_counter() - t
+        for kind, q in (("near-repeat", near), ("fresh", fresh)):
+            # the flat index is slow: time it on the first 1,000 lookups only
+            truth, flat_qps = timed_search(flat, q[:1000])
+            print(f"| {data} | {kind} | flat | {flat_build:.1f} | {flat_qps:,.0f} | 1.000 |")
+            for ef in (16, 32, 64, 128):
+                hnsw._index.hnsw.efSearch = ef
+                found, qps = timed_search(hnsw, q)
+                recall = float((found[:1000] == truth).mean())
+                print(
+                    f"| {data} | {kind} | hnsw (M=32, efSearch={ef}) | {hnsw_build:.1f} | "
+                    f"{qps:,.0f} | {recall:.3f} |"
+                )
+        del flat, hnsw, base
+
+
+if __name__ == "__main__":
+    main()
