@@ -493,3 +493,36 @@ def test_redis_refuses_a_bounded_client_on_an_unindexed_namespace(redis_url: str
     assert RedisStore(redis_url, namespace=bounded, capacity=5).lookup(u64(1)).tolist() == [1]
     RedisStore(redis_url, namespace=bounded, capacity=5).observe(u64(9), np.array([9]))
     assert len(RedisStore(redis_url, namespace=bounded)) == 4
+
+
+def test_redis_buckets_stay_compact_and_are_fixed_per_namespace(redis_url: str) -> None:
+    ns = f"bk{uuid.uuid4().hex}"
+    first = RedisStore(redis_url, namespace=ns, buckets=1024)
+    keys = np.arange(1, 20_001, dtype=np.uint64) * U64(0x9E3779B97F4A7C15)
+    first.observe(keys, np.arange(len(keys)))
+    # a later client asks for another count but must use the namespace's own
+    second = RedisStore(redis_url, namespace=ns, buckets=2**20)
+    assert second.buckets == 1024
+    assert (second.lookup(keys) == 1).all()
+    assert second.first_seen(int(keys[7])) == 7
+    # about 20 entries a bucket: every bucket is a compact listpack
+    encodings = {first.client.object("encoding", first._bucket_name(b)) for b in range(0, 1024, 97)}
+    assert encodings == {b"listpack"}
+    second.clear()
+    assert len(first) == 0 and (first.lookup(keys) == 0).all()
+    assert first.observe(keys[:3], np.zeros(3, np.int64)).tolist() == [0, 0, 0]
+    assert RedisStore(redis_url, namespace=ns).buckets == 1024
+    with pytest.raises(ConfigError, match="power of two"):
+        RedisStore(redis_url, namespace=f"x{ns}", buckets=1000)
+
+
+@pytest.mark.parametrize("buckets", [1, 256, 2048, 2**17])
+def test_redis_bucket_names_agree_between_scripts_and_client(redis_url: str, buckets: int) -> None:
+    # first_seen and clear name buckets in Python, observe and lookup in Lua
+    store = RedisStore(redis_url, namespace=f"bn{uuid.uuid4().hex}", buckets=buckets)
+    keys = np.random.default_rng(buckets).integers(0, 2**64 - 1, 300, np.uint64, endpoint=True)
+    store.observe(keys, np.arange(300))
+    assert [store.first_seen(int(k)) for k in keys[:50]] == list(range(50))
+    store.clear()
+    assert (store.lookup(keys) == 0).all()
+    assert not store.client.keys(store._base + b"*")  # no bucket left behind

@@ -3,18 +3,24 @@
 Layout, for namespace ``ns`` (the braces are a Redis Cluster hash tag, so all of a
 namespace lives on one shard):
 
-* ``{ns}:fp`` — one hash; field = the 8-byte key, value = 16 bytes
-  ``<int64 count><int64 first_seen>`` (little-endian). About 70 bytes per key in
-  server memory, including the hash table's own overhead.
+* ``{ns}:b0`` ... ``{ns}:b<B-1>`` — the entries, spread over ``B`` small hashes by the
+  key's low bits; field = the 8-byte key, value = 16 bytes
+  ``<int64 count><int64 first_seen>`` (little-endian). Small hashes stay in Redis's
+  compact *listpack* encoding (up to ``hash-max-listpack-entries``, 128 by default),
+  about 30-40 bytes a key against about 90 in one big hash. ``B`` is fixed when the
+  namespace is created: ``2**17`` (compact up to about 10M keys), or sized from the
+  capacity; beyond that the hashes convert to the ordinary encoding (still correct,
+  just larger).
 * ``{ns}:age`` — a sorted set key -> first-seen time, kept only when a TTL or capacity
-  is set (expiry and eviction walk it oldest first); about 100 more bytes per key.
-* ``{ns}:meta`` — the namespace's clock (latest ``now`` observed) and index flag.
+  is set (expiry and eviction walk it oldest first); about 100 more bytes a key.
+* ``{ns}:meta`` — the bucket count, size, clock (latest ``now`` observed), index flag.
 
 Every batch is one atomic step for all clients: a Lua script walks the keys in arrival
 order (so duplicates inside a batch and concurrent clients both get exact prior
 counts); a batch larger than one script call (16,384 keys) runs as several calls inside
 one ``MULTI``/``EXEC``. Keys and results travel as packed binary strings, one argument
-each, so the client does no per-key work.
+each, so the client does no per-key work. The scripts touch bucket hashes derived from
+the keys; all share the namespace's hash tag, so this holds on Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -36,17 +42,42 @@ if TYPE_CHECKING:
 CHUNK = 16_384
 _CONNECT_TIMEOUT_S = 5.0
 
-# KEYS: fp, age, meta. ARGV: keys (8 bytes each), times (8 bytes each), ttl (0: none),
-# want_index (0/1), settle (0/1), capacity (0: none), keep. Returns the prior counts
-# packed as little-endian int64.
-_OBSERVE = """
-local fp, age, meta = KEYS[1], KEYS[2], KEYS[3]
+DEFAULT_BUCKETS = 2**17
+_MIN_BUCKETS, _MAX_BUCKETS = 2**10, 2**22
+_ENTRIES_PER_BUCKET = 64  # well under hash-max-listpack-entries (128) at full capacity
+
+# shared by the scripts: ``bucket(k)`` names the hash of an 8-byte key: the prefix, then
+# the key's low ``log2(nb)`` bits as little-endian bytes (Python: ``_bucket_name``).
+# Raw bytes, not a decimal number: formatting numbers is the slow part of Lua here.
+_BUCKET = """
+local function namer(base, nb)
+  local bits = 0
+  while 2 ^ bits < nb do bits = bits + 1 end
+  local full, rem, sub, byte = math.floor(bits / 8), bits % 8, string.sub, string.byte
+  if rem == 0 then
+    return function(k) return base .. sub(k, 1, full) end
+  end
+  local last = {}
+  for v = 0, 255 do last[v + 1] = string.char(v % 2 ^ rem) end
+  return function(k) return base .. sub(k, 1, full) .. last[byte(k, full + 1) + 1] end
+end
+"""
+
+# KEYS: bucket prefix, age, meta. ARGV: keys (8 bytes each), times (8 bytes each), ttl
+# (0: none), want_index (0/1), settle (0/1), capacity (0: none), keep, buckets. Returns
+# the prior counts packed as little-endian int64.
+_OBSERVE = (
+    _BUCKET
+    + """
+local base, age, meta = KEYS[1], KEYS[2], KEYS[3]
 local kb, tb = ARGV[1], ARGV[2]
 local ttl = tonumber(ARGV[3])
+local bucket = namer(base, tonumber(ARGV[8]))
 local spack, sunpack, sub = struct.pack, struct.unpack, string.sub
 local indexed = redis.call('HGET', meta, 'indexed') == '1'
+local size = tonumber(redis.call('HGET', meta, 'size') or '0')
 if ARGV[4] == '1' and not indexed then
-  if redis.call('HLEN', fp) > 0 then
+  if size > 0 then
     return redis.error_reply('UNINDEXED namespace holds entries without first-seen index')
   end
   redis.call('HSET', meta, 'indexed', '1')
@@ -59,7 +90,8 @@ for i = 1, #kb / 8 do
   local k, tbytes = sub(kb, j, j + 7), sub(tb, j, j + 7)
   local t = sunpack('<i8', tbytes)
   if tmax == nil or t > tmax then tmax = t end
-  local v = redis.call('HGET', fp, k)
+  local b = bucket(k)
+  local v = redis.call('HGET', b, k)
   local c, fbytes = 0, tbytes
   if v then
     c, fbytes = sunpack('<i8', v), sub(v, 9, 16)
@@ -67,19 +99,20 @@ for i = 1, #kb / 8 do
     if ttl > 0 and c > 0 and sunpack('<i8', fbytes) <= t - ttl then
       c, fbytes = 0, tbytes
     end
+  else
+    size = size + 1
   end
   out[i] = spack('<i8', c)
-  redis.call('HSET', fp, k, spack('<i8', c + 1) .. fbytes)
+  redis.call('HSET', b, k, spack('<i8', c + 1) .. fbytes)
   if indexed and c == 0 then redis.call('ZADD', age, t, k) end
 end
 local clock = tonumber(redis.call('HGET', meta, 'clock') or tmax)
-if tmax ~= nil and tmax > clock then clock = tmax end
-redis.call('HSET', meta, 'clock', string.format('%d', clock))
+if tmax > clock then clock = tmax end
 if ARGV[5] == '1' then
   local cap, keep = tonumber(ARGV[6]), tonumber(ARGV[7])
   local function drop(members)
-    for i = 1, #members, 4000 do
-      redis.call('HDEL', fp, unpack(members, i, math.min(i + 3999, #members)))
+    for _, m in ipairs(members) do
+      size = size - redis.call('HDEL', bucket(m), m)
     end
   end
   if ttl > 0 then
@@ -90,29 +123,42 @@ if ARGV[5] == '1' then
       redis.call('ZREMRANGEBYSCORE', age, '-inf', cutoff)
     end
   end
-  if cap > 0 then
-    local size = redis.call('HLEN', fp)
-    if size > cap then
-      local excess = size - keep
-      drop(redis.call('ZRANGE', age, 0, excess - 1))
-      redis.call('ZREMRANGEBYRANK', age, 0, excess - 1)
-    end
+  if cap > 0 and size > cap then
+    local excess = size - keep
+    drop(redis.call('ZRANGE', age, 0, excess - 1))
+    redis.call('ZREMRANGEBYRANK', age, 0, excess - 1)
   end
 end
+redis.call('HSET', meta, 'size', string.format('%d', size), 'clock', string.format('%d', clock))
 return table.concat(out)
 """
+)
 
-# KEYS: fp. ARGV: keys (8 bytes each). Returns the counts packed as little-endian int64.
-_LOOKUP = """
-local fp, kb, sub = KEYS[1], ARGV[1], string.sub
+# KEYS: bucket prefix. ARGV: keys (8 bytes each), buckets. Returns the counts packed as
+# little-endian int64.
+_LOOKUP = (
+    _BUCKET
+    + """
+local base, kb, sub = KEYS[1], ARGV[1], string.sub
+local bucket = namer(base, tonumber(ARGV[2]))
 local zero = string.rep('\\0', 8)
 local out = {}
 for i = 1, #kb / 8 do
-  local v = redis.call('HGET', fp, sub(kb, 8 * i - 7, 8 * i))
+  local k = sub(kb, 8 * i - 7, 8 * i)
+  local v = redis.call('HGET', bucket(k), k)
   if v then out[i] = sub(v, 1, 8) else out[i] = zero end
 end
 return table.concat(out)
 """
+)
+
+
+def buckets_for(capacity: int | None) -> int:
+    """Bucket hashes for a new namespace: enough that each stays a compact listpack."""
+    if capacity is None:
+        return DEFAULT_BUCKETS
+    wanted = -(-capacity // _ENTRIES_PER_BUCKET)
+    return min(_MAX_BUCKETS, max(_MIN_BUCKETS, 1 << (wanted - 1).bit_length()))
 
 
 class RedisStore:
@@ -129,6 +175,9 @@ class RedisStore:
         An entry expires ``ttl`` after its first-seen time (``now`` units).
     capacity:
         Most distinct keys kept.
+    buckets:
+        Bucket hashes of a *new* namespace (a power of two); by default ``2**17``, or
+        sized from ``capacity``. An existing namespace keeps its own.
 
     Bounds: a query at time ``t`` whose entry has ``first_seen <= t - ttl`` counts as
     new and restarts the entry; after each batch, entries with ``first_seen <=
@@ -159,6 +208,7 @@ class RedisStore:
         namespace: str = "mt",
         ttl: int | None = None,
         capacity: int | None = None,
+        buckets: int | None = None,
     ) -> None:
         try:
             import redis
@@ -191,17 +241,22 @@ class RedisStore:
         check_bounds(ttl, capacity, where)
         self.ttl = None if ttl is None else int(ttl)
         self.capacity = None if capacity is None else int(capacity)
-        self._fp = f"{{{self.namespace}}}:fp"
+        wanted = buckets_for(self.capacity) if buckets is None else int(buckets)
+        if wanted < 1 or wanted & (wanted - 1) or wanted > _MAX_BUCKETS:
+            raise ConfigError(f"{where}: buckets must be a power of two up to {_MAX_BUCKETS}")
+        self._base = f"{{{self.namespace}}}:b".encode()
         self._age = f"{{{self.namespace}}}:age"
         self._meta = f"{{{self.namespace}}}:meta"
         self._observe = self.client.register_script(_OBSERVE)
         self._lookup = self.client.register_script(_LOOKUP)
         with self._errors("connect"):
             self.client.ping()
-            if self._bounded:
-                indexed = self.client.hget(self._meta, "indexed") == b"1"
-                if not indexed and self.client.hlen(self._fp) > 0:
-                    raise ConfigError(self._unindexed_message())
+            # the first client to create the namespace fixes its bucket count
+            self.client.hsetnx(self._meta, "buckets", wanted)
+            indexed, size, stored = self.client.hmget(self._meta, "indexed", "size", "buckets")
+            self.buckets = int(stored or wanted)
+            if self._bounded and indexed != b"1" and int(size or 0) > 0:
+                raise ConfigError(self._unindexed_message())
 
     # -- helpers -------------------------------------------------------------------
     @property
@@ -213,6 +268,10 @@ class RedisStore:
             f"Redis store {self.url}: namespace {self.namespace!r} was filled without a ttl or"
             " capacity, so it has no first-seen index; clear it, or open it without bounds"
         )
+
+    def _bucket_name(self, bucket: int) -> bytes:
+        """The hash holding bucket ``bucket`` (what the scripts' ``namer`` computes)."""
+        return self._base + bucket.to_bytes((self.buckets.bit_length() + 6) // 8, "little")
 
     def _errors(self, doing: str) -> _RedisErrors:
         return _RedisErrors(self, doing)
@@ -226,6 +285,7 @@ class RedisStore:
             int(settle),
             self.capacity or 0,
             keep_after_eviction(self.capacity) if self.capacity else 0,
+            self.buckets,
         ]
 
     # -- the Store interface -------------------------------------------------------
@@ -236,7 +296,7 @@ class RedisStore:
         times = np.broadcast_to(np.asarray(now, dtype=np.int64), signed.shape)
         if len(signed) == 0:
             return np.zeros(0, dtype=np.int64)
-        names = [self._fp, self._age, self._meta]
+        names: list[bytes | str] = [self._base, self._age, self._meta]
         starts = range(0, len(signed), CHUNK)
         with self._errors("record fingerprints"):
             if len(signed) <= CHUNK:
@@ -261,31 +321,39 @@ class RedisStore:
         ]
         with self._errors("look up fingerprints"):
             if len(blobs) == 1:
-                replies = [self._lookup(keys=[self._fp], args=blobs)]
+                replies = [self._lookup(keys=[self._base], args=[blobs[0], self.buckets])]
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for blob in blobs:
-                    self._lookup(keys=[self._fp], args=[blob], client=pipe)
+                    self._lookup(keys=[self._base], args=[blob, self.buckets], client=pipe)
                 replies = pipe.execute()
         return np.frombuffer(b"".join(replies), dtype="<i8").astype(np.int64)
 
     def first_seen(self, key: int) -> int | None:
         """Time the key was first observed (in its current entry), or None."""
-        field = np.array([key], dtype=np.uint64).astype("<u8").tobytes()
+        key = int(key) & (2**64 - 1)
+        field = key.to_bytes(8, "little")
         with self._errors("look up a fingerprint"):
-            value = self.client.hget(self._fp, field)
+            value = self.client.hget(self._bucket_name(key & (self.buckets - 1)), field)
         if not isinstance(value, bytes):  # None: not stored
             return None
         return int(np.frombuffer(value[8:16], dtype="<i8")[0])
 
     def clear(self) -> None:
         """Forget every key of this namespace (for every client)."""
+        names = [self._bucket_name(b) for b in range(self.buckets)]
         with self._errors("clear the store"):
-            self.client.delete(self._fp, self._age, self._meta)
+            pipe = self.client.pipeline(transaction=True)
+            for s in range(0, len(names), 4096):
+                pipe.unlink(*names[s : s + 4096])
+            pipe.unlink(self._age)
+            # the bucket count stays: clients that are open keep using it
+            pipe.hdel(self._meta, "size", "clock", "indexed")
+            pipe.execute()
 
     def __len__(self) -> int:
         with self._errors("count fingerprints"):
-            return int(self.client.hlen(self._fp))
+            return int(self.client.hget(self._meta, "size") or 0)
 
     # -- lifetime ----------------------------------------------------------------
     def close(self) -> None:
