@@ -526,3 +526,14 @@ def test_redis_bucket_names_agree_between_scripts_and_client(redis_url: str, buc
     store.clear()
     assert (store.lookup(keys) == 0).all()
     assert not store.client.keys(store._base + b"*")  # no bucket left behind
+
+
+def test_redis_over_a_unix_socket(tmp_path: Path, redis_server: RedisServer) -> None:
+    sock = tmp_path / "redis.sock"
+    with RedisServer(extra_args=("--unixsocket", str(sock), "--unixsocketperm", "700")):
+        store = open_store(f"unix://{sock}?db=1&namespace=sock")
+        assert isinstance(store, RedisStore)
+        assert store.observe(u64(4, 4), np.arange(2)).tolist() == [0, 1]
+        assert store.client.connection_pool.connection_kwargs["db"] == 1
+    with pytest.raises(ConfigError, match=re.escape("unix:///path/to/redis.sock?db=N")):
+        open_store(f"unix://{sock}?db=one")

@@ -26,10 +26,11 @@ from movingtarget.memory.stores import InProcessStore, Store
 SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
 _COMMON = ("ttl", "capacity", "namespace")
 _SQLITE_ONLY = ("synchronous",)
+_UNIX_ONLY = ("db",)  # unix:///path/redis.sock?db=N
 
 
 def _options(url: str, scheme: str, query: str) -> dict[str, str]:
-    allowed = _COMMON + (_SQLITE_ONLY if scheme == "sqlite" else ())
+    allowed = _COMMON + {"sqlite": _SQLITE_ONLY, "unix": _UNIX_ONLY}.get(scheme, ())
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
@@ -137,14 +138,20 @@ def open_store(
 
     from movingtarget.memory.redis_store import RedisStore
 
-    if scheme != "unix" and not parts.hostname:
+    if scheme == "unix":
+        db = options.get("db", "0")
+        if not parts.path or not db.isdigit():
+            raise ConfigError(f"store URL {shown!r}: write unix:///path/to/redis.sock?db=N")
+        socket_url = f"unix://{parts.netloc}{parts.path}?db={db}"
+        return RedisStore(socket_url, namespace=namespace, ttl=ttl, capacity=capacity)
+    if not parts.hostname:
         raise ConfigError(f"store URL {shown!r}: write redis://HOST:PORT/DB")
     try:
         parts.port  # noqa: B018 -- urlsplit checks the port only when it is read
     except ValueError:
         raise ConfigError(f"store URL {shown!r}: the port must be a number") from None
     db = parts.path.strip("/")
-    if scheme != "unix" and db and not db.isdigit():
+    if db and not db.isdigit():
         raise ConfigError(f"store URL {shown!r}: the database must be a number, got {db!r}")
     # the client gets the URL without our options (they are not redis-py's)
     client_url = url.split("?", 1)[0]
