@@ -63,7 +63,8 @@ class GatewayServer:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"gateway on {self.url} did not become ready in {timeout} s")
+        tail = self.log.read_text()[-2000:] if self.log else ""
+        raise RuntimeError(f"gateway on {self.url} not ready in {timeout} s: {tail}")
 
     def start(self) -> GatewayServer:
         """Start and wait until ready."""

@@ -348,3 +348,19 @@ def test_fuzzed_requests_never_get_a_5xx(served, operations, data):
     assert r.status_code < 500, (method, path, r.status_code, r.text[:300])
     if r.status_code >= 400:
         assert r.json()["status"] == r.status_code
+
+
+def test_remote_model_is_a_black_box_classifier(served, digits_x):
+    from movingtarget.models.remote import RemoteModel
+
+    model = RemoteModel(served["url"], served["token"])
+    try:
+        assert (model.n_classes, model.input_shape, model.name) == (10, (64,), MODEL)
+        x = digits_x[900:903]
+        first = model.predict(x)
+        assert ((first >= 0) & (first < 10)).all()
+        proba = model.predict_proba(x)  # the same inputs again: abstained, uniform rows
+        assert model.last_reasons == ["repeat"] * 3
+        np.testing.assert_allclose(proba, 0.1)
+    finally:
+        model.close()
