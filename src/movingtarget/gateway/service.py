@@ -41,6 +41,12 @@ def build_served_defense(config: GatewayConfig, served: ServedModel) -> Defense:
     from movingtarget.memory.urls import open_store
 
     defense = build_defense(config.defense, served.model, seed=config.seed)
+    # calibrate approximate memories first: calibration forgets what a store holds, and
+    # the shared or persistent store must keep it (every replica calibrates the same)
+    if served.calibration_x is not None:
+        from movingtarget.defenses.near_repeat import calibrate_defense
+
+        calibrate_defense(defense, served.calibration_x, seed=config.seed)
     bounded = config.memory_ttl_s is not None or config.memory_capacity is not None
     if config.store.startswith("memory:") and not bounded:
         return defense

@@ -20,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.models.base import Model
+
+#: Training inputs used to calibrate approximate memories (as experiments do).
+CALIBRATION_SIZE = 2000
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class ServedModel:
     input_shape: tuple[int, ...]
     n_classes: int
     source: str
+    #: Training inputs that calibrate approximate memories (None for a saved file).
+    calibration_x: NDArray[np.float32] | None = None
 
 
 def _version(model: Model) -> str:
@@ -85,7 +93,14 @@ def load_served_model(
     model = build_model(model_name, split, seed=model_seed, cache_dir=cache_dir)
     shape = input_shape or split.input_shape
     name = f"{dataset_name}-{model_name}"
-    return ServedModel(model, name, _version(model), tuple(shape), split.n_classes, spec)
+    # the runner's calibration sample: the same thresholds as a local experiment
+    cal = split.x_train
+    if len(cal) > CALIBRATION_SIZE:
+        pick = np.random.default_rng([split_seed, 0xCA1]).choice(
+            len(cal), CALIBRATION_SIZE, replace=False
+        )
+        cal = cal[np.sort(pick)]
+    return ServedModel(model, name, _version(model), tuple(shape), split.n_classes, spec, cal)
 
 
 def _load_file(path: Path, input_shape: tuple[int, ...] | None) -> ServedModel:
