@@ -34,7 +34,8 @@ def _require_faiss() -> Any:
 
 
 def _flat(x: Any) -> NDArray[np.float32]:
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    arr = np.asarray(x, dtype=np.float32)
+    return np.ascontiguousarray(arr.reshape(len(arr), int(np.prod(arr.shape[1:]))))
 
 
 @runtime_checkable

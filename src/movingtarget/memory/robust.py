@@ -170,7 +170,8 @@ class RobustFingerprint:
         """Band keys ``(n, bands)`` of a batch ``(n, ...)`` (numpy array or torch tensor)."""
         if self.device is not None or type(x).__module__.startswith("torch"):
             return self._fingerprint_torch(x)
-        flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        arr = np.asarray(x, dtype=np.float32)
+        flat = arr.reshape(len(arr), int(np.prod(arr.shape[1:])))
         p = self._for_dim(flat.shape[1])
         out = np.empty((len(flat), self.bands), dtype=np.uint64)
         for start in range(0, len(flat), _CHUNK_ROWS):
@@ -199,8 +200,10 @@ class RobustFingerprint:
         torch = require_torch()
         device = self.device or (str(x.device) if hasattr(x, "device") else "cpu")
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
-        flat = t.to(device=device, dtype=torch.float32).reshape(len(t), -1)
+        flat = t.to(device=device, dtype=torch.float32).reshape(len(t), int(np.prod(t.shape[1:])))
         p = self._for_dim(flat.shape[1])
+        if len(flat) == 0:
+            return np.empty((0, self.bands), dtype=np.uint64)
         key = (flat.shape[1], str(flat.device))
         consts = self._torch.get(key)
         if consts is None:
@@ -208,6 +211,7 @@ class RobustFingerprint:
                 torch.from_numpy(a).to(flat.device)
                 for a in (
                     p.directions,
+                    p.directions32,
                     p.offsets,
                     p.row_keys.view(np.int64),
                     p.row_salts.view(np.int64),
@@ -215,11 +219,16 @@ class RobustFingerprint:
                 )
             )
             self._torch[key] = consts
-        directions, offsets, row_keys, row_salts, band_salts = consts
+        directions, directions32, offsets, row_keys, row_salts, band_salts = consts
         if not bool(torch.isfinite(flat).all()):
             raise InputError("queries hold NaN or infinite values")
-        grid = torch.clamp(torch.round(flat.double() * p.inv_resolution), -p.clip, p.clip)
-        proj = (grid @ directions).to(torch.int64)
+        grid32 = torch.round(flat * p.inv_resolution)  # exact: a power-of-two scaling
+        if flat.device.type == "cpu" and float(grid32.abs().max()) <= p.exact32:
+            # CPU float32 matmul is exact here; GPUs may use TF32, so they take float64
+            proj = (grid32 @ directions32).to(torch.int64)
+        else:
+            grid = torch.clamp(torch.round(flat.double() * p.inv_resolution), -p.clip, p.clip)
+            proj = (grid @ directions).to(torch.int64)
         z = torch.div(proj + offsets, p.cell, rounding_mode="floor")
         cells = z.reshape(len(z), self.bands, self.rows)
         h = _mix_torch(cells * row_keys + row_salts).sum(dim=2)
