@@ -1,16 +1,7 @@
-"""A real gateway for the tests: ``movingtarget serve`` in a subprocess on a free
-loopback port, started, probed until ready and stopped (SIGTERM, then SIGKILL)."""
+"""Fixtures and helpers for the gateway tests: a real server per test module (see
+:class:`movingtarget.gateway.process.GatewayProcess`), keys, requests."""
 
 from __future__ import annotations
-
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-from types import TracebackType
 
 import httpx
 import numpy as np
@@ -18,76 +9,9 @@ import pytest
 
 from movingtarget.datasets import load_dataset
 from movingtarget.gateway.keys import KeyLimits, open_keys
+from movingtarget.gateway.process import GatewayProcess as GatewayServer
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class GatewayServer:
-    """``movingtarget serve ARGS...`` on a free port; ``url`` once started.
-
-    ``env`` adds to the environment (``MOVINGTARGET_CACHE``, ``MOVINGTARGET_SECRET``).
-    """
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None):
-        self.args = list(args)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def launch(self) -> GatewayServer:
-        """Start the process without waiting (start several, then :meth:`wait_ready`)."""
-        cmd = [sys.executable, "-m", "movingtarget", "serve", "--port", str(self.port), *self.args]
-        out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
-        return self
-
-    def wait_ready(self, timeout: float = 120.0) -> GatewayServer:
-        """Wait until ``/healthz`` answers 200; raise if the process dies or never does."""
-        assert self.proc is not None, "launch() first"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text()[-2000:] if self.log else ""
-                raise RuntimeError(f"gateway exited with {self.proc.returncode}: {tail}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        tail = self.log.read_text()[-2000:] if self.log else ""
-        raise RuntimeError(f"gateway on {self.url} not ready in {timeout} s: {tail}")
-
-    def start(self) -> GatewayServer:
-        """Start and wait until ready."""
-        return self.launch().wait_ready()
-
-    def stop(self) -> None:
-        """SIGTERM (a graceful shutdown), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def __enter__(self) -> GatewayServer:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+__all__ = ["GatewayServer", "auth", "classify", "digits_x", "gateway_env", "new_key"]
 
 
 @pytest.fixture(scope="session")
