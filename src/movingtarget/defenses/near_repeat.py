@@ -190,7 +190,9 @@ class NearRepeat:
         seed: int = 0,
     ) -> Calibration:
         """Choose the width (robust) or radius (neighbours) on benign queries for
-        ``target_rate``; report the rate on ``x_heldout``. Forgets remembered queries."""
+        ``target_rate``; report the rate on ``x_heldout``. A robust store is left as it is
+        (it may be shared): keys made with another width simply never match again; the
+        neighbour memory starts empty."""
         if self.kind == "robust":
             assert self.fingerprint is not None and self.store is not None
             if self._calibrate_width:
