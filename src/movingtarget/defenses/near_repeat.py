@@ -203,7 +203,6 @@ class NearRepeat:
                 self.fingerprint = fp
             else:  # a fixed width: only measure its false-match rates
                 cal = measure_robust(self.fingerprint, x_benign, x_heldout, self.target_rate, seed)
-            self.store.clear()
         else:
             encoder = self._make_encoder(model)
             if isinstance(encoder, PCAEncoder):
