@@ -203,8 +203,6 @@ def run_store(kind: str, args: argparse.Namespace, redis_url: str, sizes: list[i
             row = Row(kind, reached, insert, lookup, lookup_one, observe_one, per_key)
             rows.append(row)
             print(f"# {row}", file=sys.stderr, flush=True)
-        if isinstance(bench.store, RedisStore):
-            bench.store.clear()
         close = getattr(bench.store, "close", None)
         if close is not None:
             close()

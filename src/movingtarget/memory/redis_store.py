@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 CHUNK = 16_384
 _CONNECT_TIMEOUT_S = 5.0
+# a batch is one atomic step on the server: a million keys take seconds, longer than
+# redis-py's default 5 s reply timeout
+_REPLY_TIMEOUT_S = 60.0
 
 DEFAULT_BUCKETS = 2**17
 _MIN_BUCKETS, _MAX_BUCKETS = 2**10, 2**22
@@ -221,7 +224,9 @@ class RedisStore:
             self.url = redact(url_or_client)
             try:
                 self.client: redis.Redis = redis.Redis.from_url(
-                    url_or_client, socket_connect_timeout=_CONNECT_TIMEOUT_S
+                    url_or_client,
+                    socket_connect_timeout=_CONNECT_TIMEOUT_S,
+                    socket_timeout=_REPLY_TIMEOUT_S,
                 )
             except ValueError as err:
                 raise ConfigError(f"Redis store URL {self.url!r}: {err}") from None
