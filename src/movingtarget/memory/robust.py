@@ -45,7 +45,7 @@ from movingtarget.memory.fingerprints import secret_from_env
 
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
-_CHUNK_ROWS = 2048
+_CHUNK_ROWS = 256  # rows per step: the working set stays in the CPU caches
 
 
 def _signed(v: int) -> int:
@@ -174,13 +174,19 @@ class RobustFingerprint:
         flat = arr.reshape(len(arr), int(np.prod(arr.shape[1:])))
         p = self._for_dim(flat.shape[1])
         out = np.empty((len(flat), self.bands), dtype=np.uint64)
+        buf = np.empty((min(len(flat), _CHUNK_ROWS), flat.shape[1]), dtype=np.float32)
+        scale = np.float32(p.inv_resolution)
         for start in range(0, len(flat), _CHUNK_ROWS):
             block = flat[start : start + _CHUNK_ROWS]
-            if not np.isfinite(block).all():
+            # max and min propagate NaN and infinity: one check for both, no temporary
+            hi, lo = float(block.max(initial=0.0)), float(block.min(initial=0.0))
+            if not (math.isfinite(hi) and math.isfinite(lo)):
                 raise InputError("queries hold NaN or infinite values")
-            grid = np.rint(block * np.float32(p.inv_resolution))
-            top = float(np.abs(grid).max(initial=0.0))
-            if top <= p.exact32:
+            if max(hi, -lo) * p.inv_resolution + 1 <= p.exact32:
+                # in place, in a cache-sized buffer: the grid is never a fresh array
+                grid = buf[: len(block)]
+                np.multiply(block, scale, out=grid)  # exact: a power-of-two scaling
+                np.rint(grid, out=grid)
                 proj = (grid @ p.directions32).astype(np.int64)  # exact integers
             else:
                 grid64 = np.clip(np.rint(block * p.inv_resolution), -p.clip, p.clip)
