@@ -85,6 +85,10 @@ def serve(
     cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
     replica: Annotated[str, typer.Option(help="This replica's name in the audit log.")] = "",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    fd: Annotated[
+        int | None,
+        typer.Option(help="Serve on this inherited listening socket (supervisors, tests).", min=0),
+    ] = None,
 ) -> None:
     """Serve a model behind a defense over HTTP (see docs/gateway.md)."""
     import uvicorn
@@ -114,13 +118,25 @@ def serve(
     )
     gateway = Gateway.from_config(config)
     app = create_app(gateway)
+    sockets = None
+    if fd is not None:
+        import socket
+
+        try:
+            sockets = [socket.socket(fileno=fd)]
+        except OSError as exc:
+            raise ConfigError(f"--fd {fd}: not a socket ({exc})") from None
+        host, port = sockets[0].getsockname()[:2]
     typer.echo(
         f"serving {gateway.served.name} (version {gateway.served.version}) behind "
         f"{gateway.defense.describe()} on http://{host}:{port} (memory {store}, "
         f"keys {gateway.keys.url})",
         err=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    )
+    server.run(sockets=sockets)
 
 
 @keys_app.command("create")

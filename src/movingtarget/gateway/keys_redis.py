@@ -42,6 +42,7 @@ local name = k[1]
 if k[6] and k[6] ~= '' then return {403, id, name} end
 local rate, burst = tonumber(k[2]), tonumber(k[3])
 local quota, qwin = tonumber(k[4]), tonumber(k[5])
+if cost == 0 or (rate <= 0 and not quota) then return {200, id, name} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local bkey = ns .. ':bucket:' .. id

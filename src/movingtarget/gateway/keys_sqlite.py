@@ -136,15 +136,21 @@ class SQLiteKeyStore:
     def authorize(self, digest: str, cost: int) -> Grant:
         with self._lock:
             db = self._db
+            row = db.execute(
+                f"SELECT {self._COLS} FROM keys WHERE digest = ?", (digest,)
+            ).fetchone()
+            if row is None:
+                raise Problem(401, "unauthorized", "unknown API key")
+            rec = self._record(row)
+            if not rec.active:
+                raise Problem(403, "revoked", f"API key {rec.name!r} was revoked")
+            if (rec.limits.rate == 0 and rec.limits.quota is None) or cost == 0:
+                return Grant(rec.id, rec.name)  # nothing to charge: no write transaction
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute(
-                    f"SELECT {self._COLS} FROM keys WHERE digest = ?", (digest,)
-                ).fetchone()
-                if row is None:
-                    raise Problem(401, "unauthorized", "unknown API key")
-                rec = self._record(row)
-                if not rec.active:
+                # read again inside the transaction: another process may have revoked it
+                row = db.execute("SELECT revoked FROM keys WHERE id = ?", (rec.id,)).fetchone()
+                if row is None or row[0] is not None:
                     raise Problem(403, "revoked", f"API key {rec.name!r} was revoked")
                 b = db.execute(
                     "SELECT tokens, updated, window, used FROM buckets WHERE key_id = ?",

@@ -15,11 +15,14 @@ from types import TracebackType
 import httpx
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def listening_socket() -> socket.socket:
+    """A socket bound to a free loopback port and listening. The server inherits it
+    (``serve --fd``), so no other process can take the port between choosing it and
+    serving on it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(2048)
+    return s
 
 
 class GatewayProcess:
@@ -37,7 +40,8 @@ class GatewayProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, log: Path | None = None):
         self.args = list(args)
-        self.port = free_port()
+        self._socket = listening_socket()  # kept open: a restart serves on it again
+        self.port = int(self._socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
         self.log = log
@@ -45,9 +49,10 @@ class GatewayProcess:
 
     def launch(self) -> GatewayProcess:
         """Start the process without waiting (start several, then :meth:`wait_ready`)."""
-        cmd = [sys.executable, "-m", "movingtarget", "serve", "--port", str(self.port), *self.args]
+        fd = self._socket.fileno()
+        cmd = [sys.executable, "-m", "movingtarget", "serve", "--fd", str(fd), *self.args]
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out, pass_fds=(fd,))
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> GatewayProcess:
@@ -83,10 +88,17 @@ class GatewayProcess:
             self.proc.kill()
             self.proc.wait(5)
 
+    def close(self) -> None:
+        """Stop the server and release the port."""
+        self.stop()
+        self._socket.close()
+
     def __enter__(self) -> GatewayProcess:
-        return self.start()
+        if self.proc is None:  # `with gw.launch():` waits for the one already launched
+            self.launch()
+        return self.wait_ready()
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        self.close()
