@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from movingtarget.memory.calibration import (
+    Calibration,
+    calibrate_radius,
+    calibrate_robust,
+    measure_robust,
+)
 from movingtarget.memory.fingerprints import ExactFingerprint, Fingerprint, canonical
+from movingtarget.memory.neighbours import (
+    NeighbourIndex,
+    NeighbourMemory,
+    PCAEncoder,
+    PenultimateEncoder,
+    RandomProjectionEncoder,
+)
+from movingtarget.memory.robust import RobustFingerprint
 from movingtarget.memory.sqlite_store import SQLiteStore
 from movingtarget.memory.stores import InProcessStore, Store, occurrences_before
 from movingtarget.memory.urls import open_store
@@ -13,13 +27,23 @@ if TYPE_CHECKING:
     from movingtarget.memory.redis_store import RedisStore
 
 __all__ = [
+    "Calibration",
     "ExactFingerprint",
     "Fingerprint",
     "InProcessStore",
+    "NeighbourIndex",
+    "NeighbourMemory",
+    "PCAEncoder",
+    "PenultimateEncoder",
+    "RandomProjectionEncoder",
     "RedisStore",
+    "RobustFingerprint",
     "SQLiteStore",
     "Store",
+    "calibrate_radius",
+    "calibrate_robust",
     "canonical",
+    "measure_robust",
     "occurrences_before",
     "open_store",
 ]

@@ -40,7 +40,13 @@ def _flat(x: Any) -> NDArray[np.float32]:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """Maps a batch of queries to embeddings ``(n, dim)`` float32."""
+    """Maps a batch of queries to embeddings ``(n, dim)`` float32.
+
+    Examples
+    --------
+    >>> isinstance(RandomProjectionEncoder(8), Encoder)
+    True
+    """
 
     dim: int
 
