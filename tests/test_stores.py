@@ -442,6 +442,44 @@ def test_cli_style_errors_carry_no_traceback_text(tmp_path: Path) -> None:
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
+def test_sqlite_path_that_is_a_directory_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=re.escape(f"SQLite store {tmp_path}")) as caught:
+        open_store(f"sqlite:///{tmp_path}")
+    assert "unable to open database file" in str(caught.value)
+
+
+def test_sqlite_writer_locked_out_too_long_gets_a_data_error_and_keeps_state(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "busy.db"
+    waiting = SQLiteStore(path, timeout=0.2)
+    waiting.observe(u64(1, 2), np.arange(2))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        with pytest.raises(DataError, match="held the write lock"):
+            waiting.observe(u64(3), np.array([5]))
+        assert waiting.lookup(u64(1, 2, 3)).tolist() == [1, 1, 0]  # readers still read
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert waiting.observe(u64(3), np.array([6])).tolist() == [0]
+    assert len(waiting) == 3
+
+
+def test_missing_redis_server_fails_the_fixture_rather_than_skipping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import redis_server
+
+    monkeypatch.setattr(redis_server, "find_redis_server", lambda: None)
+    with (
+        pytest.raises(pytest.fail.Exception, match="redis-server is not installed"),
+        redis_server.running_redis(),
+    ):
+        pass
+
+
 # -- Redis: shared between processes ---------------------------------------------------
 _FINGERPRINT_AND_OBSERVE = """
 import sys
