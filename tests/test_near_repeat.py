@@ -150,3 +150,14 @@ def test_arms_race_config_grid() -> None:
         from movingtarget.experiment import parse_config
 
         parse_config({"defenses": ["deterministic"], "attacks": [{"name": "x", "grid": {}}]})
+
+
+def test_band_keys_live_in_a_persistent_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'near.db'}"
+    x = np.random.default_rng(4).random((3, 64), dtype=np.float32)
+    first = build_defense(f"near-repeat(store={url}, secret=k) > argmax", Constant())
+    assert first.answer(x).reason_labels() == ["model"] * 3
+    # a second defense on the same file (a restarted process) catches noisy repeats
+    again = build_defense(f"near-repeat(store={url}, secret=k) > argmax", Constant())
+    noisy = np.clip(x + np.float32(2 / 255), 0, 1)
+    assert again.answer(noisy).reason_labels() == ["near-repeat"] * 3

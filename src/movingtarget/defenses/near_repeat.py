@@ -292,7 +292,7 @@ def _open(store: Store | str | None) -> Store:
     if isinstance(store, str):
         from movingtarget.memory.urls import open_store
 
-        return open_store(store, namespace="near-repeat")
+        return open_store(store, namespace="near_repeat")
     return store
 
 
