@@ -134,7 +134,9 @@ class SQLiteStore:
             hint = f"another process held the write lock for more than {self.timeout:g} s"
         elif "not a database" in text or "malformed" in text or "corrupt" in text:
             hint = "the file is not a readable SQLite database (corrupt?); it was left untouched"
-        elif "readonly" in text or "unable to open" in text or "permission" in text.lower():
+        elif "unable to open" in text:
+            hint = "the file cannot be opened or created (a directory? no permission?)"
+        elif "readonly" in text or "permission" in text.lower():
             hint = "the file or its directory is not writable"
         else:
             hint = text
