@@ -191,6 +191,9 @@ class RedisStore:
     use the same bounds; a bounded client refuses a namespace filled without the
     first-seen index (clear it first).
 
+    Times travel through Lua numbers (doubles): they must stay within +-2**53, which
+    milliseconds since the epoch and arrival indices do by far.
+
     Errors: a server that cannot be reached raises :class:`~movingtarget.errors.ConfigError`
     naming the URL (password hidden); a server error raises
     :class:`~movingtarget.errors.DataError`.
