@@ -63,13 +63,15 @@ def test_a_query_matches_earlier_ones_in_its_own_batch_only() -> None:
     assert memory.observe(x[:1], np.array([5])).tolist() == [False]
 
 
-def test_hnsw_recall_against_flat() -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_recall_against_flat(kind: str) -> None:
     rng = np.random.default_rng(2)
     base = rng.standard_normal((5000, 32)).astype(np.float32)
     queries = base[:500] + rng.normal(0, 0.01, (500, 32)).astype(np.float32)
-    flat, hnsw = NeighbourIndex(32, "flat"), NeighbourIndex(32, "hnsw")
+    flat, hnsw = NeighbourIndex(32, "flat"), NeighbourIndex(32, kind, nlist=32, nprobe=4)
     flat.add(base)
-    hnsw.add(base)
+    for start in range(0, len(base), 1000):  # ivf trains once it holds 40 * nlist
+        hnsw.add(base[start : start + 1000])
     _, exact = flat.search(queries)
     _, approx = hnsw.search(queries)
     recall = float((exact[:, 0] == approx[:, 0]).mean())
@@ -94,6 +96,8 @@ def test_bad_settings_name_the_field() -> None:
     with pytest.raises(ConfigError, match="radius"):
         NeighbourMemory(radius=-1.0)
     with pytest.raises(ConfigError, match="index"):
-        NeighbourMemory(radius=1.0, index="ivf")
+        NeighbourMemory(radius=1.0, index="lsh")
+    with pytest.raises(ConfigError, match="nprobe"):
+        NeighbourIndex(4, "ivf", nlist=4, nprobe=8)
     with pytest.raises(ConfigError, match="fit"):
         PCAEncoder(4).encode(np.zeros((1, 8), np.float32))

@@ -4,7 +4,8 @@ query lies within ``radius`` of it in an embedding space.
 Embeddings come from an :class:`Encoder`: the model's penultimate layer (torch
 models), a seeded random projection, or a PCA fitted on benign data. They are kept
 in a FAISS index: exact (``flat``) or approximate (``hnsw``, a navigable small-world
-graph: a lookup costs about ``log(n)`` distance computations instead of ``n``).
+graph: a lookup costs about ``log(n)`` distance computations instead of ``n``; ``ivf``,
+an inverted file: a lookup scans the ``nprobe`` nearest of ``nlist`` k-means cells).
 
 Unlike the hashed fingerprints, this memory keeps embeddings (not raw inputs, but
 more revealing than keyed hashes), in this process only.
@@ -19,7 +20,7 @@ from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError
 
-INDEXES = ("flat", "hnsw")
+INDEXES = ("flat", "hnsw", "ivf")
 _CHUNK = 1024
 
 
@@ -185,9 +186,13 @@ class NeighbourIndex:
     dim:
         Embedding size.
     kind:
-        ``"flat"`` (exact, every lookup scans everything) or ``"hnsw"`` (approximate).
+        ``"flat"`` (exact, every lookup scans everything), ``"hnsw"`` or ``"ivf"``
+        (approximate).
     hnsw_m, ef_construction, ef_search:
         HNSW graph degree and search breadths (larger: higher recall, slower).
+    nlist, nprobe:
+        IVF cells and cells scanned per lookup. The cells are trained (k-means) on the
+        first ``40 * nlist`` stored embeddings; until then an exact index answers.
 
     Examples
     --------
@@ -206,12 +211,20 @@ class NeighbourIndex:
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 64,
+        nlist: int = 1024,
+        nprobe: int = 8,
     ) -> None:
         if kind not in INDEXES:
             raise ConfigError(f"neighbour index: kind must be one of {INDEXES}, got {kind!r}")
         faiss = _require_faiss()
         self.dim, self.kind = int(dim), kind
-        if kind == "flat":
+        self._nlist, self._nprobe = int(nlist), int(nprobe)
+        if kind == "ivf" and not 1 <= self._nprobe <= self._nlist:
+            raise ConfigError(f"neighbour index: nprobe must be in [1, nlist], got {nprobe}")
+        # ivf: embeddings kept until the cells are trained (None once trained)
+        self._untrained: list[NDArray[np.float32]] | None = []
+        if kind in ("flat", "ivf"):
+            # ivf starts exact and becomes an inverted file once it has training data
             self._index = faiss.IndexFlatL2(self.dim)
         else:
             self._index = faiss.IndexHNSWFlat(self.dim, int(hnsw_m))
@@ -223,8 +236,26 @@ class NeighbourIndex:
 
     def add(self, emb: NDArray[np.float32]) -> None:
         """Store embeddings ``(n, dim)``."""
-        if len(emb):
-            self._index.add(np.ascontiguousarray(emb, dtype=np.float32))
+        if not len(emb):
+            return
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        self._index.add(emb)
+        if self.kind == "ivf" and self._untrained is not None:
+            self._untrained.append(emb)
+            if self._index.ntotal >= 40 * self._nlist:
+                self._train_ivf()
+
+    def _train_ivf(self) -> None:
+        assert self._untrained is not None
+        faiss = _require_faiss()
+        stored = np.concatenate(self._untrained)
+        self._quantizer = faiss.IndexFlatL2(self.dim)  # the IVF index borrows it: keep it
+        ivf = faiss.IndexIVFFlat(self._quantizer, self.dim, self._nlist)
+        sample = stored[:: max(1, len(stored) // (64 * self._nlist))]  # k-means on a sample
+        ivf.train(sample)
+        ivf.add(stored)
+        ivf.nprobe = self._nprobe
+        self._index, self._untrained = ivf, None
 
     def search(self, emb: NDArray[np.float32], k: int = 1) -> tuple[NDArray[Any], NDArray[Any]]:
         """Squared distances and ids of the ``k`` nearest stored embeddings (ids -1: none)."""
@@ -241,7 +272,11 @@ class NeighbourIndex:
 
     def reset(self) -> None:
         """Forget every stored embedding."""
-        self._index.reset()
+        if self.kind == "ivf":
+            self._index = _require_faiss().IndexFlatL2(self.dim)
+            self._untrained = []
+        else:
+            self._index.reset()
 
 
 def stream_nearest(index: NeighbourIndex, emb: NDArray[np.float32]) -> NDArray[np.float64]:
