@@ -173,36 +173,105 @@ def new_token(url: str, name: str, namespace: str = "mt") -> str:
         store.close()
 
 
+async def interleaved_latency(
+    targets: list[tuple[str, str]], requests: list[list[tuple[str, bytes]]]
+) -> list[list[float]]:
+    """One client per target, sending in turn (target 0, 1, 2, 0, 1, ...): every target
+    sees the same machine noise, so their latencies compare fairly."""
+    conns = [Connection(url, token) for url, token in targets]
+    for c in conns:
+        await c.open()
+    out: list[list[float]] = [[] for _ in targets]
+    try:
+        for i in range(min(len(r) for r in requests)):
+            for k, conn in enumerate(conns):
+                rid, body = requests[k][i]
+                t0 = time.perf_counter()
+                status, _ = await conn.post("/v1/classify", body, rid)
+                out[k].append(time.perf_counter() - t0)
+                assert status == 200, status
+    finally:
+        for c in conns:
+            await c.close()
+    return out
+
+
+def in_process_cost(defense: str, batch: int, n: int) -> float:
+    """Microseconds the defense itself takes per request (no HTTP), distinct queries."""
+    from movingtarget.gateway.config import GatewayConfig
+    from movingtarget.gateway.service import build_served_defense
+    from movingtarget.gateway.serving import load_served_model
+
+    served = load_served_model("digits:logistic")
+    d = build_served_defense(GatewayConfig(defense=defense), served)
+    x = np.random.default_rng(batch).uniform(0, 16, (n, batch, 64)).astype(np.float32)
+    clients = np.zeros(batch, np.int64)
+    t0 = time.perf_counter()
+    for i in range(n):
+        d.answer(x[i], clients, np.full(batch, i, np.int64))
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, object]]:
     defenses = [("undefended", "deterministic"), ("exact-memorize", "memorize-abstain")]
     if "near-repeat" in MECHANISMS:
         defenses.append(("near-repeat", "near-repeat-abstain"))
     sizes = (1500, 150, 300) if quick else (6000, 600, 1000)
     n_single, n_batch, n_latency = (max(int(s * scale), 10) for s in sizes)
-    rows = []
-    for i, (label, defense) in enumerate(defenses):
+    rounds = 3  # throughput runs alternate between the servers, so drift hits all alike
+    servers, tokens = [], []
+    for label, defense in defenses:
         keys = f"sqlite:///{root / f'keys-{label}.db'}"
-        token = new_token(keys, "bench")
-        with serve(root, label, "--defense", defense, "--keys-db", keys) as gw:
-            warm = make_requests(100, 1, 1000 + i, f"warm{i}")
-            asyncio.run(load([gw.url], token, warm, 8, 30))
-            for kind, batch, n in (("single", 1, n_single), ("batch-64", 64, n_batch)):
-                reqs = make_requests(n + n_latency, batch, 10 * i + batch, f"{label}-{kind}")
-                thr = asyncio.run(load([gw.url], token, reqs[:n], 32, 60))
-                lat = asyncio.run(load([gw.url], token, reqs[n:], 1, 60))
+        tokens.append(new_token(keys, "bench"))
+        servers.append(serve(root, label, "--defense", defense, "--keys-db", keys).launch())
+    rows = []
+    try:
+        for i, gw in enumerate(servers):
+            gw.wait_ready()
+            asyncio.run(load([gw.url], tokens[i], make_requests(100, 1, 1000 + i, f"w{i}"), 8, 30))
+        for kind, batch, n in (("single", 1, n_single), ("batch-64", 64, n_batch)):
+            reqs = [
+                make_requests(n + n_latency, batch, 10 * i + batch, f"{label}-{kind}")
+                for i, (label, _) in enumerate(defenses)
+            ]
+            done = [0] * len(defenses)
+            secs = [0.0] * len(defenses)
+            c32: list[list[float]] = [[] for _ in defenses]
+            errors = [0] * len(defenses)
+            chunk = n // rounds
+            for r in range(rounds):
+                for i, gw in enumerate(servers):
+                    part = reqs[i][r * chunk : (r + 1) * chunk]
+                    res = asyncio.run(load([gw.url], tokens[i], part, 32, 60))
+                    done[i] += res.requests
+                    secs[i] += res.seconds
+                    c32[i] += res.latencies
+                    errors[i] += sum(v for k, v in res.statuses.items() if k != 200)
+            lat = asyncio.run(
+                interleaved_latency(
+                    [(gw.url, tokens[i]) for i, gw in enumerate(servers)],
+                    [reqs[i][rounds * chunk :] for i in range(len(servers))],
+                )
+            )
+            for i, (label, defense) in enumerate(defenses):
+                rps = done[i] / secs[i]
                 rows.append(
                     {
                         "defense": label,
                         "request": kind,
-                        "requests": thr.requests,
-                        "rps": thr.rps,
-                        "queries_per_s": thr.rps * batch,
-                        "p50_ms": lat.pct(50),
-                        "p99_ms": lat.pct(99),
-                        "p99_ms_c32": thr.pct(99),
-                        "errors": sum(v for k, v in thr.statuses.items() if k != 200),
+                        "requests": done[i],
+                        "rps": rps,
+                        "queries_per_s": rps * batch,
+                        "p50_ms": float(np.percentile(lat[i], 50) * 1000),
+                        "p99_ms": float(np.percentile(lat[i], 99) * 1000),
+                        "p99_ms_c32": float(np.percentile(c32[i], 99) * 1000),
+                        "errors": errors[i],
+                        "defense_us": in_process_cost(defense, batch, 300 if batch == 1 else 60),
                     }
                 )
+    finally:
+        for gw in servers:
+            gw.close()
     return rows
 
 
@@ -294,25 +363,30 @@ def main() -> None:
     print(f"Command: `{cmd}`; machine: {machine()}; wall time {total:.0f} s.\n")
     print(
         "| defense | request | requests | req/s (32 clients) | queries/s | p50 ms (1 client) "
-        "| p99 ms (1 client) | p99 ms (32 clients) | errors |"
+        "| p99 ms (1 client) | p99 ms (32 clients) | defense µs/request | errors |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['defense']} | {r['request']} | {r['requests']} | {r['rps']:.0f} | "
             f"{r['queries_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['p99_ms_c32']:.1f} | {r['errors']} |"
+            f"{r['p99_ms_c32']:.1f} | {r['defense_us']:.0f} | {r['errors']} |"
         )
     base = {r["request"]: r for r in rows if r["defense"] == "undefended"}
-    print("\n| defense | request | throughput vs undefended | added p99 ms (1 client) |")
-    print("|---|---|---|---|")
+    print(
+        "\n| defense | request | throughput vs undefended | added p50 ms | added p99 ms "
+        "(1 client) | added defense time ms |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in rows:
         if r["defense"] == "undefended":
             continue
         b = base[str(r["request"])]
         print(
             f"| {r['defense']} | {r['request']} | {float(r['rps']) / float(b['rps']):.0%} | "
-            f"{float(r['p99_ms']) - float(b['p99_ms']):+.2f} |"
+            f"{float(r['p50_ms']) - float(b['p50_ms']):+.2f} | "
+            f"{float(r['p99_ms']) - float(b['p99_ms']):+.2f} | "
+            f"{(float(r['defense_us']) - float(b['defense_us'])) / 1000:+.3f} |"
         )
     print(
         f"\n200 concurrent clients, {once['requests']} requests of 4 inputs: "
