@@ -364,3 +364,22 @@ def test_remote_model_is_a_black_box_classifier(served, digits_x):
         np.testing.assert_allclose(proba, 0.1)
     finally:
         model.close()
+
+
+def test_audit_command_reports_coverage_and_error_on_answered(served, digits_x, capsys):
+    from movingtarget.cli.main import main
+
+    url, token = served["url"], served["token"]
+    answers = classify(url, token, digits_x[[950, 950]]).json()["answers"]
+    given = answers[0]["label"]
+    httpx.post(
+        f"{url}/v1/feedback",
+        json={"labels": [{"query_id": answers[0]["query_id"], "label": (given + 1) % 10}]},
+        headers=auth(token),
+    )
+    assert main(["audit", served["audit"], "--keys-db", served["keys"]]) == 0
+    out = capsys.readouterr().out
+    (line,) = [row for row in out.splitlines() if row.startswith("| tester |")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert "repeat" in cells[3]
+    assert int(cells[4]) >= 1 and float(cells[5]) > 0  # the labeled answer was wrong

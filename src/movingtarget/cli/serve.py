@@ -211,10 +211,45 @@ def keys_revoke(
     typer.echo(f"revoked key {record.name!r} (id {record.id})")
 
 
+def audit(
+    path: Annotated[Path, typer.Argument(help="An audit log written by serve --audit.")],
+    keys_db: KeysDb = None,
+    namespace: Namespace = "mt",
+    labels: Annotated[
+        bool, typer.Option(help="Use the feedback labels in --keys-db for the error on answered.")
+    ] = True,
+) -> None:
+    """Per key: queries, coverage, abstentions by reason, error on answered queries."""
+    from movingtarget.gateway.audit import read_audit, summarize
+    from movingtarget.gateway.keys import open_keys
+    from movingtarget.report.tables import fmt
+
+    rows = read_audit(path)
+    truth: dict[str, int] = {}
+    if labels:
+        store = open_keys(keys_db, namespace=namespace)
+        try:
+            truth = {r["query_id"]: int(r["label"]) for r in store.feedback()}
+        finally:
+            store.close()
+    print(
+        "| key | queries | coverage | abstained (by reason) | labeled answered "
+        "| error on answered |"
+    )
+    print("|---|---|---|---|---|---|")
+    for key, s in summarize(rows, truth).items():
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["abstained"].items())) or "—"
+        print(
+            f"| {key} | {s['queries']} | {fmt(s['coverage'])} | {reasons} | "
+            f"{s['labeled_answered']} | {fmt(s['error_answered'])} |"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add ``serve``, ``keys`` and ``attack`` to the main command."""
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")
+    app.command("audit")(audit)
     from movingtarget.cli.attack import attack
 
     app.command("attack")(attack)

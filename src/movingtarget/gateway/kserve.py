@@ -147,8 +147,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     content = {
         "model_name": gw.served.name,
         "model_version": gw.served.version,
-        "id": rid,
-        "parameters": {"defense": gw.defense.name},
+        "id": body.id if body.id is not None else rid,  # the protocol echoes the client's id
+        "parameters": {"defense": gw.defense.name, "request_id": rid},
         "outputs": outputs,
     }
     return JSONResponse(content, headers={"X-Request-ID": rid})
