@@ -119,15 +119,16 @@ def create_app(gateway: Gateway) -> FastAPI:
         """Classify one input or a batch; each answer is a class or ABSTAIN with a reason."""
         token = token_of(request)
         rid = request_id(request.headers.get("x-request-id"))
-        try:
-            body = await read_body(request, ClassifyRequest, cfg.max_body_bytes)
-            x = batch_from_json(body.batch(), served.input_shape, cfg.max_inputs)
-        except Problem as bad:
-            await gateway.authorize(token, 0)  # a bad key is told so before a bad body
-            gateway.metrics.refusals.labels(bad.kind).inc()
-            raise
-        grant = await gateway.authorize(token, len(x))
-        query_ids, answers = await gateway.classify(x, grant, rid)
+        with gateway.batcher.arriving() as arrival:  # a batch being gathered waits for it
+            try:
+                body = await read_body(request, ClassifyRequest, cfg.max_body_bytes)
+                x = batch_from_json(body.batch(), served.input_shape, cfg.max_inputs)
+            except Problem as bad:
+                await gateway.authorize(token, 0)  # a bad key is told so before a bad body
+                gateway.metrics.refusals.labels(bad.kind).inc()
+                raise
+            grant = await gateway.authorize(token, len(x))
+            query_ids, answers = await gateway.classify(x, grant, rid, arrival)
         content = {
             "request_id": rid,
             "model": served.name,

@@ -6,6 +6,11 @@ waiting request, gathers more until the batch holds ``max_batch`` queries or
 the handler on a single worker thread (so the event loop keeps accepting requests
 while the model runs, and the defense never runs two batches at once). The handler
 sees the queries in arrival order; each request gets its own slice of the answers.
+
+The worker waits for more only while requests are known to be on their way (announced
+with :meth:`MicroBatcher.arriving`, e.g. while their key is checked): a lone request
+is answered at once instead of waiting out ``max_wait_ms`` for company that is not
+coming.
 """
 
 from __future__ import annotations
@@ -39,6 +44,26 @@ class Job:
 
 #: The handler: (queries, client ids, times, jobs) -> one result per job, in order.
 Handler = Callable[[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64], list[Job]], list[R]]
+
+
+class Arrival:
+    """A request on its way to the batcher (see :meth:`MicroBatcher.arriving`)."""
+
+    def __init__(self, batcher: MicroBatcher[Any]) -> None:
+        self._batcher: MicroBatcher[Any] | None = batcher
+        batcher._arriving += 1
+
+    def close(self) -> None:
+        """The request was queued, or will not be: stop waiting for it."""
+        if self._batcher is not None:
+            self._batcher._arriving -= 1
+            self._batcher = None
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class MicroBatcher(Generic[R]):
@@ -89,6 +114,12 @@ class MicroBatcher(Generic[R]):
         self._task: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="movingtarget-batch")
         self.batches = 0
+        self._arriving = 0  # requests announced but not queued yet (event loop only)
+
+    def arriving(self) -> Arrival:
+        """Announce a request that will be submitted soon; use as a context manager
+        around its checks. While any is announced, a gathering batch waits for it."""
+        return Arrival(self)
 
     async def start(self) -> None:
         """Start the worker (inside the running event loop)."""
@@ -104,12 +135,21 @@ class MicroBatcher(Generic[R]):
             self._task = None
         self._pool.shutdown(wait=True)
 
-    async def submit(self, x: NDArray[np.float32], client: int, time: int, meta: Any = None) -> R:
+    async def submit(
+        self,
+        x: NDArray[np.float32],
+        client: int,
+        time: int,
+        meta: Any = None,
+        arrival: Arrival | None = None,
+    ) -> R:
         """Queue ``x`` (answered together with whatever else arrives) and wait."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
         job = Job(x, client, time, asyncio.get_running_loop().create_future(), meta)
         self._queue.put_nowait(job)
+        if arrival is not None:
+            arrival.close()
         result: R = await job.future
         return result
 
@@ -126,7 +166,7 @@ class MicroBatcher(Generic[R]):
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - loop.time()
-                if left <= 0:
+                if left <= 0 or self._arriving <= 0:
                     break
                 try:
                     job = await asyncio.wait_for(queue.get(), left)

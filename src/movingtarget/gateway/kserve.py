@@ -113,28 +113,33 @@ async def model_ready(name: str, request: Request) -> Response:
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     gw = _gateway(request)
     token = token_of(request)
-    try:
-        _model(gw, name, version)
-        body = await read_body(request, InferenceRequest, gw.config.max_body_bytes)
-        tensor = body.inputs[0]
-        x = batch_from_tensor(
-            tensor.data, tensor.shape, tensor.datatype, gw.served.input_shape, gw.config.max_inputs
-        )
-        wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
-        unknown = [w for w in wanted if w not in OUTPUTS]
-        if unknown:
-            raise Problem(
-                400,
-                "invalid-input",
-                f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUTS)}",
+    with gw.batcher.arriving() as arrival:  # a batch being gathered waits for it
+        try:
+            _model(gw, name, version)
+            body = await read_body(request, InferenceRequest, gw.config.max_body_bytes)
+            tensor = body.inputs[0]
+            x = batch_from_tensor(
+                tensor.data,
+                tensor.shape,
+                tensor.datatype,
+                gw.served.input_shape,
+                gw.config.max_inputs,
             )
-    except Problem as bad:
-        await gw.authorize(token, 0)
-        gw.metrics.refusals.labels(bad.kind).inc()
-        raise
-    grant = await gw.authorize(token, len(x))
-    rid = request_id(body.id or request.headers.get("x-request-id"))
-    query_ids, answers = await gw.classify(x, grant, rid)
+            wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
+            unknown = [w for w in wanted if w not in OUTPUTS]
+            if unknown:
+                raise Problem(
+                    400,
+                    "invalid-input",
+                    f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUTS)}",
+                )
+        except Problem as bad:
+            await gw.authorize(token, 0)
+            gw.metrics.refusals.labels(bad.kind).inc()
+            raise
+        grant = await gw.authorize(token, len(x))
+        rid = request_id(body.id or request.headers.get("x-request-id"))
+        query_ids, answers = await gw.classify(x, grant, rid, arrival)
     labels = gw.metrics._labels
     n = len(x)
     values = {

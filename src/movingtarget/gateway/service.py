@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from movingtarget.answers import Answers
 from movingtarget.defenses import Defense, build_defense
 from movingtarget.gateway.audit import AuditLog, deciding_mechanisms
-from movingtarget.gateway.batching import Job, MicroBatcher
+from movingtarget.gateway.batching import Arrival, Job, MicroBatcher
 from movingtarget.gateway.config import GatewayConfig
 from movingtarget.gateway.ids import QueryIds
 from movingtarget.gateway.keys import Grant, KeyStore, open_keys, token_digest
@@ -177,11 +177,15 @@ class Gateway:
         return out
 
     async def classify(
-        self, x: NDArray[np.float32], grant: Grant, request_id: str
+        self,
+        x: NDArray[np.float32],
+        grant: Grant,
+        request_id: str,
+        arrival: Arrival | None = None,
     ) -> tuple[list[str], Answers]:
         """Answer a validated batch for an authorized key: its query ids and answers."""
         query_ids = self.ids.issue(request_id, len(x), grant.key_id)
         meta = _Meta(request_id, query_ids, grant.key_id, grant.name)
         now_ms = time.time_ns() // 1_000_000
-        answers = await self.batcher.submit(x, grant.key_id, now_ms, meta)
+        answers = await self.batcher.submit(x, grant.key_id, now_ms, meta, arrival)
         return query_ids, answers
