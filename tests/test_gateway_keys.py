@@ -1,0 +1,126 @@
+"""Gateway parts without HTTP: key stores (SQLite and a real Redis) with their limits,
+the token bucket's arithmetic, and micro-batching order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from movingtarget.errors import ConfigError
+from movingtarget.gateway.batching import MicroBatcher
+from movingtarget.gateway.keys import KeyLimits, KeyStore, open_keys, token_digest
+from movingtarget.gateway.limits import BucketState, charge
+from movingtarget.gateway.problems import Problem
+from movingtarget.memory._redis_launcher import RedisServer
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def keys(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
+    if request.param == "sqlite":
+        store = open_keys(f"sqlite:///{tmp_path / 'keys.db'}")
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = open_keys(server.url, namespace=f"t{tmp_path.name[-20:].replace('-', '_')}")
+    yield store
+    store.close()
+
+
+def status(store: KeyStore, token: str, cost: int) -> int:
+    try:
+        store.authorize(token_digest(token), cost)
+    except Problem as p:
+        return p.status
+    return 200
+
+
+def test_keys_create_list_revoke(keys: KeyStore):
+    rec, token = keys.create("alice", KeyLimits(rate=0))
+    grant = keys.authorize(token_digest(token), 5)
+    assert (grant.key_id, grant.name) == (rec.id, "alice")
+    with pytest.raises(ConfigError, match="already exists"):
+        keys.create("alice", KeyLimits())
+    second, _ = keys.create("bob", KeyLimits(rate=2, burst=4, quota=10, quota_window=60))
+    assert [k.name for k in keys.list_keys()] == ["alice", "bob"]
+    assert keys.list_keys()[1].limits == KeyLimits(2.0, 4.0, 10, 60)
+    assert second.id != rec.id
+    assert keys.revoke("alice").revoked is not None
+    assert status(keys, token, 1) == 403
+    assert status(keys, "mt_unknown", 1) == 401
+    with pytest.raises(ConfigError, match="no key named"):
+        keys.revoke("carol")
+
+
+def test_bucket_and_quota_refuse_with_retry_after(keys: KeyStore):
+    _, token = keys.create("slow", KeyLimits(rate=0.001, burst=3))
+    assert [status(keys, token, 1) for _ in range(4)] == [200, 200, 200, 429]
+    with pytest.raises(Problem) as refused:
+        keys.authorize(token_digest(token), 1)
+    assert refused.value.kind == "rate-limited"
+    assert 1 <= int(refused.value.headers["Retry-After"]) <= 1000
+    _, quota = keys.create("quota", KeyLimits(rate=0, quota=5, quota_window=3600))
+    assert [status(keys, quota, 2) for _ in range(3)] == [200, 200, 429]
+    assert status(keys, quota, 1) == 200  # 5 of 5: a smaller request still fits
+    with pytest.raises(Problem) as over:
+        keys.authorize(token_digest(quota), 1)
+    assert over.value.kind == "quota-limited"
+
+
+def test_feedback_round_trip(keys: KeyStore):
+    rec, _ = keys.create("labeler", KeyLimits())
+    assert keys.add_feedback(rec.id, [("q1", 3), ("q2", 7)]) == 2
+    assert keys.add_feedback(rec.id, [("q1", 4)]) == 1  # a new label replaces the old
+    assert sorted((r["query_id"], r["label"]) for r in keys.feedback()) == [("q1", 4), ("q2", 7)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(0.1, 100),
+    burst=st.integers(1, 50),
+    steps=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 20)), max_size=40),
+)
+def test_the_bucket_never_overspends(rate: float, burst: int, steps: list[tuple[float, int]]):
+    limits = KeyLimits(rate=rate, burst=burst).check()
+    state, now, spent = BucketState.full(limits), 0.0, 0
+    for dt, cost in steps:
+        now += dt
+        d = charge(limits, state, cost, now)
+        if d.allowed:
+            spent += cost
+            state = d.state
+        else:  # waiting as told is enough
+            assert d.retry_after > 0
+            assert charge(limits, state, cost, now + d.retry_after + 1e-9).allowed or cost > burst
+        assert spent <= burst + rate * now + 1e-6
+
+
+def test_micro_batches_keep_arrival_order_and_carry_overflow():
+    batches: list[list[int]] = []
+
+    def handler(x, clients, times, jobs):
+        batches.append(clients.tolist())
+        out, i = [], 0
+        for job in jobs:
+            out.append(x[i : i + len(job.x), 0].tolist())
+            i += len(job.x)
+        return out
+
+    async def main() -> list[list[float]]:
+        b: MicroBatcher[list[float]] = MicroBatcher(handler, max_batch=4, max_wait_ms=50)
+        await b.start()
+        sizes = [1, 2, 3, 1]  # 1 + 2 fit in a batch of 4, 3 starts the next
+        jobs = [
+            b.submit(np.full((n, 1), i, np.float32), client=i, time=i) for i, n in enumerate(sizes)
+        ]
+        results = await asyncio.gather(*jobs)
+        await b.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert results == [[0.0], [1.0, 1.0], [2.0, 2.0, 2.0], [3.0]]
+    assert batches == [[0, 1, 1], [2, 2, 2, 3]]
