@@ -122,6 +122,7 @@ class Gateway:
         )
         defense = build_served_defense(config, served)
         keys = open_keys(config.keys, namespace=config.namespace)
+        keys.ping()  # an unreachable key store is a start-up error, not a first-request 503
         return cls(config, served, defense, keys)
 
     async def start(self) -> None:
