@@ -28,6 +28,7 @@ import numpy as np
 from movingtarget.memory.fingerprints import ExactFingerprint
 from movingtarget.memory.neighbours import RandomProjectionEncoder
 from movingtarget.memory.robust import RobustFingerprint
+from movingtarget.memory.stores import InProcessStore
 
 
 def machine() -> str:
@@ -104,6 +105,27 @@ def main() -> None:
         "\nBytes stored: the fingerprint payload a store keeps per query (8 per uint64 key; "
         "robust: 16 band keys; neighbours: 64 float32 values in the FAISS index)."
     )
+    store_footprint(100_000 if args.quick else 1_000_000)
+
+
+def store_footprint(n: int) -> None:
+    """In-process store bytes per stored query (keys, counts, first-seen times, and the
+    table's free slots) for exact and robust fingerprints of ``n`` distinct queries."""
+    x = np.random.default_rng(1).random((n, 64), dtype=np.float32)
+    print(f"\n### In-process store footprint, {n:,} distinct queries stored\n")
+    print("| fingerprint | keys / query | payload bytes / query | store bytes / query |")
+    print("|---|---|---|---|")
+    kinds: list[tuple[str, ExactFingerprint | RobustFingerprint]] = [
+        ("exact", ExactFingerprint(secret=b"bench")),
+        ("robust (bands=16, rows=12; default)", RobustFingerprint(secret=b"bench")),
+        ("robust (bands=8, rows=10)", RobustFingerprint(bands=8, rows=10, secret=b"bench")),
+    ]
+    for name, fp in kinds:
+        keys = fp.fingerprint(x).reshape(-1)
+        store = InProcessStore()
+        store.observe(keys, np.zeros(len(keys), dtype=np.int64))
+        per = len(keys) // n
+        print(f"| {name} | {per} | {8 * per} | {store.nbytes / n:.0f} |")
 
 
 if __name__ == "__main__":
