@@ -352,7 +352,8 @@ class NeighbourMemory:
         return stream_nearest(self._ensure(emb.shape[1]), emb)
 
     def observe(self, x: NDArray[np.generic], now: NDArray[np.int64]) -> NDArray[np.bool_]:
-        """Record ``x`` (seen at times ``now``); True where a query is a near repeat."""
+        """Record ``x``; True where a query is a near repeat. ``now`` keeps the store
+        signature; this memory has no expiry, so times are not kept."""
         return self.nearest(x, now) <= self.radius
 
     def clear(self) -> None:
