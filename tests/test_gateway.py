@@ -12,8 +12,10 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
 
 from gateway_server import GatewayServer, auth, classify, digits_x, gateway_env, new_key
 from movingtarget.gateway.keys import open_keys
@@ -383,3 +385,28 @@ def test_audit_command_reports_coverage_and_error_on_answered(served, digits_x, 
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert "repeat" in cells[3]
     assert int(cells[4]) >= 1 and float(cells[5]) > 0  # the labeled answer was wrong
+
+
+# -- schemathesis: cases generated from the OpenAPI schema itself --------------------------
+
+
+@pytest.fixture(scope="module")
+def schema_strategies(served) -> list[st.SearchStrategy[schemathesis.Case]]:
+    """One schemathesis strategy per operation of the live OpenAPI document, both valid
+    and schema-violating cases."""
+    schema = schemathesis.openapi.from_url(f"{served['url']}/openapi.json")
+    modes = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
+    out = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        out += [operation.as_strategy(generation_mode=mode) for mode in modes]
+    return out
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_schema_fuzz_finds_no_5xx(served, schema_strategies, data):
+    strategy = data.draw(st.sampled_from(schema_strategies), label="operation")
+    case = data.draw(strategy, label="case")
+    response = case.call(headers=auth(served["token"]), base_url=served["url"])
+    case.validate_response(response, checks=[not_a_server_error])
