@@ -9,7 +9,9 @@ Measures, with real ``movingtarget serve`` processes and an asyncio load generat
 1. requests/s and p50/p99 latency of single-input requests and batches of 64, for the
    undefended model (``deterministic``), exact memorization (``memorize-abstain``) and
    near-repeat memorization (``near-repeat-abstain``, when registered): throughput at
-   32 concurrent clients, latency with one client at a time;
+   32 concurrent clients (three rounds alternating between the servers), latency with
+   one client (requests interleaved across the servers, so noise hits all alike), and
+   the defense's own time per request in process;
 2. that under 200 concurrent clients no request is lost or answered twice (every
    request gets one answer per input, and the audit log holds each query exactly once);
 3. throughput with 1, 2 and 4 replicas sharing one Redis (memory and keys), clients
