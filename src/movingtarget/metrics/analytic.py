@@ -124,6 +124,10 @@ def predict(
     near = next((mm for mm in defense.mechanisms if isinstance(mm, NearRepeat)), None)
     if attack == "noisy-repeat" and near is not None and near.on_repeat == "abstain":
         return Prediction(r, "<=", "approximate memorization: at most r while repeats match")
+    if attack == "noisy-repeat" and any(mm.role == "filter" for mm in defense.mechanisms):
+        # a noisy copy of a confident mistake can fall under a filter's threshold, and the
+        # attacker then goes back to exploring: no closed form
+        return NONE
     if attack in ("test-set", "test-set-targeted", "noisy-repeat"):
         note = "E[T] = 1/r" if attack != "noisy-repeat" else "noise keeps the mistake (approx.)"
         return Prediction(test_set_prediction(r, m), "=", note)
