@@ -40,8 +40,9 @@ def run(
     config: Annotated[
         str | None,
         typer.Argument(
-            help="A TOML config file, or a shipped config: hello-world, "
-            "synthetic, spambase. Default: hello-world."
+            help="A TOML config file, or a shipped config: hello-world, synthetic, "
+            "spambase, arms-race, arms-race-fashion (`movingtarget list`). "
+            "Default: hello-world."
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
