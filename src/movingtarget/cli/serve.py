@@ -94,6 +94,7 @@ def serve(
     import uvicorn
 
     from movingtarget.gateway import Gateway, GatewayConfig, create_app
+    from movingtarget.memory.urls import redact
 
     config = GatewayConfig(
         model=model,
@@ -129,8 +130,8 @@ def serve(
         host, port = sockets[0].getsockname()[:2]
     typer.echo(
         f"serving {gateway.served.name} (version {gateway.served.version}) behind "
-        f"{gateway.defense.describe()} on http://{host}:{port} (memory {store}, "
-        f"keys {gateway.keys.url})",
+        f"{gateway.defense.describe()} on http://{host}:{port} (memory {redact(store)}, "
+        f"keys {redact(gateway.keys.url)})",
         err=True,
     )
     server = uvicorn.Server(

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from movingtarget import __version__ as _pkg_version
 from movingtarget.answers import Answers
@@ -105,7 +106,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
     install_error_handlers(app)
     app.add_middleware(LatencyMiddleware, histogram=gateway.metrics.latency)
-    reason_labels = [r for r in gateway.metrics._labels]
+    reason_labels = gateway.metrics.reason_labels
     cfg = gateway.config
 
     @app.post(
@@ -160,8 +161,6 @@ def create_app(gateway: Gateway) -> FastAPI:
                 raise bad_request(f"query id {item.query_id!r} was not issued to this key")
             if item.label >= k:
                 raise bad_request(f"label {item.label} is not a class in [0, {k})")
-        from starlette.concurrency import run_in_threadpool
-
         stored = await run_in_threadpool(
             gateway.keys.add_feedback, grant.key_id, [(i.query_id, i.label) for i in body.labels]
         )

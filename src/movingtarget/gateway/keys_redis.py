@@ -30,6 +30,7 @@ from movingtarget.gateway.keys import (
 )
 from movingtarget.gateway.limits import retry_after_header
 from movingtarget.gateway.problems import Problem
+from movingtarget.memory.urls import redact
 
 # The same steps as limits.charge, in Lua: quota first, then the bucket; charge both or none.
 _AUTHORIZE = """
@@ -95,7 +96,7 @@ class RedisKeyStore:
         try:
             self._r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         except ValueError as exc:
-            raise ConfigError(f"keys store {url!r}: {exc}") from None
+            raise ConfigError(f"keys store {redact(url)!r}: {exc}") from None
         self._authorize = self._r.register_script(_AUTHORIZE)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
 
@@ -103,7 +104,7 @@ class RedisKeyStore:
         try:
             return fn(*args, **kwargs)
         except self._errors as exc:
-            raise DataError(f"keys store {self.url}: cannot {doing} ({exc})") from None
+            raise DataError(f"keys store {redact(self.url)}: cannot {doing} ({exc})") from None
 
     def _key(self, kid: int | str) -> str:
         return f"{self.ns}:key:{_text(kid)}"

@@ -140,7 +140,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         grant = await gw.authorize(token, len(x))
         rid = request_id(body.id or request.headers.get("x-request-id"))
         query_ids, answers = await gw.classify(x, grant, rid, arrival)
-    labels = gw.metrics._labels
+    labels = gw.metrics.reason_labels
     n = len(x)
     values = {
         "label": answers.labels.tolist(),

@@ -73,6 +73,11 @@ class GatewayMetrics:
         self.up.set(1)
         self._labels = [x.label for x in Reason]
 
+    @property
+    def reason_labels(self) -> list[str]:
+        """Reason labels by code (``reason_labels[3] == "repeat"``)."""
+        return self._labels
+
     def record_answers(self, answers: Answers) -> None:
         """Count one batch's answers."""
         n = len(answers)
