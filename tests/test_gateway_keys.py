@@ -124,3 +124,25 @@ def test_micro_batches_keep_arrival_order_and_carry_overflow():
     results = asyncio.run(main())
     assert results == [[0.0], [1.0, 1.0], [2.0, 2.0, 2.0], [3.0]]
     assert batches == [[0, 1, 1], [2, 2, 2, 3]]
+
+
+def test_served_model_from_a_spec_or_a_saved_file(tmp_path: Path, monkeypatch):
+    import pickle
+
+    from movingtarget.errors import DataError
+    from movingtarget.gateway.serving import load_served_model
+
+    monkeypatch.setenv("MOVINGTARGET_CACHE", str(tmp_path / "cache"))
+    served = load_served_model("digits:logistic")
+    assert (served.name, served.input_shape, served.n_classes) == ("digits-logistic", (64,), 10)
+    saved = tmp_path / "digits-logistic.pkl"
+    saved.write_bytes(pickle.dumps({"model": served.model}))
+    again = load_served_model(str(saved))
+    assert again.version == served.version and again.input_shape == (64,)
+    (tmp_path / "junk.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(DataError, match="not a model"):
+        load_served_model(str(tmp_path / "junk.pkl"))
+    with pytest.raises(ConfigError, match="DATASET:MODEL"):
+        load_served_model("logistic")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_served_model(str(tmp_path / "missing.pkl"))

@@ -54,7 +54,9 @@ class ServedModel:
 def _version(model: Model) -> str:
     # the model's own bytes decide its version: a retrained model gets a new one
     try:
-        blob = pickle.dumps(model, protocol=5)
+        # one round trip first: a freshly trained model and the same model loaded from
+        # a file pickle to different bytes (array layouts, memo), a reloaded one does not
+        blob = pickle.dumps(pickle.loads(pickle.dumps(model, protocol=5)), protocol=5)
     except Exception:  # an unpicklable model still serves, under its type's name
         blob = type(model).__qualname__.encode()
     return hashlib.blake2b(blob, digest_size=6).hexdigest()
