@@ -15,8 +15,6 @@ Measures, in one run on one machine:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,28 +23,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from _machine import machine
 from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
 from movingtarget.models import build_model
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"numpy {np.__version__}; load average at start {load}"
-    )
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

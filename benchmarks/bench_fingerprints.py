@@ -17,32 +17,18 @@ One BLAS / torch thread, so the figures are per core.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 
+from _machine import machine
+from movingtarget.memory.bloom import BloomStore
 from movingtarget.memory.fingerprints import ExactFingerprint
 from movingtarget.memory.neighbours import RandomProjectionEncoder
 from movingtarget.memory.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore
-
-
-def machine() -> str:
-    """CPU model, core count and Python version."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -109,23 +95,36 @@ def main() -> None:
 
 
 def store_footprint(n: int) -> None:
-    """In-process store bytes per stored query (keys, counts, first-seen times, and the
-    table's free slots) for exact and robust fingerprints of ``n`` distinct queries."""
+    """Store bytes per stored query for exact and robust fingerprints of ``n`` distinct
+    queries: the in-process table (keys, counts, first-seen times and its free slots)
+    and the Bloom store (membership bits, sized for the ``n`` queries at fp 1e-6)."""
     x = np.random.default_rng(1).random((n, 64), dtype=np.float32)
-    print(f"\n### In-process store footprint, {n:,} distinct queries stored\n")
-    print("| fingerprint | keys / query | payload bytes / query | store bytes / query |")
-    print("|---|---|---|---|")
+    print(f"\n### Store footprint, {n:,} distinct queries stored\n")
+    print(
+        "| fingerprint | keys / query | payload bytes / query "
+        "| in-process store bytes / query | Bloom store (fp 1e-6) bytes / query "
+        "| Bloom false positives on 100,000 fresh keys |"
+    )
+    print("|---|---|---|---|---|---|")
     kinds: list[tuple[str, ExactFingerprint | RobustFingerprint]] = [
         ("exact", ExactFingerprint(secret=b"bench")),
         ("robust (bands=16, rows=12; default)", RobustFingerprint(secret=b"bench")),
         ("robust (bands=8, rows=10)", RobustFingerprint(bands=8, rows=10, secret=b"bench")),
     ]
+    fresh = np.random.default_rng(2).integers(0, 2**64, 100_000, dtype=np.uint64)
     for name, fp in kinds:
         keys = fp.fingerprint(x).reshape(-1)
-        store = InProcessStore()
-        store.observe(keys, np.zeros(len(keys), dtype=np.int64))
         per = len(keys) // n
-        print(f"| {name} | {per} | {8 * per} | {store.nbytes / n:.0f} |")
+        now = np.zeros(len(keys), dtype=np.int64)
+        table = InProcessStore()
+        table.observe(keys, now)
+        bloom = BloomStore(len(keys))
+        bloom.observe(keys, now)
+        false = int(bloom.lookup(fresh).sum())
+        print(
+            f"| {name} | {per} | {8 * per} | {table.nbytes / n:.0f} "
+            f"| {bloom.nbytes / n:.0f} | {false} |"
+        )
 
 
 if __name__ == "__main__":

@@ -18,28 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 
+from _machine import machine
 from movingtarget.memory.neighbours import NeighbourIndex, _require_faiss
 
 faiss = _require_faiss()
-
-
-def machine() -> str:
-    """CPU model, core count and Python version."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def clustered(n: int, dim: int, rng: np.random.Generator, centres: int = 1000) -> np.ndarray:
@@ -77,10 +63,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"## Neighbour memory: flat, HNSW and IVF at {n:,} stored {dim}-d vectors\n")
     print(
-        f"Machine: {machine()}; lookups in batches of 1,000 on {args.threads} FAISS "
-        f"thread(s); HNSW M={args.hnsw_m}, efConstruction={args.ef_construction}; IVF "
-        f"nlist={args.nlist}; load average "
-        f"{os.getloadavg()[0]:.1f} at start.\n"
+        f"Machine: {machine(f'FAISS {faiss.__version__}')}.\n\nLookups in batches of 1,000 "
+        f"on {args.threads} FAISS thread(s); HNSW M={args.hnsw_m}, "
+        f"efConstruction={args.ef_construction}; IVF nlist={args.nlist}.\n"
     )
     print(
         "| data | lookups | index | build s | lookups / s | recall@1 vs flat |\n"

@@ -4,7 +4,7 @@
     python benchmarks/bench_stores.py --quick            # 100k and 1M, fewer lookups
     python benchmarks/bench_stores.py --sizes 1e6 --stores sqlite,redis
 
-For each store (in-process, SQLite, Redis on a private ``redis-server`` on loopback)
+For each store (in-process, Bloom, SQLite, Redis on a private ``redis-server`` on loopback)
 the keys are random 64-bit fingerprints, inserted with ``observe`` in batches; at each
 size the benchmark measures:
 
@@ -13,7 +13,8 @@ size the benchmark measures:
 * lookup: ``lookup`` in batches of ``--batch``, half stored keys and half unseen;
 * lookup 1/call and observe 1/call: one key per call, as a gateway serving one query
   per request does (calls/s; observe adds new keys);
-* bytes per stored key: the in-process table's arrays, the SQLite file (after a
+* bytes per stored key: the in-process table's arrays, the Bloom filter's bits (one
+  filter sized for each size, at ``--bloom-fp``), the SQLite file (after a
   checkpoint), Redis ``used_memory`` growth from INFO.
 
 Targets from the issue: >= 100,000 lookups/s in-process at 10M stored; Redis >= 50,000
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sqlite3
 import sys
 import tempfile
@@ -34,15 +33,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from movingtarget.memory import InProcessStore, SQLiteStore, Store
+from _machine import machine
+from movingtarget.memory import BloomStore, InProcessStore, SQLiteStore, Store
 from movingtarget.memory._redis_launcher import RedisServer
 from movingtarget.memory.redis_store import RedisStore
 
-STORES = ("memory", "sqlite", "redis")
+STORES = ("memory", "bloom", "sqlite", "redis")
 
 
 @dataclass
@@ -54,40 +53,6 @@ class Row:
     lookup_one_per_s: float
     observe_one_per_s: float
     bytes_per_key: float
-
-
-def machine(redis_version: str | None) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import redis
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "sqlite": sqlite3.sqlite_version,
-        "redis_py": redis.__version__,
-        "redis_server": redis_version,
-        "platform": platform.platform(),
-    }
-
-
-def describe_machine(info: dict[str, Any]) -> str:
-    return (
-        f"{info['cpu']}, {info['cores']} cores (load average"
-        f" {info['load_average_at_start']:.2f} at start, shared), Python {info['python']},"
-        f" numpy {info['numpy']}, SQLite {info['sqlite']}, redis-py {info['redis_py']},"
-        f" redis-server {info['redis_server']}"
-    )
 
 
 def rate(n: int, seconds: float) -> float:
@@ -103,8 +68,11 @@ def timed(fn: Callable[[], object]) -> float:
 class Bench:
     """Grows one store through the sizes and measures it at each."""
 
-    def __init__(self, kind: str, args: argparse.Namespace, workdir: Path, redis_url: str):
+    def __init__(
+        self, kind: str, args: argparse.Namespace, workdir: Path, redis_url: str, capacity: int
+    ):
         self.kind, self.args, self.workdir, self.redis_url = kind, args, workdir, redis_url
+        self.capacity = capacity
         self.rng = np.random.default_rng(0)
         self.inserted = np.zeros(0, dtype=np.uint64)
         self.clock = 0
@@ -114,6 +82,8 @@ class Bench:
     def _open(self) -> Store:
         if self.kind == "memory":
             return InProcessStore()
+        if self.kind == "bloom":
+            return BloomStore(self.capacity, false_positive=self.args.bloom_fp)
         if self.kind == "sqlite":
             return SQLiteStore(self.workdir / "bench.db", namespace="bench")
         return RedisStore(self.redis_url, namespace="bench")
@@ -147,7 +117,7 @@ class Bench:
 
     def bytes_per_key(self) -> float:
         n = len(self.store)
-        if isinstance(self.store, InProcessStore):
+        if isinstance(self.store, InProcessStore | BloomStore):
             return self.store.nbytes / n
         if isinstance(self.store, SQLiteStore):
             self.store.close()  # the last connection checkpoints the WAL into the file
@@ -185,9 +155,13 @@ class Bench:
 
 
 def run_store(kind: str, args: argparse.Namespace, redis_url: str, sizes: list[int]) -> list[Row]:
+    if kind == "bloom" and len(sizes) > 1:
+        # a Bloom filter is sized for what it will hold: one filter per size
+        return [row for size in sizes for row in run_store(kind, args, redis_url, [size])]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-stores-", dir=args.workdir) as tmp:
-        bench = Bench(kind, args, Path(tmp), redis_url)
+        # the one-key observes add keys beyond the size: the filter is sized for them too
+        bench = Bench(kind, args, Path(tmp), redis_url, capacity=sizes[0] + args.single_calls)
         deadline = time.monotonic() + args.time_limit
         for size in sizes:
             reached, insert = bench.grow_to(size, deadline)
@@ -228,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100k and 1M keys, fewer lookups")
     parser.add_argument("--sizes", default=None, help="stored sizes, e.g. 1e6,1e7")
-    parser.add_argument("--stores", default=",".join(STORES), help="memory,sqlite,redis")
+    parser.add_argument("--stores", default=",".join(STORES), help=",".join(STORES))
+    parser.add_argument(
+        "--bloom-fp", type=float, default=1e-6, help="Bloom store's designed false-positive rate"
+    )
     parser.add_argument("--batch", type=int, default=10_000, help="keys per observe/lookup")
     parser.add_argument("--lookups", type=int, default=None, help="keys looked up per size")
     parser.add_argument("--single-calls", type=int, default=None, help="one-key calls per size")
@@ -251,14 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         import redis
 
         version = str(redis.Redis.from_url(server.url).info("server")["redis_version"])
-        info = machine(version)
+        info = machine(
+            f"SQLite {sqlite3.sqlite_version}",
+            f"redis-py {redis.__version__}",
+            f"redis-server {version}",
+        )
         rows = [row for kind in kinds for row in run_store(kind, args, server.url, sizes)]
 
     command = "python benchmarks/bench_stores.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     print(f"Command: `{command.strip()}`\n")
-    print(f"Machine: {describe_machine(info)}\n")
+    print(f"Machine: {info}\n")
     print(table(rows, args.batch))
     if args.json:
         Path(args.json).write_text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from movingtarget.memory.bloom import BloomStore
 from movingtarget.memory.calibration import (
     Calibration,
     calibrate_radius,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from movingtarget.memory.redis_store import RedisStore
 
 __all__ = [
+    "BloomStore",
     "Calibration",
     "ExactFingerprint",
     "Fingerprint",

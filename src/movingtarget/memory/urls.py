@@ -8,11 +8,15 @@ URL                             store
                                 (``sqlite:///rel/path.db``, ``sqlite:////abs/path.db``)
 ``redis://[:PW@]HOST:PORT/DB``  :class:`RedisStore`: shared between processes and hosts
                                 (also ``rediss://`` for TLS and ``unix://`` sockets)
+``bloom://``                    :class:`~movingtarget.memory.bloom.BloomStore`: this process,
+                                membership only (seen or not), about 5 bytes a key
 ==============================  ==========================================================
 
 Bounds and options may also ride in the query string: ``?ttl=3600000&capacity=1000000
-&namespace=gw`` for every scheme, ``&synchronous=full`` for SQLite. A keyword argument
-and a query parameter that disagree are a :class:`ConfigError`.
+&namespace=gw`` for every scheme, ``&synchronous=full`` for SQLite. ``bloom://`` takes
+``capacity`` (keys it is sized for, default 1,000,000), ``fp`` (its false-positive rate
+at that size, default ``1e-6``) and ``ttl``, and has no namespaces. A keyword argument and a query
+parameter that disagree are a :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -23,14 +27,18 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from movingtarget.errors import ConfigError
 from movingtarget.memory.stores import InProcessStore, Store
 
-SCHEMES = ("memory", "sqlite", "redis", "rediss", "unix")
+SCHEMES = ("memory", "bloom", "sqlite", "redis", "rediss", "unix")
 _COMMON = ("ttl", "capacity", "namespace")
 _SQLITE_ONLY = ("synchronous",)
 _UNIX_ONLY = ("db",)  # unix:///path/redis.sock?db=N
+_BLOOM_ONLY = ("fp",)
+BLOOM_DEFAULT_CAPACITY = 1_000_000
 
 
 def _options(url: str, scheme: str, query: str) -> dict[str, str]:
-    allowed = _COMMON + {"sqlite": _SQLITE_ONLY, "unix": _UNIX_ONLY}.get(scheme, ())
+    allowed = _COMMON + {"sqlite": _SQLITE_ONLY, "unix": _UNIX_ONLY, "bloom": _BLOOM_ONLY}.get(
+        scheme, ()
+    )
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
@@ -119,6 +127,23 @@ def open_store(
         if options.get("namespace") is not None:
             raise ConfigError(f"store URL {shown!r}: memory:// has no namespaces")
         return InProcessStore(ttl=ttl, capacity=capacity)
+
+    if scheme == "bloom":
+        from movingtarget.memory.bloom import BloomStore
+
+        if parts.netloc or parts.path.strip("/"):
+            raise ConfigError(f"store URL {shown!r}: write bloom:// with only ?options after it")
+        if options.get("namespace") is not None:
+            raise ConfigError(f"store URL {shown!r}: bloom:// has no namespaces")
+        try:
+            fp = float(options.get("fp", "1e-6"))
+        except ValueError:
+            raise ConfigError(
+                f"store URL {shown!r}: fp must be a number in (0, 0.5), got {options['fp']!r}"
+            ) from None
+        return BloomStore(
+            BLOOM_DEFAULT_CAPACITY if capacity is None else capacity, false_positive=fp, ttl=ttl
+        )
 
     if scheme == "sqlite":
         from movingtarget.memory.sqlite_store import SQLiteStore

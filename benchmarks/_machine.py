@@ -1,0 +1,34 @@
+"""What every benchmark prints about the machine it ran on (imported by the scripts
+in this folder, which run as ``python benchmarks/bench_*.py``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (else what ``platform`` says)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine(*extra: str) -> str:
+    """CPU, cores, Python and numpy versions, the load average now (other work on the
+    machine slows every figure), and any ``extra`` versions worth naming."""
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    parts = [
+        f"{cpu_model()}, {os.cpu_count()} cores",
+        f"Python {platform.python_version()}",
+        f"numpy {np.__version__}",
+        *extra,
+    ]
+    return ", ".join(parts) + f"; load average at start {load}"
