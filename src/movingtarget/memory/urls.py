@@ -92,7 +92,7 @@ def open_store(
 
     ``ttl`` (in the units of the ``now`` passed to ``observe``) and ``capacity`` (distinct
     keys kept) are optional bounds; ``namespace`` (default ``"mt"``) separates memories
-    sharing one back end. Every store applies the same TTL and eviction policy (see
+    sharing one back end. Every counting store applies the same TTL and eviction policy (see
     ``docs/memory.md``).
 
     >>> import numpy as np
