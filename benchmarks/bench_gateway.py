@@ -38,7 +38,7 @@ import numpy as np
 
 from movingtarget.defenses import MECHANISMS
 from movingtarget.gateway.keys import KeyLimits, open_keys
-from movingtarget.gateway.process import GatewayProcess
+from movingtarget.gateway.process import GatewayProcess, running
 from movingtarget.memory._redis_launcher import RedisServer
 
 
@@ -225,11 +225,10 @@ def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
     for label, defense in defenses:
         keys = f"sqlite:///{root / f'keys-{label}.db'}"
         tokens.append(new_token(keys, "bench"))
-        servers.append(serve(root, label, "--defense", defense, "--keys-db", keys).launch())
+        servers.append(serve(root, label, "--defense", defense, "--keys-db", keys))
     rows = []
-    try:
+    with running(*servers):
         for i, gw in enumerate(servers):
-            gw.wait_ready()
             asyncio.run(load([gw.url], tokens[i], make_requests(100, 1, 1000 + i, f"w{i}"), 8, 30))
         for kind, batch, n in (("single", 1, n_single), ("batch-64", 64, n_batch)):
             reqs = [
@@ -271,9 +270,6 @@ def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
                         "defense_us": in_process_cost(defense, batch, 300 if batch == 1 else 60),
                     }
                 )
-    finally:
-        for gw in servers:
-            gw.close()
     return rows
 
 
@@ -323,11 +319,7 @@ def replica_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
             "bench",
         )
         procs = [serve(root, f"replica{i}", *args, "--replica", f"r{i}") for i in range(4)]
-        for p in procs:
-            p.launch()
-        try:
-            for p in procs:
-                p.wait_ready()
+        with running(*procs):
             for count in (1, 2, 4):
                 urls = [p.url for p in procs[:count]]
                 reqs = make_requests(n, 1, 500 + count, f"rep{count}")
@@ -342,9 +334,6 @@ def replica_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
                         "errors": sum(v for k, v in result.statuses.items() if k != 200),
                     }
                 )
-        finally:
-            for p in procs:
-                p.close()
     return rows
 
 

@@ -19,6 +19,7 @@ from movingtarget.cli.main import main
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
 from movingtarget.experiment.runner import make_pools
+from movingtarget.gateway.process import running
 from movingtarget.gateway.serving import load_served_model
 from movingtarget.memory._redis_launcher import RedisServer
 from movingtarget.metrics.measured import attack_metrics
@@ -52,9 +53,7 @@ def test_two_replicas_with_one_redis_catch_an_alternating_attacker(
     args = ("--keys-db", url, "--store", url, "--namespace", ns)
     a = GatewayServer(*args, "--replica", "a", env=gateway_env, log=tmp_path / "a.log")
     b = GatewayServer(*args, "--replica", "b", env=gateway_env, log=tmp_path / "b.log")
-    with a.launch(), b.launch():  # two processes, started side by side
-        a.wait_ready()
-        b.wait_ready()
+    with running(a, b):  # two processes, started side by side
         reasons = []
         for i, server in enumerate([a, b, a, b]):
             x = digits_x[[700 + i // 2]]  # each input sent once to a, then to b

@@ -1,14 +1,22 @@
 """A gateway in a subprocess (``python -m movingtarget serve``) on a free loopback port:
-started, probed until ready, stopped. Used by the tests and the gateway benchmark."""
+started, probed until ready, stopped. Used by the tests and the gateway benchmark.
+
+Each server runs in its own process group, which :meth:`GatewayProcess.stop` signals
+as a whole (SIGTERM, then SIGKILL if it lingers); on Linux a server also gets SIGTERM
+when the thread that launched it dies, so a test run that is killed leaves none behind.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -23,6 +31,26 @@ def listening_socket() -> socket.socket:
     s.bind(("127.0.0.1", 0))
     s.listen(2048)
     return s
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux for SIGTERM when the launching thread dies
+    (``PR_SET_PDEATHSIG``); ``None`` elsewhere. Looked up before the fork, so the child
+    only calls a C function."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, ctypes.c_ulong(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(1)
+
+    return preexec
 
 
 class GatewayProcess:
@@ -51,8 +79,20 @@ class GatewayProcess:
         """Start the process without waiting (start several, then :meth:`wait_ready`)."""
         fd = self._socket.fileno()
         cmd = [sys.executable, "-m", "movingtarget", "serve", "--fd", str(fd), *self.args]
-        out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out, pass_fds=(fd,))
+        out = self.log.open("ab") if self.log else None
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=out or subprocess.DEVNULL,
+                stderr=out or subprocess.DEVNULL,
+                pass_fds=(fd,),
+                start_new_session=True,  # its own process group: stop() ends all of it
+                preexec_fn=_die_with_parent(),
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child has its own copy
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> GatewayProcess:
@@ -77,16 +117,25 @@ class GatewayProcess:
         """Start and wait until ready."""
         return self.launch().wait_ready()
 
-    def stop(self) -> None:
-        """SIGTERM (a graceful shutdown), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM to the server's process group (a graceful shutdown), SIGKILL if it
+        lingers past ``timeout`` seconds; returns once the server has exited."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc.poll() is None:
+            # not yet reaped, so its pid (= its group's id) cannot have been reused
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.proc.wait()
+        self._signal_group(signal.SIGKILL)  # anything the server left in its group
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        with suppress(ProcessLookupError):  # the group is already empty
+            os.killpg(self.proc.pid, sig)
 
     def close(self) -> None:
         """Stop the server and release the port."""
@@ -94,11 +143,36 @@ class GatewayProcess:
         self._socket.close()
 
     def __enter__(self) -> GatewayProcess:
-        if self.proc is None:  # `with gw.launch():` waits for the one already launched
-            self.launch()
-        return self.wait_ready()
+        try:
+            if self.proc is None:  # `with gw.launch():` waits for the one already launched
+                self.launch()
+            return self.wait_ready()
+        except BaseException:
+            self.close()  # __exit__ does not run when __enter__ raises
+            raise
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@contextmanager
+def running(*gateways: GatewayProcess) -> Iterator[tuple[GatewayProcess, ...]]:
+    """Launch ``gateways`` side by side, wait until all are ready, and close every one
+    on leaving, also when one fails to start or a launch raises.
+
+    Examples
+    --------
+    >>> with running(GatewayProcess(), GatewayProcess()) as (a, b):  # doctest: +SKIP
+    ...     httpx.get(b.url + "/healthz").status_code
+    200
+    """
+    with ExitStack() as stack:
+        for gw in gateways:
+            stack.callback(gw.close)
+        for gw in gateways:
+            gw.launch()
+        for gw in gateways:
+            gw.wait_ready()
+        yield gateways
