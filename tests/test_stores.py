@@ -178,6 +178,21 @@ def test_ttl_boundary_a_query_exactly_ttl_later_is_new(make_store: MakeStore) ->
     assert store.lookup(u64(1, 2, 3)).tolist() == [0, 0, 1]  # clock 30: only 3 lives
 
 
+def test_ttl_boundary_holds_in_large_batches(make_store: MakeStore) -> None:
+    # batches above the stores' plain-Python size take the vectorized paths
+    store = make_store(ttl=10)
+    old = np.arange(1, 101, dtype=np.uint64)
+    store.observe(old, np.zeros(100, np.int64))
+    # 50 stored keys exactly ttl later (new again), 50 fresh ones, no copies in the batch
+    batch = np.r_[old[:50], np.arange(1001, 1051, dtype=np.uint64)]
+    assert store.observe(batch, np.full(100, 10)).tolist() == [0] * 100
+    # one tick earlier they were still alive; with copies in the batch as well
+    store = make_store(ttl=10)
+    store.observe(old, np.zeros(100, np.int64))
+    again = np.r_[old[:50], old[:50]]
+    assert store.observe(again, np.full(100, 9)).tolist() == [1] * 50 + [2] * 50
+
+
 def test_capacity_evicts_oldest_first_seen_down_to_90_percent(make_store: MakeStore) -> None:
     store = make_store(capacity=10)
     for t in range(10):
