@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from movingtarget.errors import MovingTargetError
 
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=True)
     except MovingTargetError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # the message as plain text (no markup, no wrapping): paths and brackets intact
+        err_console.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
         return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -36,10 +36,21 @@ def plot_r_tilde(runs: list[dict[str, Any]], path: str | Path, title: str = "") 
     for ax in list(axes.flat)[len(attacks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    ncol = min(len(labels), 5 if cols > 1 else 3) or 1
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    # fixed margins in inches: tight_layout would render the whole figure once more
+    width, height = 6.0 * cols, 3.6 * rows
+    legend_rows = -(-len(labels) // ncol)
+    fig.subplots_adjust(
+        left=0.75 / width,
+        right=1 - 0.2 / width,
+        top=1 - (0.55 if title else 0.3) / height,
+        bottom=(0.65 + 0.25 * legend_rows) / height,
+        hspace=0.55,
+        wspace=0.22,
+    )
     out = Path(path)
     fig.savefig(out, dpi=110)
     return out
