@@ -15,6 +15,8 @@ from movingtarget.errors import ConfigError
 _SMALL_BATCH = 32
 _MIN_SLOTS = 1024
 _MAX_LOAD = 0.6
+_WINDOW = 8  # slots a key reads in its first probing round
+_STEPS = np.arange(1024)  # offsets of the widest window
 _M64 = (1 << 64) - 1
 _GOLDEN_INT = 0x9E3779B97F4A7C15
 _GOLDEN = np.uint64(_GOLDEN_INT)
@@ -130,31 +132,46 @@ class InProcessStore:
     def _probe(self, keys: NDArray[np.uint64], insert: bool) -> NDArray[np.int64]:
         """Slot of each (distinct, non-zero) key; -1 if absent and ``insert`` is False.
 
-        With ``insert``, absent keys claim the first empty slot on their probe path.
-        Keys that race for one empty slot are settled by writing them all and reading
-        back who stayed; the others walk on. With no deletions, a stored key always
-        lies before the first empty slot on its path, so claiming is never a duplicate.
+        Each round reads a window of slots per key and stops at the first slot holding
+        the key or empty. The first window (8 slots, about one cache line of keys)
+        settles most keys; it doubles every round, so the few keys in long runs of
+        full slots take a round or two more, not one round per slot. With ``insert``,
+        absent keys claim that empty slot; keys that race for one slot are settled by
+        writing them all and reading back who stayed, and the others walk on from
+        there. With no deletions, a stored key always lies before the first empty slot
+        on its path, so claiming is never a duplicate.
         """
-        mask = (1 << self._bits) - 1
+        mask = len(self._keys) - 1
         table = self._keys
         pos = self._home(keys)
         out = np.full(len(keys), -1, dtype=np.int64)
         active = np.arange(len(keys))
         k = keys
+        width = _WINDOW
         while len(active):
-            seen = table[pos]
-            done = seen == k
-            empty = seen == 0
-            if insert and empty.any():
-                table[pos[empty]] = k[empty]
-                done |= empty & (table[pos] == k)
-            elif not insert:
-                done |= empty
-                pos = np.where(empty, -1, pos)
-            out[active[done]] = pos[done]
+            seen = table[(pos[:, None] + _STEPS[:width]) & mask]
+            is_key = seen == k[:, None]
+            hit = is_key | (seen == 0)
+            first = hit.argmax(axis=1)  # 0 where the window holds neither
+            rows = np.arange(len(k))
+            present = is_key[rows, first]
+            empty = hit[rows, first] & ~present
+            slot = (pos + first) & mask
+            if insert:
+                if empty.any():
+                    table[slot[empty]] = k[empty]
+                    present |= empty & (table[slot] == k)
+                done = present
+                # the losers of a race walk on from the slot they lost
+                pos = np.where(empty, slot, pos + width) & mask
+            else:
+                done = present | empty
+                slot[empty] = -1
+                pos = (pos + width) & mask
+            out[active[done]] = slot[done]
             keep = ~done
-            active, k = active[keep], k[keep]
-            pos = (pos[keep] + 1) & mask
+            active, k, pos = active[keep], k[keep], pos[keep]
+            width = min(2 * width, len(_STEPS))
         return out
 
     def _rebuild(self, slots: int, keep: NDArray[np.int64]) -> None:

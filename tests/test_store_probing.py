@@ -1,0 +1,36 @@
+"""The in-process store's probing: keys whose home slots collide form runs of full
+slots longer than one probing window, wrap around the table's end, and race for the
+same empty slots within one batch; counts must still be exact."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from movingtarget.memory import InProcessStore
+
+GOLDEN = 0x9E3779B97F4A7C15
+SLOTS = 1024  # a fresh store's table
+
+
+def keys_at_home(slot: int, n: int, salt: int) -> list[int]:
+    """``n`` distinct keys whose home slot (Fibonacci hashing) in a fresh table is ``slot``."""
+    inverse = pow(GOLDEN, -1, 1 << 64)
+    shift = 64 - (SLOTS.bit_length() - 1)
+    return [(inverse * ((slot << shift) + salt + i)) % (1 << 64) for i in range(n)]
+
+
+def test_collisions_longer_than_a_window_and_around_the_end_count_exactly() -> None:
+    store = InProcessStore()
+    assert len(store._keys) == SLOTS  # the crafted homes assume a fresh table
+    # 40 keys share home slot 5 and 40 share the last slot, whose run wraps to slot 0
+    # and then runs into the first group's
+    first = keys_at_home(5, 40, salt=0)
+    last = keys_at_home(SLOTS - 1, 40, salt=0)
+    batch = np.array(last[:20] + first + last[20:], dtype=np.uint64)
+    assert store.observe(batch, np.zeros(len(batch), np.int64)).tolist() == [0] * 80
+    absent = np.array(keys_at_home(5, 3, salt=1000) + keys_at_home(SLOTS - 1, 3, 1000), np.uint64)
+    assert store.lookup(absent).tolist() == [0] * 6
+    again = np.concatenate([batch[::-1], absent])
+    assert store.observe(again, np.ones(len(again), np.int64)).tolist() == [1] * 80 + [0] * 6
+    assert store.lookup(batch).tolist() == [2] * 80
+    assert len(store) == 86
