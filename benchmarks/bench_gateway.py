@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,24 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import machine
 from movingtarget.defenses import MECHANISMS
 from movingtarget.gateway.keys import KeyLimits, open_keys
 from movingtarget.gateway.process import GatewayProcess, running
 from movingtarget.memory._redis_launcher import RedisServer
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
 
 # -- a small HTTP/1.1 client ----------------------------------------------------------
 
@@ -200,6 +186,8 @@ async def interleaved_latency(
 
 def in_process_cost(defense: str, batch: int, n: int) -> float:
     """Microseconds the defense itself takes per request (no HTTP), distinct queries."""
+    from threadpoolctl import threadpool_limits
+
     from movingtarget.gateway.config import GatewayConfig
     from movingtarget.gateway.service import build_served_defense
     from movingtarget.gateway.serving import load_served_model
@@ -208,10 +196,11 @@ def in_process_cost(defense: str, batch: int, n: int) -> float:
     d = build_served_defense(GatewayConfig(defense=defense), served)
     x = np.random.default_rng(batch).uniform(0, 16, (n, batch, 64)).astype(np.float32)
     clients = np.zeros(batch, np.int64)
-    t0 = time.perf_counter()
-    for i in range(n):
-        d.answer(x[i], clients, np.full(batch, i, np.int64))
-    return (time.perf_counter() - t0) / n * 1e6
+    with threadpool_limits(1):  # as in the servers (serve --threads 1)
+        t0 = time.perf_counter()
+        for i in range(n):
+            d.answer(x[i], clients, np.full(batch, i, np.int64))
+        return (time.perf_counter() - t0) / n * 1e6
 
 
 def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, object]]:
@@ -343,6 +332,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     args = ap.parse_args()
+    described = machine()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -351,7 +341,8 @@ def main() -> None:
         replicas = replica_rows(root, args.quick, args.scale)
         total = time.perf_counter() - t0
     cmd = "python benchmarks/bench_gateway.py" + (" --quick" if args.quick else "")
-    print(f"Command: `{cmd}`; machine: {machine()}; wall time {total:.0f} s.\n")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"Command: `{cmd}`; machine: {described}, at the end {load}; wall time {total:.0f} s.\n")
     print(
         "| defense | request | requests | req/s (32 clients) | queries/s | p50 ms (1 client) "
         "| p99 ms (1 client) | p99 ms (32 clients) | defense µs/request | errors |"
@@ -396,7 +387,7 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
-                    "machine": machine(),
+                    "machine": described,
                     "command": cmd,
                     "defenses": rows,
                     "exactly_once": once,

@@ -85,6 +85,12 @@ def serve(
     cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
     replica: Annotated[str, typer.Option(help="This replica's name in the audit log.")] = "",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="BLAS / OpenMP / torch threads of this process (scale with replicas).", min=1
+        ),
+    ] = 1,
     fd: Annotated[
         int | None,
         typer.Option(help="Serve on this inherited listening socket (supervisors, tests).", min=0),
@@ -93,6 +99,7 @@ def serve(
     """Serve a model behind a defense over HTTP (see docs/gateway.md)."""
     import uvicorn
 
+    from movingtarget._threads import limit_threads
     from movingtarget.gateway import Gateway, GatewayConfig, create_app
     from movingtarget.memory.urls import redact
 
@@ -118,6 +125,9 @@ def serve(
         replica=replica,
     )
     gateway = Gateway.from_config(config)
+    # after loading the model, so torch is limited too if it loaded it; batches are small,
+    # and threads contending with the event loop and the clients for cores stall them
+    limit_threads(threads)
     app = create_app(gateway)
     sockets = None
     if fd is not None:

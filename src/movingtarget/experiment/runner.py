@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -83,14 +82,10 @@ def _init_worker(
     logs: str,
     calibration_x: NDArray[np.float32] | None = None,
 ) -> None:
-    # one thread per worker: the workers already use every core, and BLAS threads
-    # fighting over them make small matrix products many times slower
-    from threadpoolctl import threadpool_limits
+    # one thread per worker: the workers already use every core
+    from movingtarget._threads import limit_threads
 
-    threadpool_limits(1)
-    torch = sys.modules.get("torch")  # only a torch model has imported it: importing costs seconds
-    if torch is not None:
-        torch.set_num_threads(1)
+    limit_threads(1)
     _STATE.update(model=model, pools=pools, config=config, logs=logs, calibration_x=calibration_x)
 
 
