@@ -53,11 +53,18 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_M1, _M2 = np.uint64(_MIX1), np.uint64(_MIX2)
+
+
 def _mix_np(h: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    # splitmix64 finaliser: every input bit reaches every output bit
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(_MIX1)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(_MIX2)
-    return h ^ (h >> np.uint64(31))
+    """splitmix64 finaliser (every input bit reaches every output bit), in place."""
+    h ^= h >> _S30
+    h *= _M1
+    h ^= h >> _S27
+    h *= _M2
+    h ^= h >> _S31
+    return h
 
 
 def _mix_torch(h: Any) -> Any:
@@ -171,7 +178,7 @@ class RobustFingerprint:
         if self.device is not None or type(x).__module__.startswith("torch"):
             return self._fingerprint_torch(x)
         arr = np.asarray(x, dtype=np.float32)
-        flat = arr.reshape(len(arr), int(np.prod(arr.shape[1:])))
+        flat = arr.reshape(len(arr), math.prod(arr.shape[1:]))
         p = self._for_dim(flat.shape[1])
         out = np.empty((len(flat), self.bands), dtype=np.uint64)
         buf = np.empty((min(len(flat), _CHUNK_ROWS), flat.shape[1]), dtype=np.float32)
@@ -196,9 +203,13 @@ class RobustFingerprint:
         return out
 
     def _band_keys_np(self, z: NDArray[np.int64], p: _Params) -> NDArray[np.uint64]:
+        """Band keys of the cells ``z``, which are overwritten (hashed in place)."""
         cells = z.view(np.uint64).reshape(len(z), self.bands, self.rows)
-        h = _mix_np(cells * p.row_keys + p.row_salts).sum(axis=2, dtype=np.uint64)
-        return _mix_np(h ^ p.band_salts)
+        cells *= p.row_keys
+        cells += p.row_salts
+        h = _mix_np(cells).sum(axis=2, dtype=np.uint64)
+        h ^= p.band_salts
+        return _mix_np(h)
 
     def _fingerprint_torch(self, x: Any) -> NDArray[np.uint64]:
         from movingtarget.models.torch import require_torch
