@@ -1,6 +1,7 @@
 """The in-process store's probing: keys whose home slots collide form runs of full
 slots longer than one probing window, wrap around the table's end, and race for the
-same empty slots within one batch; counts must still be exact."""
+same empty slots within one batch, also while the table grows; counts must still be
+exact."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ GOLDEN = 0x9E3779B97F4A7C15
 SLOTS = 1024  # a fresh store's table
 
 
-def keys_at_home(slot: int, n: int, salt: int) -> list[int]:
-    """``n`` distinct keys whose home slot (Fibonacci hashing) in a fresh table is ``slot``."""
+def keys_at_home(slot: int, n: int, salt: int, slots: int = SLOTS) -> list[int]:
+    """``n`` distinct keys whose home slot (Fibonacci hashing) in a table of ``slots``
+    is ``slot``."""
     inverse = pow(GOLDEN, -1, 1 << 64)
-    shift = 64 - (SLOTS.bit_length() - 1)
+    shift = 64 - (slots.bit_length() - 1)
     return [(inverse * ((slot << shift) + salt + i)) % (1 << 64) for i in range(n)]
 
 
@@ -34,3 +36,18 @@ def test_collisions_longer_than_a_window_and_around_the_end_count_exactly() -> N
     assert store.observe(again, np.ones(len(again), np.int64)).tolist() == [1] * 80 + [0] * 6
     assert store.lookup(batch).tolist() == [2] * 80
     assert len(store) == 86
+
+
+def test_growing_keeps_a_run_that_wraps_around_the_end() -> None:
+    store = InProcessStore()
+    # homed at the last slot of the doubled table (and so of this one): when the table
+    # grows, the run of 600 keys starts at its last slot and continues at its start
+    run = np.array(keys_at_home(2 * SLOTS - 1, 600, salt=0, slots=2 * SLOTS), np.uint64)
+    assert store.observe(run, np.zeros(600, np.int64)).tolist() == [0] * 600
+    more = np.array(keys_at_home(0, 100, salt=0), np.uint64)  # where the run wraps to
+    assert store.observe(more, np.ones(100, np.int64)).tolist() == [0] * 100
+    assert len(store._keys) == 2 * SLOTS  # it grew
+    assert store.lookup(run).tolist() == [1] * 600
+    both = np.concatenate([more, run])
+    assert store.observe(both, np.full(700, 2, np.int64)).tolist() == [1] * 700
+    assert len(store) == 700

@@ -177,9 +177,23 @@ class InProcessStore:
     def _rebuild(self, slots: int, keep: NDArray[np.int64]) -> None:
         keys, counts, first = self._keys[keep], self._counts[keep], self._first[keep]
         self._allocate(slots)
-        where = self._probe(keys, insert=True)
-        self._counts[where] = counts
-        self._first[where] = first
+        # inserted in order of home slot, each key takes the slot after the previous
+        # key's or its home if that is later: one pass, no probing (``keep`` in slot
+        # order is nearly sorted by home already, which the stable sort is quick on)
+        home = self._home(keys)
+        order = np.argsort(home, kind="stable")
+        rank = np.arange(len(keys))
+        where = np.maximum.accumulate(home[order] - rank) + rank
+        fits = where < slots
+        placed = order[fits]
+        self._keys[where[fits]] = keys[placed]
+        self._counts[where[fits]] = counts[placed]
+        self._first[where[fits]] = first[placed]
+        wrap = order[~fits]  # a run past the table's end continues at its start
+        if len(wrap):
+            at = self._probe(keys[wrap], insert=True)
+            self._counts[at] = counts[wrap]
+            self._first[at] = first[wrap]
         self._used = len(keys)
 
     def _live(self) -> NDArray[np.int64]:
