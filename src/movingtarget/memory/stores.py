@@ -189,9 +189,10 @@ class InProcessStore:
         self._keys[where[fits]] = keys[placed]
         self._counts[where[fits]] = counts[placed]
         self._first[where[fits]] = first[placed]
-        wrap = order[~fits]  # a run past the table's end continues at its start
-        if len(wrap):
-            at = self._probe(keys[wrap], insert=True)
+        wrap = order[~fits]
+        if len(wrap):  # a run past the table's end continues in the first empty slots
+            at = np.flatnonzero(self._keys == 0)[: len(wrap)]
+            self._keys[at] = keys[wrap]
             self._counts[at] = counts[wrap]
             self._first[at] = first[wrap]
         self._used = len(keys)
