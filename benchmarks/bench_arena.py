@@ -48,6 +48,8 @@ def distinct_queries(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def defense_rows(label: str, model: object, x: np.ndarray, batch: int) -> list[str]:
+    """The bare model and each defense on the same batches, timed in interleaved rounds
+    (best of 5 each), so a burst of load elsewhere hits every row alike."""
     batches = [x[i : i + batch] for i in range(0, len(x), batch)]
     n = len(x)
 
@@ -55,17 +57,26 @@ def defense_rows(label: str, model: object, x: np.ndarray, batch: int) -> list[s
         for b in batches:
             model.predict_proba(b)  # type: ignore[attr-defined]
 
-    t_bare = best_of(bare)
-    rows = [f"| {label} | bare model `predict_proba` | {batch} | {n / t_bare:,.0f} | 1.00 |"]
-    for name in ("deterministic", "memorize-abstain"):
-
-        def defended(name: str = name) -> None:
+    def defended(name: str) -> Callable[[], None]:
+        def go() -> None:
             d = build_defense(name, model, seed=0)  # type: ignore[arg-type]
             for b in batches:
                 d.answer(b)
 
-        t = best_of(defended)
-        rows.append(f"| {label} | {name} | {batch} | {n / t:,.0f} | {t / t_bare:.2f} |")
+        return go
+
+    names = ("deterministic", "memorize-abstain")
+    runs: dict[str, Callable[[], None]] = {"bare": bare, **{m: defended(m) for m in names}}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(5):
+        for key, fn in runs.items():
+            best[key] = min(best[key], best_of(fn, 1))
+    rows = [f"| {label} | bare model `predict_proba` | {batch} | {n / best['bare']:,.0f} | 1.00 |"]
+    for name in names:
+        t = best[name]
+        rows.append(f"| {label} | {name} | {batch} | {n / t:,.0f} | {t / best['bare']:.2f} |")
+    t_mem, t_det = best["memorize-abstain"], best["deterministic"]
+    rows.append(f"| {label} | memorize-abstain ÷ deterministic | {batch} | | {t_mem / t_det:.2f} |")
     return rows
 
 
@@ -89,7 +100,7 @@ def main() -> None:
     ap.add_argument("--skip-default-run", action="store_true")
     args = ap.parse_args()
     n_digits = 200_000 if args.quick else 1_000_000
-    n_fashion = 20_000 if args.quick else 60_000
+    n_fashion = 5_000 if args.quick else 20_000
 
     print(f"Machine: {machine()}\n")
     print("| data / model | defense | batch | queries/s | time ÷ bare model |")
