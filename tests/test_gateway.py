@@ -183,6 +183,26 @@ def test_metrics_count_queries_abstentions_repeats_and_refusals(served, digits_x
     assert values["movingtarget_up"] == 1
 
 
+def test_a_bad_body_is_refused_after_the_key_check_on_every_route(served):
+    url, token = served["url"], served["token"]
+    json_type = {"Content-Type": "application/json"}
+
+    def invalid_json_refusals() -> float:
+        text = httpx.get(f"{url}/metrics", headers=auth(token)).text
+        prefix = 'movingtarget_refusals_total{kind="invalid-json"} '
+        return sum(
+            float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)
+        )
+
+    before = invalid_json_refusals()
+    for path in ("/v1/classify", "/v1/feedback", f"/v2/models/{MODEL}/infer"):
+        wrong = httpx.post(url + path, content=b"{", headers={**auth("mt_wrong"), **json_type})
+        assert wrong.status_code == 401, path  # the key first
+        bad = httpx.post(url + path, content=b"{", headers={**auth(token), **json_type})
+        assert bad.status_code == 400, path
+    assert invalid_json_refusals() == before + 3  # each refused body counted once
+
+
 def test_audit_log_has_one_line_per_query_with_the_deciding_mechanism(served, digits_x):
     url, token = served["url"], served["token"]
     r = httpx.post(

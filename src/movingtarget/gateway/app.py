@@ -28,15 +28,15 @@ from movingtarget.answers import Answers
 from movingtarget.gateway.http import (
     BODY_SCHEMAS,
     LatencyMiddleware,
-    body_doc,
     install_error_handlers,
+    json_route,
     read_body,
     token_of,
 )
 from movingtarget.gateway.ids import request_id
 from movingtarget.gateway.inputs import batch_from_json
 from movingtarget.gateway.kserve import router as kserve_router
-from movingtarget.gateway.problems import Problem, bad_request
+from movingtarget.gateway.problems import bad_request
 from movingtarget.gateway.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -109,25 +109,15 @@ def create_app(gateway: Gateway) -> FastAPI:
     reason_labels = gateway.metrics.reason_labels
     cfg = gateway.config
 
-    @app.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        responses=_ERRORS,
-        openapi_extra=body_doc(ClassifyRequest),
-        tags=["v1"],
-    )
+    @json_route(app, "/v1/classify", ClassifyRequest, ClassifyResponse, _ERRORS, tags=["v1"])
     async def classify(request: Request) -> Response:
         """Classify one input or a batch; each answer is a class or ABSTAIN with a reason."""
         token = token_of(request)
         rid = request_id(request.headers.get("x-request-id"))
         with gateway.batcher.arriving() as arrival:  # a batch being gathered waits for it
-            try:
+            async with gateway.refusing(token):
                 body = await read_body(request, ClassifyRequest, cfg.max_body_bytes)
                 x = batch_from_json(body.batch(), served.input_shape, cfg.max_inputs)
-            except Problem as bad:
-                await gateway.authorize(token, 0)  # a bad key is told so before a bad body
-                gateway.metrics.refusals.labels(bad.kind).inc()
-                raise
             grant = await gateway.authorize(token, len(x))
             query_ids, answers = await gateway.classify(x, grant, rid, arrival)
         content = {
@@ -139,21 +129,12 @@ def create_app(gateway: Gateway) -> FastAPI:
         }
         return JSONResponse(content, headers={"X-Request-ID": rid})
 
-    @app.post(
-        "/v1/feedback",
-        response_model=FeedbackResponse,
-        responses=_ERRORS,
-        openapi_extra=body_doc(FeedbackRequest),
-        tags=["v1"],
-    )
+    @json_route(app, "/v1/feedback", FeedbackRequest, FeedbackResponse, _ERRORS, tags=["v1"])
     async def feedback(request: Request) -> Response:
         """Store the true labels of earlier queries of this key (for active learning)."""
         token = token_of(request)
-        try:
+        async with gateway.refusing(token):
             body = await read_body(request, FeedbackRequest, cfg.max_body_bytes)
-        except Problem:
-            await gateway.authorize(token, 0)
-            raise
         grant = await gateway.authorize(token, 0)
         k = served.n_classes
         for item in body.labels:

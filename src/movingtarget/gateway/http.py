@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -20,6 +21,7 @@ from movingtarget.gateway.problems import Problem, bad_request, unprocessable
 
 log = logging.getLogger("movingtarget.gateway")
 M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Request-body schemas the routes declare (merged into the OpenAPI components).
 BODY_SCHEMAS: dict[str, Any] = {}
@@ -32,6 +34,23 @@ def body_doc(model: type[BaseModel]) -> dict[str, Any]:
     BODY_SCHEMAS[model.__name__] = schema
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def json_route(
+    router: APIRouter | FastAPI,
+    path: str,
+    body: type[BaseModel],
+    response: type[BaseModel],
+    errors: dict[int | str, dict[str, Any]],
+    **kw: Any,
+) -> Callable[[F], F]:
+    """``router.post(path)`` for a route that reads its JSON body itself (:func:`read_body`,
+    so the size limit holds before parsing): ``body`` is documented as its request body,
+    ``response`` and ``errors`` as its answers."""
+    route: Callable[[F], F] = router.post(
+        path, response_model=response, responses=errors, openapi_extra=body_doc(body), **kw
+    )
+    return route
 
 
 def token_of(request: Request) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from movingtarget.gateway.http import body_doc, read_body, token_of
+from movingtarget.gateway.http import json_route, read_body, token_of
 from movingtarget.gateway.ids import request_id
 from movingtarget.gateway.inputs import batch_from_tensor
 from movingtarget.gateway.problems import Problem
@@ -114,7 +114,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     gw = _gateway(request)
     token = token_of(request)
     with gw.batcher.arriving() as arrival:  # a batch being gathered waits for it
-        try:
+        async with gw.refusing(token):
             _model(gw, name, version)
             body = await read_body(request, InferenceRequest, gw.config.max_body_bytes)
             tensor = body.inputs[0]
@@ -133,10 +133,6 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                     "invalid-input",
                     f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUTS)}",
                 )
-        except Problem as bad:
-            await gw.authorize(token, 0)
-            gw.metrics.refusals.labels(bad.kind).inc()
-            raise
         grant = await gw.authorize(token, len(x))
         rid = request_id(body.id or request.headers.get("x-request-id"))
         query_ids, answers = await gw.classify(x, grant, rid, arrival)
@@ -159,22 +155,14 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     return JSONResponse(content, headers={"X-Request-ID": rid})
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferenceResponse,
-    responses=_ERR,
-    openapi_extra=body_doc(InferenceRequest),
-)
+@json_route(router, "/models/{name}/infer", InferenceRequest, InferenceResponse, _ERR)
 async def infer(name: str, request: Request) -> Response:
     """Inference; abstentions are the ``abstained`` and ``reason`` outputs."""
     return await _infer(request, name, None)
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferenceResponse,
-    responses=_ERR,
-    openapi_extra=body_doc(InferenceRequest),
+@json_route(
+    router, "/models/{name}/versions/{version}/infer", InferenceRequest, InferenceResponse, _ERR
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
     """Inference on one version (the served one)."""

@@ -10,6 +10,8 @@ import os
 import re
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +147,18 @@ class Gateway:
             return await run_in_threadpool(self.keys.authorize, token_digest(token), cost)
         except Problem as p:
             self.metrics.refusals.labels(p.kind).inc()
+            raise
+
+    @asynccontextmanager
+    async def refusing(self, token: str) -> AsyncIterator[None]:
+        """Around reading and checking a request: a Problem raised inside is counted as a
+        refusal and raised again, after the key is checked (a bad key is told so before a
+        bad body)."""
+        try:
+            yield
+        except Problem as bad:
+            await self.authorize(token, 0)
+            self.metrics.refusals.labels(bad.kind).inc()
             raise
 
     # -- answering -------------------------------------------------------------------
