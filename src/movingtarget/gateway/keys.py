@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from movingtarget.errors import ConfigError
+from movingtarget.gateway.problems import Problem
 
 TOKEN_PREFIX = "mt_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -61,6 +62,24 @@ def check_name(name: str) -> str:
             "letter or digit"
         )
     return name
+
+
+def mint(name: str, limits: KeyLimits) -> tuple[KeyLimits, str, str]:
+    """A store's first step in creating a key: check its name and limits and draw its
+    token; returns the checked limits, the token (shown once) and its digest (kept)."""
+    check_name(name)
+    token = new_token()
+    return limits.check(), token, token_digest(token)
+
+
+def unknown_key() -> Problem:
+    """401 for a token no store knows."""
+    return Problem(401, "unauthorized", "unknown API key")
+
+
+def revoked_key(name: str) -> Problem:
+    """403 for the token of a revoked key."""
+    return Problem(403, "revoked", f"API key {name!r} was revoked")
 
 
 @dataclass(frozen=True)

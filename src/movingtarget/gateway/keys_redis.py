@@ -20,16 +20,8 @@ import time
 from typing import Any
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.gateway.keys import (
-    Grant,
-    KeyLimits,
-    KeyRecord,
-    check_name,
-    new_token,
-    token_digest,
-)
-from movingtarget.gateway.limits import retry_after_header
-from movingtarget.gateway.problems import Problem
+from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
+from movingtarget.gateway.limits import over_limit
 from movingtarget.memory.urls import redact
 
 # The same steps as limits.charge, in Lua: quota first, then the bucket; charge both or none.
@@ -117,10 +109,7 @@ class RedisKeyStore:
         return KeyRecord(kid, g["name"], limits, float(g["created"]), revoked)
 
     def create(self, name: str, limits: KeyLimits) -> tuple[KeyRecord, str]:
-        check_name(name)
-        limits = limits.check()
-        token = new_token()
-        digest = token_digest(token)
+        limits, token, digest = mint(name, limits)
         kid = int(self._call("create a key", self._r.incr, f"{self.ns}:keys:next"))
         if not self._call("create a key", self._r.hsetnx, f"{self.ns}:keys:name", name, kid):
             raise ConfigError(f"a key named {name!r} already exists")
@@ -167,17 +156,11 @@ class RedisKeyStore:
         if status == 200:
             return Grant(int(res[1]), _text(res[2]))
         if status == 401:
-            raise Problem(401, "unauthorized", "unknown API key")
+            raise unknown_key()
         name = _text(res[2])
         if status == 403:
-            raise Problem(403, "revoked", f"API key {name!r} was revoked")
-        limit = _text(res[3])
-        raise Problem(
-            429,
-            f"{limit}-limited",
-            f"key {name!r} is over its {limit} limit; retry later",
-            retry_after=retry_after_header(float(_text(res[4]))),
-        )
+            raise revoked_key(name)
+        raise over_limit(name, _text(res[3]), float(_text(res[4])))
 
     def add_feedback(self, key_id: int, items: list[tuple[str, int]]) -> int:
         now = repr(time.time())

@@ -9,16 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.gateway.keys import (
-    Grant,
-    KeyLimits,
-    KeyRecord,
-    check_name,
-    new_token,
-    token_digest,
-)
-from movingtarget.gateway.limits import BucketState, charge, retry_after_header
-from movingtarget.gateway.problems import Problem
+from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
+from movingtarget.gateway.limits import BucketState, charge, over_limit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -90,9 +82,7 @@ class SQLiteKeyStore:
     _COLS = "id, name, rate, burst, quota, quota_window, created, revoked"
 
     def create(self, name: str, limits: KeyLimits) -> tuple[KeyRecord, str]:
-        check_name(name)
-        limits = limits.check()
-        token = new_token()
+        limits, token, digest = mint(name, limits)
         now = time.time()
         with self._lock:
             try:
@@ -101,7 +91,7 @@ class SQLiteKeyStore:
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
-                        token_digest(token),
+                        digest,
                         limits.rate,
                         limits.burst,
                         limits.quota,
@@ -140,10 +130,10 @@ class SQLiteKeyStore:
                 f"SELECT {self._COLS} FROM keys WHERE digest = ?", (digest,)
             ).fetchone()
             if row is None:
-                raise Problem(401, "unauthorized", "unknown API key")
+                raise unknown_key()
             rec = self._record(row)
             if not rec.active:
-                raise Problem(403, "revoked", f"API key {rec.name!r} was revoked")
+                raise revoked_key(rec.name)
             if (rec.limits.rate == 0 and rec.limits.quota is None) or cost == 0:
                 return Grant(rec.id, rec.name)  # nothing to charge: no write transaction
             db.execute("BEGIN IMMEDIATE")
@@ -151,7 +141,7 @@ class SQLiteKeyStore:
                 # read again inside the transaction: another process may have revoked it
                 row = db.execute("SELECT revoked FROM keys WHERE id = ?", (rec.id,)).fetchone()
                 if row is None or row[0] is not None:
-                    raise Problem(403, "revoked", f"API key {rec.name!r} was revoked")
+                    raise revoked_key(rec.name)
                 b = db.execute(
                     "SELECT tokens, updated, window, used FROM buckets WHERE key_id = ?",
                     (rec.id,),
@@ -160,12 +150,7 @@ class SQLiteKeyStore:
                 state = BucketState(*b) if b else BucketState.full(rec.limits, now)
                 decision = charge(rec.limits, state, cost, now)
                 if not decision.allowed:
-                    raise Problem(
-                        429,
-                        f"{decision.limit}-limited",
-                        f"key {rec.name!r} is over its {decision.limit} limit; retry later",
-                        retry_after=retry_after_header(decision.retry_after),
-                    )
+                    raise over_limit(rec.name, decision.limit, decision.retry_after)
                 s = decision.state
                 db.execute(
                     "INSERT OR REPLACE INTO buckets (key_id, tokens, updated, window, used)"

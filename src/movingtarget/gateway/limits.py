@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from movingtarget.gateway.keys import KeyLimits
+from movingtarget.gateway.problems import Problem
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,14 @@ def charge(limits: KeyLimits, state: BucketState, cost: int, now: float) -> Deci
 def retry_after_header(seconds: float) -> int:
     """Seconds for a ``Retry-After`` header: whole seconds, at least 1, rounded up."""
     return max(1, math.ceil(seconds - 1e-9))
+
+
+def over_limit(name: str, limit: str, seconds: float) -> Problem:
+    """429 for key ``name`` over its ``limit`` (``rate`` or ``quota``), free again in
+    ``seconds``."""
+    return Problem(
+        429,
+        f"{limit}-limited",
+        f"key {name!r} is over its {limit} limit; retry later",
+        retry_after=retry_after_header(seconds),
+    )
