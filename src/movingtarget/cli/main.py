@@ -12,14 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from movingtarget.cli import command_group
 from movingtarget.errors import MovingTargetError
 
-app = typer.Typer(
-    name="movingtarget",
-    help="Correlated test-time attacks on classifiers, and dynamic defenses.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = command_group(
+    "movingtarget", "Correlated test-time attacks on classifiers, and dynamic defenses."
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -142,6 +139,7 @@ def report(results: Annotated[Path, typer.Argument(help="A results folder from `
 from movingtarget.cli.serve import register as register_gateway  # noqa: E402
 
 register_gateway(app)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2, never a traceback.

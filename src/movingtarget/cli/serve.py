@@ -12,15 +12,10 @@ from typing import Annotated
 
 import typer
 
+from movingtarget.cli import command_group
 from movingtarget.errors import ConfigError
 
-keys_app = typer.Typer(
-    name="keys",
-    help="Create, list and revoke the gateway's API keys.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+keys_app = command_group("keys", "Create, list and revoke the gateway's API keys.")
 
 KeysDb = Annotated[
     str | None,
