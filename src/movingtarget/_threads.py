@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 
 def limit_threads(n: int) -> None:
@@ -19,3 +22,32 @@ def limit_threads(n: int) -> None:
     torch = sys.modules.get("torch")  # imported only by a torch model: importing costs seconds
     if torch is not None:
         torch.set_num_threads(n)
+
+
+_blas: list[Any] | None = None
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block with BLAS on one thread, then restore the previous counts.
+
+    For hashing products that are memory-bound: split over several BLAS threads they
+    gain little, and those threads keep spinning afterwards, so a torch model running
+    in the same process (on its own OpenMP threads) loses cores to them and slows by
+    up to half. Costs a few microseconds per use.
+    """
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    saved = [c.get_num_threads() for c in _blas]
+    for c, n in zip(_blas, saved, strict=True):
+        if n != 1:
+            c.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for c, n in zip(_blas, saved, strict=True):
+            if n != 1:
+                c.set_num_threads(n)

@@ -16,6 +16,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._threads import one_blas_thread
+
 _CHUNK_ROWS = 4096
 _BLOCK_VALUES = 1 << 19  # float64 values in one block: 4 MB, reused
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -148,8 +150,20 @@ class ExactFingerprint:
             chunks = (flat + np.float32(0.0)).view(np.uint16)
             return self._small(chunks.astype(np.float64) @ keys)
         rows = min(_CHUNK_ROWS, max(1, _BLOCK_VALUES // n_chunks))
-        buf32, buf64 = self._buffers(rows, n_chunks)
         out = np.empty(len(flat), dtype=np.uint64)
+        with one_blas_thread():
+            self._fold_blocks(flat, keys, rows, out)
+        return out
+
+    def _fold_blocks(
+        self,
+        flat: NDArray[np.float32],
+        keys: NDArray[np.float64],
+        rows: int,
+        out: NDArray[np.uint64],
+    ) -> None:
+        n_chunks = keys.shape[0]
+        buf32, buf64 = self._buffers(rows, n_chunks)
         for start in range(0, len(flat), rows):
             block = flat[start : start + rows]
             b = len(block)
@@ -161,4 +175,3 @@ class ExactFingerprint:
             for j in range(1, 4):
                 h += lanes[:, j] * _COMBINE[j]
             out[start : start + b] = _mix64(h)
-        return out

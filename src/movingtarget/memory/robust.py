@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._threads import one_blas_thread
 from movingtarget.errors import ConfigError, InputError
 from movingtarget.memory.fingerprints import secret_from_env
 
@@ -180,6 +181,12 @@ class RobustFingerprint:
         arr = np.asarray(x, dtype=np.float32)
         flat = arr.reshape(len(arr), math.prod(arr.shape[1:]))
         p = self._for_dim(flat.shape[1])
+        if len(flat) <= 8:  # below BLAS's threading sizes: skip the thread switch
+            return self._fingerprint_np(flat, p)
+        with one_blas_thread():
+            return self._fingerprint_np(flat, p)
+
+    def _fingerprint_np(self, flat: NDArray[np.float32], p: _Params) -> NDArray[np.uint64]:
         out = np.empty((len(flat), self.bands), dtype=np.uint64)
         buf = np.empty((min(len(flat), _CHUNK_ROWS), flat.shape[1]), dtype=np.float32)
         scale = np.float32(p.inv_resolution)
