@@ -254,29 +254,24 @@ class InProcessStore:
         # copies of one key probe to one slot; without copies no sort is needed
         self._reserve(len(keys))
         slots = self._probe(keys, insert=True)
-        if self._shares_a_slot(slots):
+        # read the counts, then scatter each row's index into its slot's count: a row
+        # that does not read its own index back shares its slot with a copy of its key
+        counts = self._counts
+        stored = counts[slots]
+        rows = np.arange(len(slots), dtype=np.int64)
+        counts[slots] = rows
+        if not np.array_equal(counts[slots], rows):
+            counts[slots] = stored
             return self._observe_grouped(keys, now)
-        stored = self._counts[slots]
         fresh = stored == 0
         self._used += int(np.count_nonzero(fresh))
         if self.ttl is not None:
             expired = ~fresh & (self._first[slots] <= now - self.ttl)
             stored = np.where(expired, 0, stored)
             fresh |= expired
-        self._counts[slots] = stored + 1
+        counts[slots] = stored + 1
         self._first[slots[fresh]] = now[fresh]
         return stored
-
-    def _shares_a_slot(self, slots: NDArray[np.int64]) -> bool:
-        # scatter each row's index into its slot (borrowing the first-seen column, then
-        # restoring it): a row that does not read its own index back shares its slot
-        first = self._first
-        saved = first[slots]
-        rows = np.arange(len(slots), dtype=np.int64)
-        first[slots] = rows
-        shared = not np.array_equal(first[slots], rows)
-        first[slots] = saved
-        return shared
 
     def _observe_grouped(
         self, keys: NDArray[np.uint64], now: NDArray[np.int64]
