@@ -16,6 +16,8 @@ The rule, the same for every store (see ``docs/memory.md``):
 
 from __future__ import annotations
 
+from typing import Self
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -124,3 +126,17 @@ def settle_small(
         prior.append(entry[0])
         entry[0] += 1
     return prior
+
+
+class ClosedOnExit:
+    """Mixin for stores holding connections: ``with store:`` closes it after the block."""
+
+    def close(self) -> None:
+        """Release what the store holds open."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.memory._policy import check_bounds, keep_after_eviction
+from movingtarget.memory._policy import ClosedOnExit, check_bounds, keep_after_eviction
 from movingtarget.memory.sqlite_store import check_namespace
 from movingtarget.memory.urls import redact
 
@@ -164,7 +164,7 @@ def buckets_for(capacity: int | None) -> int:
     return min(_MAX_BUCKETS, max(_MIN_BUCKETS, 1 << (wanted - 1).bit_length()))
 
 
-class RedisStore:
+class RedisStore(ClosedOnExit):
     """A store in Redis, shared by every process and host that opens the same namespace.
 
     Parameters
@@ -367,17 +367,6 @@ class RedisStore:
     def close(self) -> None:
         """Release this client's connections (the shared memory stays on the server)."""
         self.client.close()
-
-    def __enter__(self) -> RedisStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -26,13 +26,13 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.memory._policy import (
+    ClosedOnExit,
     check_bounds,
     keep_after_eviction,
     settle_batch,
@@ -59,7 +59,7 @@ def check_namespace(namespace: str, where: str) -> str:
     return namespace
 
 
-class SQLiteStore:
+class SQLiteStore(ClosedOnExit):
     """A persistent store in one SQLite file (WAL mode), safe for several processes.
 
     Parameters
@@ -370,17 +370,6 @@ class SQLiteStore:
         with self._lock:
             if os.getpid() == self._pid:
                 self._conn.close()
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
