@@ -31,3 +31,12 @@ def test_a_large_batch_fingerprint_leaves_the_blas_threads_as_they_were() -> Non
         keys = ExactFingerprint(b"s").fingerprint(x)
         assert _blas_threads() == before
     assert len(np.unique(keys)) == 2048
+
+
+def test_a_blas_library_loaded_later_is_limited_too() -> None:
+    with one_blas_thread():
+        pass
+    import scipy.linalg  # noqa: F401 -- scipy brings its own BLAS
+
+    with threadpool_limits(2, user_api="blas"), one_blas_thread():
+        assert set(_blas_threads()) == {1}

@@ -24,7 +24,20 @@ def limit_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-_blas: list[Any] | None = None
+_blas: list[Any] = []
+_blas_seen_modules = -1
+
+
+def _blas_controllers() -> list[Any]:
+    # scanning the loaded libraries costs milliseconds: redo it only after imports,
+    # which are what bring in another BLAS (scipy's, torch's)
+    global _blas, _blas_seen_modules
+    if len(sys.modules) != _blas_seen_modules:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        _blas_seen_modules = len(sys.modules)
+    return _blas
 
 
 @contextmanager
@@ -36,18 +49,14 @@ def one_blas_thread() -> Iterator[None]:
     in the same process (on its own OpenMP threads) loses cores to them and slows by
     up to half. Costs a few microseconds per use.
     """
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-    saved = [c.get_num_threads() for c in _blas]
-    for c, n in zip(_blas, saved, strict=True):
+    blas = _blas_controllers()
+    saved = [c.get_num_threads() for c in blas]
+    for c, n in zip(blas, saved, strict=True):
         if n != 1:
             c.set_num_threads(1)
     try:
         yield
     finally:
-        for c, n in zip(_blas, saved, strict=True):
+        for c, n in zip(blas, saved, strict=True):
             if n != 1:
                 c.set_num_threads(n)
