@@ -23,21 +23,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from _machine import machine
+from _common import best_of, machine
 from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
 from movingtarget.models import build_model
-
-
-def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def distinct_queries(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

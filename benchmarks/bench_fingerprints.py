@@ -17,28 +17,17 @@ One BLAS / torch thread, so the figures are per core.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 
-from _machine import machine
+from _common import best_of, machine
 from movingtarget.memory.bloom import BloomStore
 from movingtarget.memory.fingerprints import ExactFingerprint
 from movingtarget.memory.neighbours import RandomProjectionEncoder
 from movingtarget.memory.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore
-
-
-def best_of(fn: Callable[[], object], repeats: int = 5) -> float:
-    """The fastest of ``repeats`` timings (the least disturbed by other processes)."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -80,7 +69,7 @@ def main() -> None:
                 kinds.append(("robust (torch, cuda)", partial(gpu.fingerprint, xg), 128))
         for name, fn, size in kinds:
             fn()  # warm-up: keys and constants are made on the first call
-            seconds = best_of(fn)
+            seconds = best_of(fn, 5)
             rows.append((label, name, n, 1e6 * seconds / n, n / seconds, size))
     print(f"## Fingerprint cost per query\n\nMachine: {machine()}; one thread.\n")
     print("| input | fingerprint | batch | µs / query | queries / s | bytes stored / query |")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine
+from _common import machine
 from movingtarget.defenses import MECHANISMS
 from movingtarget.gateway.keys import KeyLimits, open_keys
 from movingtarget.gateway.process import GatewayProcess, running

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from _machine import machine
+from _common import machine
 from movingtarget.memory.neighbours import NeighbourIndex, _require_faiss
 
 faiss = _require_faiss()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine
+from _common import machine
 from movingtarget.memory import BloomStore, InProcessStore, SQLiteStore, Store
 from movingtarget.memory._redis_launcher import RedisServer
 from movingtarget.memory.redis_store import RedisStore

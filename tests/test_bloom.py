@@ -145,6 +145,8 @@ def test_clear_forgets() -> None:
         (lambda: open_store("bloom://?namespace=a"), "no namespaces"),
         (lambda: open_store("bloom://x"), "only ?options"),
         (lambda: open_store("bloom://?synchronous=full"), "unknown option 'synchronous'"),
+        # 240 GB of filter: refused with the size named, not a MemoryError traceback
+        (lambda: open_store("bloom://?capacity=50000000000"), "more than this machine can give"),
     ],
 )
 def test_bad_parameters_are_config_errors(make, words: str) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from movingtarget.memory import ExactFingerprint, InProcessStore, occurrences_before
+from reference_store import ReferenceStore
 
 
 def test_identical_bytes_match_and_small_changes_do_not() -> None:
@@ -69,56 +70,8 @@ def test_in_process_store_prior_counts_small_and_large_batches() -> None:
         assert len(store) == len(seen)
 
 
-class _ReferenceStore:
-    """The store's documented semantics, one key at a time, in plain Python."""
-
-    def __init__(self, ttl: int | None, capacity: int | None) -> None:
-        self.ttl, self.capacity = ttl, capacity
-        self.entries: dict[int, list[int]] = {}  # key -> [count, first_seen]
-
-    def observe(self, keys: list[int], now: list[int]) -> list[int]:
-        prior = []
-        for k, t in zip(keys, now, strict=True):
-            count, first = self.entries.get(k, [0, t])
-            if count and self.ttl is not None and first <= t - self.ttl:
-                count, first = 0, t
-            prior.append(count)
-            self.entries[k] = [count + 1, first]
-        clock = max(now)
-        if self.ttl is not None:
-            self.entries = {k: e for k, e in self.entries.items() if e[1] > clock - self.ttl}
-        if self.capacity is not None and len(self.entries) > self.capacity:
-            keep = max(1, int(0.9 * self.capacity))
-            newest = sorted(self.entries.items(), key=lambda kv: -kv[1][1])[:keep]
-            self.entries = dict(newest)
-        return prior
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    batches=st.lists(
-        st.lists(st.integers(0, 40), min_size=1, max_size=80), min_size=1, max_size=12
-    ),
-    ttl=st.one_of(st.none(), st.integers(1, 60)),
-)
-def test_in_process_store_matches_reference_semantics(
-    batches: list[list[int]], ttl: int | None
-) -> None:
-    # a capacity only where no ties in first-seen time make eviction order ambiguous
-    store, ref = InProcessStore(ttl=ttl), _ReferenceStore(ttl, None)
-    t = 0
-    for batch in batches:
-        now = list(range(t, t + len(batch)))
-        t += len(batch)
-        got = store.observe(np.array(batch, dtype=np.uint64), np.array(now))
-        assert got.tolist() == ref.observe(batch, now)
-    keys = np.arange(41, dtype=np.uint64)
-    assert store.lookup(keys).tolist() == [ref.entries.get(k, [0])[0] for k in range(41)]
-    assert len(store) == len(ref.entries)
-
-
 def test_in_process_store_capacity_evicts_oldest_first_seen() -> None:
-    store, ref = InProcessStore(capacity=1000), _ReferenceStore(None, 1000)
+    store, ref = InProcessStore(capacity=1000), ReferenceStore(None, 1000)
     rng = np.random.default_rng(3)
     t = 0
     for size in (5, 700, 3, 900, 1, 2000, 17):

@@ -37,6 +37,10 @@ from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError
 
+# the splitmix64 finaliser the exact fingerprint uses: every input bit reaches every output bit
+from movingtarget.memory.fingerprints import _mix64 as _mix
+from movingtarget.memory.fingerprints import _mix64_int as _mix_int
+
 BLOCK_BITS = 512  # one 64-byte cache line
 _WORDS = BLOCK_BITS // 64
 _POS_BITS = 9  # log2(BLOCK_BITS)
@@ -46,21 +50,6 @@ _SMALL_BATCH = 32
 _CHUNK = 1 << 16  # keys per vectorized step: the (n, 8) masks stay in the caches
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
-
-
-def _mix(h: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    # splitmix64 finaliser: every input bit reaches every output bit
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(_MIX1)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(_MIX2)
-    return h ^ (h >> np.uint64(31))
-
-
-def _mix_int(h: int) -> int:
-    h = ((h ^ (h >> 30)) * _MIX1) & _M64
-    h = ((h ^ (h >> 27)) * _MIX2) & _M64
-    return h ^ (h >> 31)
 
 
 def blocked_false_positive(bits_per_key: float, k: int) -> float:
@@ -198,7 +187,13 @@ class BloomStore:
         self._filters: list[NDArray[np.uint64]] = []
         self._held: list[int] = []
         self._ones: list[int] = []
-        self.clear()
+        try:
+            self.clear()
+        except MemoryError:
+            raise ConfigError(
+                f"bloom store: capacity={capacity_keys!r} at fp={false_positive!r} needs "
+                f"{generations * self.blocks * 64:,} bytes, more than this machine can give"
+            ) from None
 
     # -- state ------------------------------------------------------------------
     def clear(self) -> None:
@@ -319,7 +314,7 @@ class BloomStore:
         out = np.zeros(len(keys), dtype=np.int64)
         for start in range(0, len(keys), _CHUNK):
             _, block, masks = self._hash(keys[start : start + _CHUNK])
-            out[start : start + _CHUNK] = self._contains(block, masks)
+            out[start : start + _CHUNK] = self._contains(block, masks, self._filters)
         return out
 
     def _contains_one(self, key: int) -> bool:
@@ -328,9 +323,13 @@ class BloomStore:
         base = block * _WORDS
         return any(all(f.item(base + w) & m == m for w, m in words.items()) for f in self._filters)
 
-    def _contains(self, block: NDArray[np.intp], masks: NDArray[np.uint64]) -> NDArray[np.bool_]:
+    @staticmethod
+    def _contains(
+        block: NDArray[np.intp], masks: NDArray[np.uint64], filters: list[NDArray[np.uint64]]
+    ) -> NDArray[np.bool_]:
+        """True where every bit of a key's mask is set in its block of one of ``filters``."""
         hit = np.zeros(len(block), dtype=bool)
-        for f in self._filters:
+        for f in filters:
             words = f.reshape(-1, _WORDS)[block]  # one cache line per key
             hit |= ((words & masks) == masks).all(axis=1)
         return hit
@@ -363,11 +362,8 @@ class BloomStore:
     def _observe_chunk(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
         h0, block, masks = self._hash(keys)
         cur = self._filters[0].reshape(-1, _WORDS)
-        words = cur[block]
-        in_current = ((words & masks) == masks).all(axis=1)
-        seen = in_current.copy()
-        for f in self._filters[1:]:
-            seen |= ((f.reshape(-1, _WORDS)[block] & masks) == masks).all(axis=1)
+        in_current = self._contains(block, masks, self._filters[:1])
+        seen = in_current | self._contains(block, masks, self._filters[1:])
         # one sort by h0 does two jobs: equal keys (equal h0, mix is a bijection) end up
         # side by side, earlier arrival first; and the block, monotone in h0, groups
         # the word updates of one block for reduceat

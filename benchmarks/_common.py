@@ -1,10 +1,12 @@
-"""What every benchmark prints about the machine it ran on (imported by the scripts
-in this folder, which run as ``python benchmarks/bench_*.py``)."""
+"""Helpers every benchmark shares: the machine it ran on and best-of timing (imported
+by the scripts in this folder, which run as ``python benchmarks/bench_*.py``)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,3 +34,14 @@ def machine(*extra: str) -> str:
         *extra,
     ]
     return ", ".join(parts) + f"; load average at start {load}"
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timings of ``fn()``, in seconds (the run least
+    disturbed by other processes)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
