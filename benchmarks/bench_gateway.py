@@ -9,9 +9,10 @@ Measures, with real ``movingtarget serve`` processes and an asyncio load generat
 1. requests/s and p50/p99 latency of single-input requests and batches of 64, for the
    undefended model (``deterministic``), exact memorization (``memorize-abstain``) and
    near-repeat memorization (``near-repeat-abstain``, when registered): throughput at
-   32 concurrent clients (three rounds alternating between the servers), latency with
-   one client (requests interleaved across the servers, so noise hits all alike), and
-   the defense's own time per request in process;
+   32 concurrent clients (ten rounds alternating between the servers, in forward and
+   reverse order; the ratio to the undefended server is reported pooled and per
+   round), latency with one client (requests interleaved across the servers, so noise
+   hits all alike), and the defense's own time per request in process;
 2. that under 200 concurrent clients no request is lost or answered twice (every
    request gets one answer per input, and the audit log holds each query exactly once);
 3. throughput with 1, 2 and 4 replicas sharing one Redis (memory and keys), clients
@@ -185,7 +186,8 @@ async def interleaved_latency(
 
 
 def in_process_cost(defense: str, batch: int, n: int) -> float:
-    """Microseconds the defense itself takes per request (no HTTP), distinct queries."""
+    """Microseconds the defense itself takes per request (no HTTP), distinct queries,
+    after a few untimed requests (as the servers are warmed up)."""
     from threadpoolctl import threadpool_limits
 
     from movingtarget.gateway.config import GatewayConfig
@@ -194,11 +196,13 @@ def in_process_cost(defense: str, batch: int, n: int) -> float:
 
     served = load_served_model("digits:logistic")
     d = build_served_defense(GatewayConfig(defense=defense), served)
-    x = np.random.default_rng(batch).uniform(0, 16, (n, batch, 64)).astype(np.float32)
+    warm = 10
+    x = np.random.default_rng(batch).uniform(0, 16, (warm + n, batch, 64)).astype(np.float32)
     clients = np.zeros(batch, np.int64)
     with threadpool_limits(1):  # as in the servers (serve --threads 1)
-        t0 = time.perf_counter()
-        for i in range(n):
+        for i in range(warm + n):
+            if i == warm:
+                t0 = time.perf_counter()
             d.answer(x[i], clients, np.full(batch, i, np.int64))
         return (time.perf_counter() - t0) / n * 1e6
 
@@ -207,9 +211,12 @@ def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
     defenses = [("undefended", "deterministic"), ("exact-memorize", "memorize-abstain")]
     if "near-repeat" in MECHANISMS:
         defenses.append(("near-repeat", "near-repeat-abstain"))
-    sizes = (1500, 150, 300) if quick else (6000, 600, 1000)
+    sizes = (1500, 300, 300) if quick else (6000, 1500, 1000)
     n_single, n_batch, n_latency = (max(int(s * scale), 10) for s in sizes)
-    rounds = 3  # throughput runs alternate between the servers, so drift hits all alike
+    # throughput runs alternate between the servers in many short rounds, in forward
+    # then reverse order, so drift and other jobs on the machine hit all alike; each
+    # round also gives one ratio to the undefended server, whose spread is reported
+    rounds = 4 if quick else 10
     servers, tokens = [], []
     for label, defense in defenses:
         keys = f"sqlite:///{root / f'keys-{label}.db'}"
@@ -226,17 +233,23 @@ def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
             ]
             done = [0] * len(defenses)
             secs = [0.0] * len(defenses)
+            ratios: list[list[float]] = [[] for _ in defenses]
             c32: list[list[float]] = [[] for _ in defenses]
             errors = [0] * len(defenses)
             chunk = n // rounds
             for r in range(rounds):
-                for i, gw in enumerate(servers):
+                order = range(len(servers)) if r % 2 == 0 else reversed(range(len(servers)))
+                rps = [0.0] * len(servers)
+                for i in order:
                     part = reqs[i][r * chunk : (r + 1) * chunk]
-                    res = asyncio.run(load([gw.url], tokens[i], part, 32, 60))
+                    res = asyncio.run(load([servers[i].url], tokens[i], part, 32, 60))
                     done[i] += res.requests
                     secs[i] += res.seconds
+                    rps[i] = res.rps
                     c32[i] += res.latencies
                     errors[i] += sum(v for k, v in res.statuses.items() if k != 200)
+                for i in range(len(servers)):
+                    ratios[i].append(rps[i] / rps[0])
             lat = asyncio.run(
                 interleaved_latency(
                     [(gw.url, tokens[i]) for i, gw in enumerate(servers)],
@@ -252,6 +265,7 @@ def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
                         "requests": done[i],
                         "rps": rps,
                         "queries_per_s": rps * batch,
+                        "round_ratios": ratios[i],
                         "p50_ms": float(np.percentile(lat[i], 50) * 1000),
                         "p99_ms": float(np.percentile(lat[i], 99) * 1000),
                         "p99_ms_c32": float(np.percentile(c32[i], 99) * 1000),
@@ -356,16 +370,18 @@ def main() -> None:
         )
     base = {r["request"]: r for r in rows if r["defense"] == "undefended"}
     print(
-        "\n| defense | request | throughput vs undefended | added p50 ms | added p99 ms "
-        "(1 client) | added defense time ms |"
+        "\n| defense | request | throughput vs undefended | per round: median (range) "
+        "| added p50 ms | added p99 ms (1 client) | added defense time ms |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         if r["defense"] == "undefended":
             continue
         b = base[str(r["request"])]
+        per_round = np.asarray(r["round_ratios"])
         print(
             f"| {r['defense']} | {r['request']} | {float(r['rps']) / float(b['rps']):.0%} | "
+            f"{np.median(per_round):.0%} ({per_round.min():.0%}–{per_round.max():.0%}) | "
             f"{float(r['p50_ms']) - float(b['p50_ms']):+.2f} | "
             f"{float(r['p99_ms']) - float(b['p99_ms']):+.2f} | "
             f"{(float(r['defense_us']) - float(b['defense_us'])) / 1000:+.3f} |"

@@ -40,16 +40,45 @@ def test_collisions_longer_than_a_window_and_around_the_end_count_exactly() -> N
 
 def test_growing_keeps_a_run_that_wraps_around_the_end() -> None:
     store = InProcessStore()
-    # homed at the last slot of the doubled table (and so of this one): when the table
+    grown = 4 * SLOTS  # a small table grows fourfold
+    # homed at the last slot of the grown table (and so of this one): when the table
     # grows, the run of 600 keys starts at its last slot and continues at its start
-    run = np.array(keys_at_home(2 * SLOTS - 1, 600, salt=0, slots=2 * SLOTS), np.uint64)
+    run = np.array(keys_at_home(grown - 1, 600, salt=0, slots=grown), np.uint64)
     more = np.array(keys_at_home(0, 100, salt=0), np.uint64)  # where the run wraps to
     # in batches of a few keys: in one batch, keys of one home take one round each
     for i in range(0, 600, 30):
         assert store.observe(run[i : i + 30], np.zeros(30, np.int64)).tolist() == [0] * 30
     assert store.observe(more, np.ones(100, np.int64)).tolist() == [0] * 100
-    assert len(store._keys) == 2 * SLOTS  # it grew
+    assert len(store._keys) == grown  # it grew
     assert store.lookup(run).tolist() == [1] * 600
     both = np.concatenate([more, run])
     assert store.observe(both, np.full(700, 2, np.int64)).tolist() == [1] * 700
     assert len(store) == 700
+
+
+def test_large_batches_probe_one_slot_first_and_count_exactly() -> None:
+    """Batches of 512 keys or more start with one-slot rounds (then windows): runs of
+    colliding keys, a run around the table's end, copies of one key and keys racing
+    for one empty slot must all count exactly, in lookups too."""
+    store = InProcessStore()
+    slots = 4 * SLOTS  # 1,500 keys grow a fresh table to this size before probing
+    first = keys_at_home(7, 300, salt=0, slots=slots)
+    last = keys_at_home(slots - 2, 300, salt=0, slots=slots)
+    spread = [int(k) for k in np.random.default_rng(1).integers(1, 2**63, 600, dtype=np.uint64)]
+    copies = first[:150] + spread[:150]  # copies of keys earlier in the batch
+    batch = np.array(last[:150] + first + spread + last[150:] + copies, dtype=np.uint64)
+    prior = store.observe(batch, np.zeros(len(batch), np.int64))
+    assert len(store._keys) == slots
+    assert prior.tolist() == [0] * 1200 + [1] * 300
+    assert len(store) == 1200
+    absent = np.array(keys_at_home(7, 300, salt=10_000, slots=slots), np.uint64)
+    looked = store.lookup(np.concatenate([batch[::-1], absent]))
+    expected = {k: 2 if k in copies else 1 for k in batch.tolist()}
+    assert looked.tolist() == [expected[k] for k in batch[::-1].tolist()] + [0] * 300
+    again = store.observe(batch, np.ones(len(batch), np.int64))
+    seen: dict[int, int] = dict(expected)
+    want = []
+    for k in batch.tolist():
+        want.append(seen[k])
+        seen[k] += 1
+    assert again.tolist() == want

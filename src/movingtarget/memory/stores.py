@@ -15,7 +15,15 @@ from movingtarget.errors import ConfigError
 _SMALL_BATCH = 32
 _MIN_SLOTS = 1024
 _MAX_LOAD = 0.6
-_WINDOW = 8  # slots a key reads in its first probing round
+# tables up to this many slots (96 MB) grow fourfold: each stored key is then moved a
+# third of a time on average instead of once; larger ones double, to bound the memory
+_QUADRUPLE_BELOW = 1 << 22
+_WINDOW = 8  # slots a key reads in its first windowed probing round
+# large batches first probe one slot per key for a few rounds: that settles most keys
+# with cheap one-value operations; below that size numpy's per-call cost dominates and
+# the windowed rounds alone are quicker
+_SLOT_ROUNDS = 2
+_SLOT_MIN_KEYS = 512
 _STEPS = np.arange(1024)  # offsets of the widest window
 _M64 = (1 << 64) - 1
 _GOLDEN_INT = 0x9E3779B97F4A7C15
@@ -132,21 +140,57 @@ class InProcessStore:
     def _probe(self, keys: NDArray[np.uint64], insert: bool) -> NDArray[np.int64]:
         """Slot of each (distinct, non-zero) key; -1 if absent and ``insert`` is False.
 
-        Each round reads a window of slots per key and stops at the first slot holding
-        the key or empty. The first window (8 slots, about one cache line of keys)
-        settles most keys; it doubles every round, so the few keys in long runs of
-        full slots take a round or two more, not one round per slot. With ``insert``,
-        absent keys claim that empty slot; keys that race for one slot are settled by
-        writing them all and reading back who stayed, and the others walk on from
-        there. With no deletions, a stored key always lies before the first empty slot
-        on its path, so claiming is never a duplicate.
+        In a large batch, the first rounds read one slot per key, starting at its home:
+        that settles every key whose home is empty or holds it (most keys at the loads
+        kept). Then keys probe in rounds that read a window of slots per key and stop at
+        the first slot holding the key or empty. The first window (8
+        slots, about one cache line of keys) settles most of them; it doubles every
+        round, so the few keys in long runs of full slots take a round or two more,
+        not one round per slot. With ``insert``, absent keys claim that empty slot;
+        keys that race for one slot are settled by writing them all and reading back
+        who stayed, and the others walk on from there. With no deletions, a stored
+        key always lies before the first empty slot on its path, so claiming is never
+        a duplicate.
         """
         mask = len(self._keys) - 1
         table = self._keys
-        pos = self._home(keys)
         out = np.full(len(keys), -1, dtype=np.int64)
         active = np.arange(len(keys))
-        k = keys
+        k, pos = keys, self._home(keys)
+        for _ in range(_SLOT_ROUNDS if len(keys) >= _SLOT_MIN_KEYS else 0):
+            seen = table[pos]
+            present = seen == k
+            empty = seen == 0
+            if insert:
+                if empty.any():
+                    table[pos[empty]] = k[empty]
+                    present |= empty & (table[pos] == k)
+                done = present
+                # race losers re-read the slot they lost; the others walk on
+                step = ~empty
+            else:
+                done = present | empty
+                step = ~done
+            out[active[present]] = pos[present]
+            keep = np.flatnonzero(~done)
+            active, k, pos = active[keep], k[keep], (pos[keep] + step[keep]) & mask
+            if not len(active):
+                return out
+        self._probe_windows(k, pos, active, out, insert)
+        return out
+
+    def _probe_windows(
+        self,
+        k: NDArray[np.uint64],
+        pos: NDArray[np.int64],
+        active: NDArray[np.int64],
+        out: NDArray[np.int64],
+        insert: bool,
+    ) -> None:
+        """The windowed rounds of :meth:`_probe`: writes the slots of keys ``k`` (rows
+        ``active`` of ``out``), each probing from ``pos``."""
+        mask = len(self._keys) - 1
+        table = self._keys
         width = _WINDOW
         while len(active):
             seen = table[(pos[:, None] + _STEPS[:width]) & mask]
@@ -172,7 +216,6 @@ class InProcessStore:
             keep = ~done
             active, k, pos = active[keep], k[keep], pos[keep]
             width = min(2 * width, len(_STEPS))
-        return out
 
     def _rebuild(self, slots: int, keep: NDArray[np.int64]) -> None:
         keys, counts, first = self._keys[keep], self._counts[keep], self._first[keep]
@@ -184,12 +227,14 @@ class InProcessStore:
         order = np.argsort(home, kind="stable")
         rank = np.arange(len(keys))
         where = np.maximum.accumulate(home[order] - rank) + rank
-        fits = where < slots
-        placed = order[fits]
-        self._keys[where[fits]] = keys[placed]
-        self._counts[where[fits]] = counts[placed]
-        self._first[where[fits]] = first[placed]
-        wrap = order[~fits]
+        # ``where`` increases, so the keys that fit before the table's end are a prefix
+        # and are written in slot order
+        fit = int(np.searchsorted(where, slots))
+        at, placed = where[:fit], order[:fit]
+        self._keys[at] = keys[placed]
+        self._counts[at] = counts[placed]
+        self._first[at] = first[placed]
+        wrap = order[fit:]
         if len(wrap):  # a run past the table's end continues in the first empty slots
             at = np.flatnonzero(self._keys == 0)[: len(wrap)]
             self._keys[at] = keys[wrap]
@@ -209,7 +254,7 @@ class InProcessStore:
         live = self._live()  # expired entries are dropped whenever the table is rebuilt
         slots = len(self._keys)
         while (len(live) + extra) > _MAX_LOAD * slots:
-            slots *= 2
+            slots *= 4 if slots < _QUADRUPLE_BELOW else 2
         self._rebuild(slots, live)
 
     def _evict(self) -> None:
