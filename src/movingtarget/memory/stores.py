@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError
 
-_SMALL_BATCH = 32
+_SMALL_BATCH = 64  # batches up to this size take the plain loop
 _MIN_SLOTS = 1024
 _MAX_LOAD = 0.6
 # tables up to this many slots (96 MB) grow fourfold: each stored key is then moved a
@@ -89,11 +89,12 @@ class Store(Protocol):
 class InProcessStore:
     """A numpy open-addressing hash table in this process: fastest, gone when it ends.
 
-    Batch-first: a batch of keys is deduplicated with one sort, then all keys probe
-    the table together (linear probing, load kept at most 0.6), so large batches cost
-    well under a microsecond per key; a plain loop serves batches of a few keys, where
-    numpy's fixed per-call cost would dominate. Per key it keeps the count and the
-    first-seen time (24 bytes a slot).
+    Batch-first: all keys of a batch probe the table together (linear probing, load
+    kept at most 0.6; copies of one key in a batch are grouped with one sort), so large
+    batches cost well under a microsecond per key; a plain loop serves batches of up to
+    64 keys, where numpy's fixed per-call cost would dominate. Tables up to 4M slots
+    grow fourfold, larger ones double. Per key it keeps the count and the
+    first-seen time, side by side in one 24-byte row per slot.
 
     Bounds (both optional, ``now`` units for ``ttl``):
 
@@ -127,9 +128,12 @@ class InProcessStore:
 
     def _allocate(self, slots: int) -> None:
         self._bits = int(slots).bit_length() - 1
-        self._keys = np.zeros(slots, dtype=np.uint64)  # 0 marks an empty slot
-        self._counts = np.zeros(slots, dtype=np.int64)
-        self._first = np.zeros(slots, dtype=np.int64)
+        # one row per slot (key, count, first-seen): a key's count and time share its
+        # cache line, so a random key costs one memory access instead of three
+        self._table = np.zeros((slots, 3), dtype=np.int64)
+        self._keys = self._table[:, 0].view(np.uint64)  # 0 marks an empty slot
+        self._counts = self._table[:, 1]
+        self._first = self._table[:, 2]
         self._used = 0
 
     # -- hashing and probing -------------------------------------------------------
@@ -218,7 +222,8 @@ class InProcessStore:
             width = min(2 * width, len(_STEPS))
 
     def _rebuild(self, slots: int, keep: NDArray[np.int64]) -> None:
-        keys, counts, first = self._keys[keep], self._counts[keep], self._first[keep]
+        entries = self._table[keep]
+        keys = entries[:, 0].view(np.uint64)
         self._allocate(slots)
         # inserted in order of home slot, each key takes the slot after the previous
         # key's or its home if that is later: one pass, no probing (``keep`` in slot
@@ -230,16 +235,10 @@ class InProcessStore:
         # ``where`` increases, so the keys that fit before the table's end are a prefix
         # and are written in slot order
         fit = int(np.searchsorted(where, slots))
-        at, placed = where[:fit], order[:fit]
-        self._keys[at] = keys[placed]
-        self._counts[at] = counts[placed]
-        self._first[at] = first[placed]
+        self._table[where[:fit]] = entries[order[:fit]]
         wrap = order[fit:]
         if len(wrap):  # a run past the table's end continues in the first empty slots
-            at = np.flatnonzero(self._keys == 0)[: len(wrap)]
-            self._keys[at] = keys[wrap]
-            self._counts[at] = counts[wrap]
-            self._first[at] = first[wrap]
+            self._table[np.flatnonzero(self._keys == 0)[: len(wrap)]] = entries[wrap]
         self._used = len(keys)
 
     def _live(self) -> NDArray[np.int64]:
@@ -350,32 +349,36 @@ class InProcessStore:
 
     def _observe_small(self, keys: list[int], now: list[int]) -> NDArray[np.int64]:
         # a plain loop over the same table beats numpy's per-call cost for a few keys
-        prior = []
         ttl = self.ttl
         self._clock = max(self._clock, max(now))
+        self._reserve(len(keys))  # the table stays put for the whole loop
+        keys_at, count_at, first_at = self._keys.item, self._counts.item, self._first.item
+        table, counts, first = self._keys, self._counts, self._first
+        mask = len(table) - 1
+        shift = 64 - self._bits
+        prior = []
+        fresh = 0
         for k, t in zip(keys, now, strict=True):
             k = k or _ZERO_STANDIN_INT
-            if self._used + 1 > _MAX_LOAD * len(self._keys):
-                self._reserve(1)
-            table, counts, first = self._keys, self._counts, self._first
-            mask = len(table) - 1
-            i = ((k * _GOLDEN_INT) & _M64) >> (64 - self._bits)
+            i = ((k * _GOLDEN_INT) & _M64) >> shift
             while True:
-                seen = table.item(i)
+                seen = keys_at(i)
                 if seen == k:
+                    c = count_at(i)
+                    if ttl is not None and first_at(i) <= t - ttl:
+                        c = 0
                     break
                 if seen == 0:
                     table[i] = k
-                    self._used += 1
+                    fresh += 1
+                    c = 0
                     break
                 i = (i + 1) & mask
-            c = counts.item(i)
-            if c and ttl is not None and first.item(i) <= t - ttl:
-                c = 0
             prior.append(c)
             counts[i] = c + 1
             if c == 0:
                 first[i] = t
+        self._used += fresh
         return np.array(prior, dtype=np.int64)
 
     def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -403,4 +406,4 @@ class InProcessStore:
     @property
     def nbytes(self) -> int:
         """Memory held by the table, in bytes."""
-        return int(self._keys.nbytes + self._counts.nbytes + self._first.nbytes)
+        return int(self._table.nbytes)
