@@ -15,9 +15,12 @@ How a band key is made (locality-sensitive hashing for the L2 distance):
 2. **Quantize.** ``z = floor((a . x) / width + u)`` with a secret random offset
    ``u``; noise changes ``z`` with probability about ``E|a . delta| / width``.
 3. **Hash bands.** The ``rows`` quantized values of each band go through a keyed
-   hash (keys from the secret). A band survives noise when all its rows do; a
-   different input collides on a band only when all ``rows`` projections fall in
-   the same cells, which is rare. Many bands make at least one survive.
+   multilinear hash (secret odd 64-bit keys, sums modulo 2^64; two different cell
+   vectors collide with probability below 2^-43 over the keys while their cells differ
+   by less than 2^20), salted per band and finished with splitmix64. A band survives
+   noise when all its rows do; a different input collides on a band only when all
+   ``rows`` projections fall in the same cells, which is rare. Many bands make at
+   least one survive.
 
 Why projections rather than hashed windows of quantized pixels: a window hash
 breaks as soon as *one* pixel in the window crosses a quantization boundary, so
@@ -216,8 +219,7 @@ class RobustFingerprint:
         :class:`_ByRow` order, which are overwritten (hashed in place)."""
         cells = z.view(np.uint64).reshape(self.rows, self.bands, z.shape[1])
         cells *= p.by_row.row_keys
-        cells += p.by_row.row_salts
-        h = _mix_np(cells).sum(axis=0)
+        h = cells.sum(axis=0)
         h ^= p.by_row.band_salts
         return _mix_np(h)
 
@@ -241,12 +243,11 @@ class RobustFingerprint:
                     p.directions32,
                     p.offsets,
                     p.row_keys.view(np.int64),
-                    p.row_salts.view(np.int64),
                     p.band_salts.view(np.int64),
                 )
             )
             self._torch[key] = consts
-        directions, directions32, offsets, row_keys, row_salts, band_salts = consts
+        directions, directions32, offsets, row_keys, band_salts = consts
         if not bool(torch.isfinite(flat).all()):
             raise InputError("queries hold NaN or infinite values")
         grid32 = torch.round(flat * p.inv_resolution)  # exact: a power-of-two scaling
@@ -258,7 +259,7 @@ class RobustFingerprint:
             proj = (grid @ directions).to(torch.int64)
         z = torch.div(proj + offsets, p.cell, rounding_mode="floor")
         cells = z.reshape(len(z), self.bands, self.rows)
-        h = _mix_torch(cells * row_keys + row_salts).sum(dim=2)
+        h = (cells * row_keys).sum(dim=2)  # wraps modulo 2^64, as in numpy
         keys = _mix_torch(h ^ band_salts)
         return keys.cpu().numpy().view(np.uint64)
 
@@ -289,7 +290,6 @@ class _Params:
         self.offsets = rng.integers(0, self.cell, size=k, dtype=np.int64)
         self.row_keys = rng.integers(0, 2**63, size=(fp.bands, fp.rows), dtype=np.uint64)
         self.row_keys |= np.uint64(1)  # odd keys: multiplication is a bijection
-        self.row_salts = rng.integers(0, 2**63, size=(fp.bands, fp.rows), dtype=np.uint64)
         # band salts make equal cells in different bands give different keys
         self.band_salts = rng.integers(0, 2**63, size=fp.bands, dtype=np.uint64)
         self.by_row = _ByRow(self, fp.bands, fp.rows)
@@ -309,5 +309,4 @@ class _ByRow:
         self.directions32 = np.ascontiguousarray(p.directions32[:, order].T)
         self.offsets = p.offsets[order, None]
         self.row_keys = np.ascontiguousarray(p.row_keys.T[:, :, None])
-        self.row_salts = np.ascontiguousarray(p.row_salts.T[:, :, None])
         self.band_salts = p.band_salts[:, None]
