@@ -57,7 +57,7 @@ def test_growing_keeps_a_run_that_wraps_around_the_end() -> None:
 
 
 def test_large_batches_probe_one_slot_first_and_count_exactly() -> None:
-    """Batches of 512 keys or more start with one-slot rounds (then windows): runs of
+    """Batches of 512 keys or more first read each home slot alone (then windows): runs of
     colliding keys, a run around the table's end, copies of one key and keys racing
     for one empty slot must all count exactly, in lookups too."""
     store = InProcessStore()

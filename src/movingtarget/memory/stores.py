@@ -19,10 +19,9 @@ _MAX_LOAD = 0.6
 # third of a time on average instead of once; larger ones double, to bound the memory
 _QUADRUPLE_BELOW = 1 << 22
 _WINDOW = 8  # slots a key reads in its first windowed probing round
-# large batches first probe one slot per key for a few rounds: that settles most keys
-# with cheap one-value operations; below that size numpy's per-call cost dominates and
-# the windowed rounds alone are quicker
-_SLOT_ROUNDS = 2
+# large batches first probe each key's home slot alone: that settles most keys with
+# cheap one-value operations; below this size numpy's per-call cost dominates and the
+# windowed rounds alone are quicker
 _SLOT_MIN_KEYS = 512
 _STEPS = np.arange(1024)  # offsets of the widest window
 _M64 = (1 << 64) - 1
@@ -144,57 +143,47 @@ class InProcessStore:
     def _probe(self, keys: NDArray[np.uint64], insert: bool) -> NDArray[np.int64]:
         """Slot of each (distinct, non-zero) key; -1 if absent and ``insert`` is False.
 
-        In a large batch, the first rounds read one slot per key, starting at its home:
-        that settles every key whose home is empty or holds it (most keys at the loads
-        kept). Then keys probe in rounds that read a window of slots per key and stop at
-        the first slot holding the key or empty. The first window (8
-        slots, about one cache line of keys) settles most of them; it doubles every
-        round, so the few keys in long runs of full slots take a round or two more,
-        not one round per slot. With ``insert``, absent keys claim that empty slot;
-        keys that race for one slot are settled by writing them all and reading back
-        who stayed, and the others walk on from there. With no deletions, a stored
-        key always lies before the first empty slot on its path, so claiming is never
-        a duplicate.
+        A large batch first reads each key's home slot alone: with a few one-value
+        operations that settles every key whose home is empty or holds it (most keys at
+        the loads kept). The rest, and small batches, probe in rounds that read a window
+        of slots per key (see :meth:`_probe_windows`). With ``insert``, absent keys
+        claim the empty slot they find; keys that race for one slot are settled by
+        writing them all and reading back who stayed, and the others walk on from
+        there. With no deletions, a stored key always lies before the first empty slot
+        on its path, so claiming is never a duplicate.
         """
         mask = len(self._keys) - 1
         table = self._keys
-        out = np.full(len(keys), -1, dtype=np.int64)
-        active = np.arange(len(keys))
-        k, pos = keys, self._home(keys)
-        for _ in range(_SLOT_ROUNDS if len(keys) >= _SLOT_MIN_KEYS else 0):
-            seen = table[pos]
-            present = seen == k
-            empty = seen == 0
-            if insert:
-                if empty.any():
-                    table[pos[empty]] = k[empty]
-                    present |= empty & (table[pos] == k)
-                done = present
-                # race losers re-read the slot they lost; the others walk on
-                step = ~empty
-            else:
-                done = present | empty
-                step = ~done
-            out[active[present]] = pos[present]
-            keep = np.flatnonzero(~done)
-            active, k, pos = active[keep], k[keep], (pos[keep] + step[keep]) & mask
-            if not len(active):
-                return out
-        self._probe_windows(k, pos, active, out, insert)
-        return out
+        pos = self._home(keys)
+        if len(keys) < _SLOT_MIN_KEYS:
+            return self._probe_windows(keys, pos, insert)
+        seen = table[pos]
+        empty = seen == 0
+        if insert:
+            if empty.any():
+                table[pos[empty]] = keys[empty]
+                seen = table[pos]  # a claim that lost a race reads another key
+            # the rest, the losers of a race among them, walk on from the next slot
+            rest = np.flatnonzero(seen != keys)
+        else:
+            rest = np.flatnonzero(~empty & (seen != keys))
+            pos[empty] = -1
+        if len(rest):
+            pos[rest] = self._probe_windows(keys[rest], (pos[rest] + 1) & mask, insert)
+        return pos
 
     def _probe_windows(
-        self,
-        k: NDArray[np.uint64],
-        pos: NDArray[np.int64],
-        active: NDArray[np.int64],
-        out: NDArray[np.int64],
-        insert: bool,
-    ) -> None:
-        """The windowed rounds of :meth:`_probe`: writes the slots of keys ``k`` (rows
-        ``active`` of ``out``), each probing from ``pos``."""
+        self, k: NDArray[np.uint64], pos: NDArray[np.int64], insert: bool
+    ) -> NDArray[np.int64]:
+        """Slots of keys ``k`` probing from ``pos``, in rounds that read a window of
+        slots per key and stop at the first slot holding the key or empty. The first
+        window (8 slots, about one cache line of keys) settles most keys; it doubles
+        every round, so the few keys in long runs of full slots take a round or two
+        more, not one round per slot."""
         mask = len(self._keys) - 1
         table = self._keys
+        out = np.empty(len(k), dtype=np.int64)
+        active = np.arange(len(k))
         width = _WINDOW
         while len(active):
             seen = table[(pos[:, None] + _STEPS[:width]) & mask]
@@ -220,6 +209,7 @@ class InProcessStore:
             keep = ~done
             active, k, pos = active[keep], k[keep], pos[keep]
             width = min(2 * width, len(_STEPS))
+        return out
 
     def _rebuild(self, slots: int, keep: NDArray[np.int64]) -> None:
         entries = self._table[keep]
