@@ -137,8 +137,11 @@ class InProcessStore:
 
     # -- hashing and probing -------------------------------------------------------
     def _home(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
-        # Fibonacci hashing: the top bits of key * golden ratio spread any key set
-        return ((keys * _GOLDEN) >> np.uint64(64 - self._bits)).astype(np.int64)
+        # Fibonacci hashing: the top bits of key * golden ratio spread any key set;
+        # shifted in place and read as int64 (they fit), with no further copies
+        home = keys * _GOLDEN
+        home >>= np.uint64(64 - self._bits)
+        return home.view(np.int64)
 
     def _probe(self, keys: NDArray[np.uint64], insert: bool) -> NDArray[np.int64]:
         """Slot of each (distinct, non-zero) key; -1 if absent and ``insert`` is False.
