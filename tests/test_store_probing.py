@@ -82,3 +82,24 @@ def test_large_batches_probe_one_slot_first_and_count_exactly() -> None:
         want.append(seen[k])
         seen[k] += 1
     assert again.tolist() == want
+
+
+def test_the_next_table_is_zeroed_ahead_and_growing_into_it_keeps_every_count() -> None:
+    """Once a table of 262,144 slots is three quarters of its maximum load, the next one
+    (1,048,576 slots, 24 MB) is prepared by a background thread; the growth then takes
+    that table, and every count survives."""
+    store = InProcessStore()
+    keys = np.random.default_rng(7).integers(1, 2**63, 170_000, dtype=np.uint64)
+    store.observe(keys[:100_000], np.zeros(100_000, np.int64))
+    assert len(store._keys) == 262_144 and store._spare is None  # below 3/4 of 0.6 load
+    store.observe(keys[100_000:125_000], np.ones(25_000, np.int64))
+    spare = store._spare
+    assert spare is not None and spare.slots == 1_048_576
+    prepared = spare.take()
+    assert store.observe(keys[125_000:], np.full(45_000, 2, np.int64)).tolist() == [0] * 45_000
+    assert store._table is prepared and store._spare is None
+    assert store.lookup(keys).tolist() == [1] * 170_000
+    again = store.observe(keys[::7], np.full(len(keys[::7]), 3, np.int64))
+    assert again.tolist() == [1] * len(keys[::7])
+    store.clear()
+    assert store._spare is None and len(store) == 0

@@ -5,6 +5,7 @@ One interface, several back ends. Stores keep keyed hashes, never raw inputs.
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -18,6 +19,10 @@ _MAX_LOAD = 0.6
 # tables up to this many slots (96 MB) grow fourfold: each stored key is then moved a
 # third of a time on average instead of once; larger ones double, to bound the memory
 _QUADRUPLE_BELOW = 1 << 22
+# the next table from this size up is zeroed ahead by a background thread once the
+# current one is this full (of its maximum load): see _SpareTable
+_PREPARE_BYTES = 1 << 23
+_PREPARE_AT = 0.75
 _WINDOW = 8  # slots a key reads in its first windowed probing round
 # large batches first probe each key's home slot alone: that settles most keys with
 # cheap one-value operations; below this size numpy's per-call cost dominates and the
@@ -36,6 +41,41 @@ def _nonzero(keys: NDArray[np.uint64]) -> NDArray[np.uint64]:
     if (keys == 0).any():
         keys = np.where(keys == 0, _ZERO_STANDIN, keys)
     return keys
+
+
+def _grown(slots: int) -> int:
+    return slots * (4 if slots < _QUADRUPLE_BELOW else 2)
+
+
+class _SpareTable:
+    """The next, larger table of an :class:`InProcessStore`, zeroed by a background
+    thread before the store needs it. On some machines (VMs above all) the first touch of
+    fresh memory costs about a millisecond per megabyte, which would otherwise stall the
+    batch that grows the table: 0.35 s for a 96 MB table. numpy releases the GIL while
+    it fills, so serving goes on meanwhile."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._table: list[NDArray[np.int64]] = []
+        self._thread = threading.Thread(
+            target=self._fill, name="movingtarget-spare-table", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            table = np.empty((self.slots, 3), dtype=np.int64)
+            table.fill(0)
+        except MemoryError:  # take() tries again and reports it in the caller's thread
+            return
+        self._table.append(table)
+
+    def take(self) -> NDArray[np.int64]:
+        """The zeroed table (waits for the thread if it is not done)."""
+        self._thread.join()
+        if not self._table:
+            return np.zeros((self.slots, 3), dtype=np.int64)
+        return self._table[0]
 
 
 def occurrences_before(keys: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -123,13 +163,19 @@ class InProcessStore:
         self.ttl = ttl
         self.capacity = capacity
         self._clock = np.iinfo(np.int64).min
+        self._spare: _SpareTable | None = None
         self._allocate(_MIN_SLOTS)
 
     def _allocate(self, slots: int) -> None:
         self._bits = int(slots).bit_length() - 1
-        # one row per slot (key, count, first-seen): a key's count and time share its
-        # cache line, so a random key costs one memory access instead of three
-        self._table = np.zeros((slots, 3), dtype=np.int64)
+        spare = self._spare
+        if spare is not None and spare.slots == slots:
+            self._spare = None
+            self._table = spare.take()
+        else:
+            # one row per slot (key, count, first-seen): a key's count and time share
+            # its cache line, so a random key costs one memory access instead of three
+            self._table = np.zeros((slots, 3), dtype=np.int64)
         self._keys = self._table[:, 0].view(np.uint64)  # 0 marks an empty slot
         self._counts = self._table[:, 1]
         self._first = self._table[:, 2]
@@ -224,7 +270,10 @@ class InProcessStore:
         home = self._home(keys)
         order = np.argsort(home, kind="stable")
         rank = np.arange(len(keys))
-        where = np.maximum.accumulate(home[order] - rank) + rank
+        where = home[order]  # in place from here: fresh memory is slow to touch
+        where -= rank
+        np.maximum.accumulate(where, out=where)
+        where += rank
         # ``where`` increases, so the keys that fit before the table's end are a prefix
         # and are written in slot order
         fit = int(np.searchsorted(where, slots))
@@ -241,12 +290,16 @@ class InProcessStore:
         return np.flatnonzero(live)
 
     def _reserve(self, extra: int) -> None:
-        if (self._used + extra) <= _MAX_LOAD * len(self._keys):
+        need, slots = self._used + extra, len(self._keys)
+        if need <= _MAX_LOAD * slots:
+            if self._spare is None and need > _PREPARE_AT * _MAX_LOAD * slots:
+                grown = _grown(slots)
+                if grown * self._table.itemsize * 3 >= _PREPARE_BYTES:
+                    self._spare = _SpareTable(grown)
             return
         live = self._live()  # expired entries are dropped whenever the table is rebuilt
-        slots = len(self._keys)
         while (len(live) + extra) > _MAX_LOAD * slots:
-            slots *= 4 if slots < _QUADRUPLE_BELOW else 2
+            slots = _grown(slots)
         self._rebuild(slots, live)
 
     def _evict(self) -> None:
@@ -391,6 +444,7 @@ class InProcessStore:
         return int(self._first[slot])
 
     def clear(self) -> None:
+        self._spare = None
         self._allocate(_MIN_SLOTS)
 
     def __len__(self) -> int:
