@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 
 from movingtarget._threads import one_blas_thread
 from movingtarget.errors import ConfigError, InputError
+from movingtarget.memory.fingerprints import _mix64_inplace as _mix_np
 from movingtarget.memory.fingerprints import secret_from_env
 
 _MIX1 = 0xBF58476D1CE4E5B9
@@ -55,20 +56,6 @@ _CHUNK_ROWS = 256  # rows per step: the working set stays in the CPU caches
 def _signed(v: int) -> int:
     """A 64-bit pattern as a signed int64 value (torch has no uint64 arithmetic)."""
     return v - (1 << 64) if v >= 1 << 63 else v
-
-
-_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
-_M1, _M2 = np.uint64(_MIX1), np.uint64(_MIX2)
-
-
-def _mix_np(h: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """splitmix64 finaliser (every input bit reaches every output bit), in place."""
-    h ^= h >> _S30
-    h *= _M1
-    h ^= h >> _S27
-    h *= _M2
-    h ^= h >> _S31
-    return h
 
 
 def _mix_torch(h: Any) -> Any:
