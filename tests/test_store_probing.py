@@ -6,7 +6,9 @@ exact."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from movingtarget.errors import ConfigError
 from movingtarget.memory import InProcessStore
 
 GOLDEN = 0x9E3779B97F4A7C15
@@ -84,22 +86,20 @@ def test_large_batches_probe_one_slot_first_and_count_exactly() -> None:
     assert again.tolist() == want
 
 
-def test_the_next_table_is_zeroed_ahead_and_growing_into_it_keeps_every_count() -> None:
-    """Once a table of 262,144 slots is three quarters of its maximum load, the next one
-    (1,048,576 slots, 24 MB) is prepared by a background thread; the growth then takes
-    that table, and every count survives."""
-    store = InProcessStore()
-    keys = np.random.default_rng(7).integers(1, 2**63, 170_000, dtype=np.uint64)
-    store.observe(keys[:100_000], np.zeros(100_000, np.int64))
-    assert len(store._keys) == 262_144 and store._spare is None  # below 3/4 of 0.6 load
-    store.observe(keys[100_000:125_000], np.ones(25_000, np.int64))
-    spare = store._spare
-    assert spare is not None and spare.slots == 1_048_576
-    prepared = spare.take()
-    assert store.observe(keys[125_000:], np.full(45_000, 2, np.int64)).tolist() == [0] * 45_000
-    assert store._table is prepared and store._spare is None
-    assert store.lookup(keys).tolist() == [1] * 170_000
-    again = store.observe(keys[::7], np.full(len(keys[::7]), 3, np.int64))
-    assert again.tolist() == [1] * len(keys[::7])
+def test_a_bounded_store_is_sized_for_its_capacity_and_does_not_grow() -> None:
+    """With a capacity, the table is allocated for it at once (a power of two within the
+    load limit), so filling the store to capacity never rebuilds it; counts stay exact,
+    and a capacity beyond the machine is a ConfigError naming the bytes."""
+    store = InProcessStore(capacity=100_000)
+    assert len(store._keys) == 262_144  # 100,000 / 0.6 rounded up to a power of two
+    keys = np.random.default_rng(3).integers(1, 2**63, 100_000, dtype=np.uint64)
+    table = store._table
+    for i in range(0, 100_000, 1_000):
+        prior = store.observe(keys[i : i + 1_000], np.full(1_000, i, np.int64))
+        assert prior.tolist() == [0] * 1_000
+    assert store._table is table and len(store) == 100_000
+    assert store.lookup(keys[::9]).tolist() == [1] * len(keys[::9])
     store.clear()
-    assert store._spare is None and len(store) == 0
+    assert len(store._keys) == 262_144 and len(store) == 0
+    with pytest.raises(ConfigError, match="capacity 1000000000000 needs a table of"):
+        InProcessStore(capacity=10**12)

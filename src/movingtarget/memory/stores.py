@@ -5,7 +5,7 @@ One interface, several back ends. Stores keep keyed hashes, never raw inputs.
 
 from __future__ import annotations
 
-import threading
+import math
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -19,10 +19,6 @@ _MAX_LOAD = 0.6
 # tables up to this many slots (96 MB) grow fourfold: each stored key is then moved a
 # third of a time on average instead of once; larger ones double, to bound the memory
 _QUADRUPLE_BELOW = 1 << 22
-# the next table from this size up is zeroed ahead by a background thread once the
-# current one is this full (of its maximum load): see _SpareTable
-_PREPARE_BYTES = 1 << 23
-_PREPARE_AT = 0.75
 _WINDOW = 8  # slots a key reads in its first windowed probing round
 # large batches first probe each key's home slot alone: that settles most keys with
 # cheap one-value operations; below this size numpy's per-call cost dominates and the
@@ -47,35 +43,9 @@ def _grown(slots: int) -> int:
     return slots * (4 if slots < _QUADRUPLE_BELOW else 2)
 
 
-class _SpareTable:
-    """The next, larger table of an :class:`InProcessStore`, zeroed by a background
-    thread before the store needs it. On some machines (VMs above all) the first touch of
-    fresh memory costs about a millisecond per megabyte, which would otherwise stall the
-    batch that grows the table: 0.35 s for a 96 MB table. numpy releases the GIL while
-    it fills, so serving goes on meanwhile."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self._table: list[NDArray[np.int64]] = []
-        self._thread = threading.Thread(
-            target=self._fill, name="movingtarget-spare-table", daemon=True
-        )
-        self._thread.start()
-
-    def _fill(self) -> None:
-        try:
-            table = np.empty((self.slots, 3), dtype=np.int64)
-            table.fill(0)
-        except MemoryError:  # take() tries again and reports it in the caller's thread
-            return
-        self._table.append(table)
-
-    def take(self) -> NDArray[np.int64]:
-        """The zeroed table (waits for the thread if it is not done)."""
-        self._thread.join()
-        if not self._table:
-            return np.zeros((self.slots, 3), dtype=np.int64)
-        return self._table[0]
+def _slots_for(keys: int) -> int:
+    """The smallest table (a power of two) that holds ``keys`` within the load limit."""
+    return max(_MIN_SLOTS, 1 << math.ceil(math.log2(keys / _MAX_LOAD)))
 
 
 def occurrences_before(keys: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -141,7 +111,8 @@ class InProcessStore:
       with that key counts as new (count 0) and starts a fresh entry;
     * ``capacity``: when more than ``capacity`` distinct keys are stored, the entries
       with the oldest first-seen time are evicted until ``0.9 * capacity`` remain
-      (done in one pass, so eviction costs O(1) amortized per key).
+      (done in one pass, so eviction costs O(1) amortized per key). The table is sized
+      for the capacity at once, so the store does not stall a batch to grow.
 
     Examples
     --------
@@ -163,19 +134,23 @@ class InProcessStore:
         self.ttl = ttl
         self.capacity = capacity
         self._clock = np.iinfo(np.int64).min
-        self._spare: _SpareTable | None = None
-        self._allocate(_MIN_SLOTS)
+        # a bounded store is sized for its capacity at once, so it does not stall a batch
+        # to grow (unless one batch overshoots the capacity by more than the load's
+        # slack); the operating system maps the memory as keys land
+        slots = _MIN_SLOTS if capacity is None else _slots_for(capacity)
+        try:
+            self._allocate(slots)
+        except MemoryError:
+            raise ConfigError(
+                f"store capacity {capacity} needs a table of {24 * slots:,} bytes, more than "
+                "this machine can allocate"
+            ) from None
 
     def _allocate(self, slots: int) -> None:
         self._bits = int(slots).bit_length() - 1
-        spare = self._spare
-        if spare is not None and spare.slots == slots:
-            self._spare = None
-            self._table = spare.take()
-        else:
-            # one row per slot (key, count, first-seen): a key's count and time share
-            # its cache line, so a random key costs one memory access instead of three
-            self._table = np.zeros((slots, 3), dtype=np.int64)
+        # one row per slot (key, count, first-seen): a key's count and time share its
+        # cache line, so a random key costs one memory access instead of three
+        self._table = np.zeros((slots, 3), dtype=np.int64)
         self._keys = self._table[:, 0].view(np.uint64)  # 0 marks an empty slot
         self._counts = self._table[:, 1]
         self._first = self._table[:, 2]
@@ -290,12 +265,8 @@ class InProcessStore:
         return np.flatnonzero(live)
 
     def _reserve(self, extra: int) -> None:
-        need, slots = self._used + extra, len(self._keys)
-        if need <= _MAX_LOAD * slots:
-            if self._spare is None and need > _PREPARE_AT * _MAX_LOAD * slots:
-                grown = _grown(slots)
-                if grown * self._table.itemsize * 3 >= _PREPARE_BYTES:
-                    self._spare = _SpareTable(grown)
+        slots = len(self._keys)
+        if self._used + extra <= _MAX_LOAD * slots:
             return
         live = self._live()  # expired entries are dropped whenever the table is rebuilt
         while (len(live) + extra) > _MAX_LOAD * slots:
@@ -444,8 +415,7 @@ class InProcessStore:
         return int(self._first[slot])
 
     def clear(self) -> None:
-        self._spare = None
-        self._allocate(_MIN_SLOTS)
+        self._allocate(_MIN_SLOTS if self.capacity is None else _slots_for(self.capacity))
 
     def __len__(self) -> int:
         return self._used if self.ttl is None else len(self._live())
