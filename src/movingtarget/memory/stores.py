@@ -201,7 +201,7 @@ class InProcessStore:
     ) -> NDArray[np.int64]:
         """Slots of keys ``k`` probing from ``pos``, in rounds that read a window of
         slots per key and stop at the first slot holding the key or empty. The first
-        window (8 slots, about one cache line of keys) settles most keys; it doubles
+        window (8 slots, three cache lines of rows) settles most keys; it doubles
         every round, so the few keys in long runs of full slots take a round or two
         more, not one round per slot."""
         mask = len(self._keys) - 1
