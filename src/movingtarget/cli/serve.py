@@ -67,7 +67,11 @@ def serve(
         float | None, typer.Option(help="Forget remembered queries after this many seconds.")
     ] = None,
     memory_capacity: Annotated[
-        int | None, typer.Option(help="Most distinct queries remembered.")
+        int | None,
+        typer.Option(
+            help="Most distinct queries remembered (each in-process memory is sized for "
+            "them at once: 40-80 bytes a fingerprint key)."
+        ),
     ] = None,
     namespace: Namespace = "mt",
     seed: Annotated[int, typer.Option(help="Seed of the defense's own randomness.")] = 0,

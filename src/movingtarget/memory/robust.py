@@ -45,11 +45,8 @@ from numpy.typing import NDArray
 
 from movingtarget._threads import one_blas_thread
 from movingtarget.errors import ConfigError, InputError
-from movingtarget.memory.fingerprints import _mix64_inplace as _mix_np
-from movingtarget.memory.fingerprints import secret_from_env
+from movingtarget.memory.fingerprints import _M1, _M2, _mix64_inplace, secret_from_env
 
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
 _CHUNK_ROWS = 256  # rows per step: the working set stays in the CPU caches
 
 
@@ -64,8 +61,8 @@ def _mix_torch(h: Any) -> Any:
     def shr(v: Any, s: int) -> Any:
         return (v >> s) & ((1 << (64 - s)) - 1)
 
-    h = (h ^ shr(h, 30)) * _signed(_MIX1)
-    h = (h ^ shr(h, 27)) * _signed(_MIX2)
+    h = (h ^ shr(h, 30)) * _signed(_M1)
+    h = (h ^ shr(h, 27)) * _signed(_M2)
     return h ^ shr(h, 31)
 
 
@@ -208,7 +205,7 @@ class RobustFingerprint:
         cells *= p.by_row.row_keys
         h = cells.sum(axis=0)
         h ^= p.by_row.band_salts
-        return _mix_np(h)
+        return _mix64_inplace(h)
 
     def _fingerprint_torch(self, x: Any) -> NDArray[np.uint64]:
         from movingtarget.models.torch import require_torch

@@ -112,7 +112,8 @@ class InProcessStore:
     * ``capacity``: when more than ``capacity`` distinct keys are stored, the entries
       with the oldest first-seen time are evicted until ``0.9 * capacity`` remain
       (done in one pass, so eviction costs O(1) amortized per key). The table is sized
-      for the capacity at once, so the store does not stall a batch to grow.
+      for the capacity at once, so the store does not stall a batch to grow; it then
+      holds 40-80 bytes per key of capacity once keys have spread over it.
 
     Examples
     --------
