@@ -1,15 +1,18 @@
-"""The in-process store's probing: keys whose home slots collide form runs of full
-slots longer than one probing window, wrap around the table's end, and race for the
-same empty slots within one batch, also while the table grows; counts must still be
-exact."""
+"""The in-process store's hash table: keys whose home slots collide form long runs of
+full slots, wrap around the table's end and are copied within one batch, also while
+the table grows; keys span all 64 bits (0 included); counts must stay exact, and the
+table must agree with the reference semantics through growth, expiry and eviction."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from movingtarget.errors import ConfigError
 from movingtarget.memory import InProcessStore
+from reference_store import ReferenceStore
 
 GOLDEN = 0x9E3779B97F4A7C15
 SLOTS = 1024  # a fresh store's table
@@ -58,10 +61,9 @@ def test_growing_keeps_a_run_that_wraps_around_the_end() -> None:
     assert len(store) == 700
 
 
-def test_large_batches_probe_one_slot_first_and_count_exactly() -> None:
-    """Batches of 512 keys or more first read each home slot alone (then windows): runs of
-    colliding keys, a run around the table's end, copies of one key and keys racing
-    for one empty slot must all count exactly, in lookups too."""
+def test_large_batches_with_collisions_and_copies_count_exactly() -> None:
+    """A batch that grows the table and holds runs of colliding keys, a run around the
+    table's end and copies of earlier keys counts exactly, in lookups too."""
     store = InProcessStore()
     slots = 4 * SLOTS  # 1,500 keys grow a fresh table to this size before probing
     first = keys_at_home(7, 300, salt=0, slots=slots)
@@ -103,3 +105,50 @@ def test_a_bounded_store_is_sized_for_its_capacity_and_does_not_grow() -> None:
     assert len(store._keys) == 262_144 and len(store) == 0
     with pytest.raises(ConfigError, match="capacity 1000000000000 needs a table of"):
         InProcessStore(capacity=10**12)
+
+
+# keys from a pool with 64-bit extremes, 0 and keys that collide at home in small tables
+POOL = sorted(
+    {0, 1, 2**63 - 1, 2**63, 2**64 - 1}
+    | set(keys_at_home(0, 40, salt=0))
+    | set(keys_at_home(SLOTS - 1, 40, salt=0))
+    | set(range(3, 1500))
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.sampled_from(POOL), min_size=1, max_size=400), min_size=1, max_size=8
+    ),
+    ttl=st.one_of(st.none(), st.integers(1, 900)),
+    capacity=st.one_of(st.none(), st.integers(1, 1200)),
+    step=st.integers(1, 3),
+)
+def test_the_table_matches_the_reference_through_growth_expiry_and_eviction(
+    batches: list[list[int]], ttl: int | None, capacity: int | None, step: int
+) -> None:
+    """Hundreds of distinct keys per batch grow a fresh 1,024-slot table (unbounded) or
+    evict (bounded); with a TTL, entries expire between and within batches. Every prior
+    count, lookup and size must equal the one-query-at-a-time reference."""
+    store, ref = InProcessStore(ttl=ttl, capacity=capacity), ReferenceStore(ttl, capacity)
+    t = 0
+    for batch in batches:
+        now = list(range(t, t + step * len(batch), step))
+        t += step * len(batch)
+        got = store.observe(np.array(batch, dtype=np.uint64), np.array(now))
+        assert got.tolist() == ref.observe(batch, now)
+    assert store.lookup(np.array(POOL, dtype=np.uint64)).tolist() == [ref.count(k) for k in POOL]
+    assert len(store) == len(ref.entries)
+
+
+def test_a_rebuild_inside_a_batch_keeps_entries_still_live_for_its_earlier_queries() -> None:
+    """A batch spanning times 5..904 grows the table; an entry first seen at 0 with a TTL
+    of 10 has expired for the batch's later queries but not for its first, at time 5,
+    which must still count it."""
+    store = InProcessStore(ttl=10)
+    assert store.observe(np.array([7], np.uint64), np.array([0])).tolist() == [0]
+    batch = np.arange(7, 907, dtype=np.uint64)  # key 7 first, then 899 new keys
+    prior = store.observe(batch, np.arange(5, 905))
+    assert len(store._keys) > SLOTS  # it grew inside this batch
+    assert prior.tolist() == [1] + [0] * 899

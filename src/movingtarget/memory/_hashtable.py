@@ -1,0 +1,107 @@
+"""The in-process store's hash table loops, compiled with numba.
+
+A table is an ``(slots, 3)`` int64 array, one row per slot: the key (its uint64 bits;
+0 marks an empty slot), the count and the first-seen time. Slots are found by
+Fibonacci hashing (the top bits of ``key * golden ratio``) and linear probing; the
+store keeps the load at most 0.6 and never deletes in place, so every probe ends.
+
+Probing is a loop that follows each key until it finds its slot, one key after the
+other in arrival order: numpy can only do it in rounds over the whole batch, whose
+per-call costs made it several times slower for the batches a gateway sees (tens to
+thousands of keys), and which needed a sort to count copies of a key in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numpy as np
+from numba import njit
+
+GOLDEN = 0x9E3779B97F4A7C15
+# 0 marks an empty slot, so a (2^-64-likely) zero digest is stored under this one
+ZERO_STANDIN = 0xD1B54A32D192ED03
+_GOLDEN = np.uint64(GOLDEN)
+_STANDIN = np.array([ZERO_STANDIN], np.uint64).view(np.int64)[0]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _compiled(signature: str) -> Callable[[F], F]:
+    """Compile eagerly for ``signature``, cached on disk where numba finds a writable
+    place (next to this file or in the user's cache); else compiled in each process."""
+
+    def wrap(fn: F) -> F:
+        try:
+            return cast(F, njit(signature, cache=True)(fn))
+        except RuntimeError:  # no writable cache location
+            return cast(F, njit(signature)(fn))
+
+    return wrap
+
+
+@_compiled("int64(int64[:, ::1], int64[::1], int64[::1], int64, int64, int64[::1])")
+def observe(table: Any, keys: Any, now: Any, ttl: int, bits: int, prior: Any) -> int:
+    """Record ``keys`` (int64 views of the digests) seen at times ``now``, in order;
+    write each key's count before it to ``prior``. An entry whose first-seen time is
+    ``ttl`` or more before ``now`` restarts (``ttl`` 0: never). Returns the number of
+    slots newly taken."""
+    mask = table.shape[0] - 1
+    shift = np.uint64(64 - bits)
+    taken = 0
+    for j in range(keys.shape[0]):
+        k = keys[j]
+        if k == 0:
+            k = _STANDIN
+        t = now[j]
+        i = np.int64((np.uint64(k) * _GOLDEN) >> shift)
+        while True:
+            held = table[i, 0]
+            if held == k:
+                count = table[i, 1]
+                if ttl > 0 and table[i, 2] <= t - ttl:
+                    count = 0
+                break
+            if held == 0:
+                table[i, 0] = k
+                taken += 1
+                count = 0
+                break
+            i = (i + 1) & mask
+        prior[j] = count
+        table[i, 1] = count + 1
+        if count == 0:
+            table[i, 2] = t
+    return taken
+
+
+@_compiled("void(int64[:, ::1], int64[::1], int64, int64[::1])")
+def find(table: Any, keys: Any, bits: int, slots: Any) -> None:
+    """Write each key's slot to ``slots``, or -1 where the key is not stored."""
+    mask = table.shape[0] - 1
+    shift = np.uint64(64 - bits)
+    for j in range(keys.shape[0]):
+        k = keys[j]
+        if k == 0:
+            k = _STANDIN
+        i = np.int64((np.uint64(k) * _GOLDEN) >> shift)
+        while table[i, 0] != k and table[i, 0] != 0:
+            i = (i + 1) & mask
+        slots[j] = i if table[i, 0] == k else -1
+
+
+@_compiled("void(int64[:, ::1], int64[:, ::1], int64)")
+def place(table: Any, rows: Any, bits: int) -> None:
+    """Write whole rows (distinct non-zero keys, with their count and time) into an
+    empty ``table``: a rebuild. Rows given in their old slot order land almost in
+    order in the new table, so the writes stream through memory."""
+    mask = table.shape[0] - 1
+    shift = np.uint64(64 - bits)
+    for j in range(rows.shape[0]):
+        i = np.int64((np.uint64(rows[j, 0]) * _GOLDEN) >> shift)
+        while table[i, 0] != 0:
+            i = (i + 1) & mask
+        table[i, 0] = rows[j, 0]
+        table[i, 1] = rows[j, 1]
+        table[i, 2] = rows[j, 2]
