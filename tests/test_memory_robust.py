@@ -10,6 +10,7 @@ import pytest
 
 from movingtarget import ConfigError
 from movingtarget.datasets import load_digits
+from movingtarget.errors import InputError
 from movingtarget.memory.calibration import TARGET_RATE, calibrate_robust, robust_stream_matches
 from movingtarget.memory.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore
@@ -128,3 +129,15 @@ def test_secret_and_size() -> None:
 def test_bad_settings_name_the_field(params: dict[str, float], field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         RobustFingerprint(**params)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("large", [False, True])
+def test_non_finite_values_are_input_errors(bad: float, large: bool) -> None:
+    """Wherever the bad value sits, also after values too large for the float32 path."""
+    x = np.random.default_rng(2).random((20, 64)).astype(np.float32)
+    if large:
+        x[3, 5] = 1e9
+    x[17, 40] = bad
+    with pytest.raises(InputError, match="NaN or infinite"):
+        RobustFingerprint(secret=b"k").fingerprint(x)

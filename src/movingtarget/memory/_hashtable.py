@@ -13,11 +13,11 @@ thousands of keys), and which needed a sort to count copies of a key in one batc
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numpy as np
-from numba import njit
+
+from movingtarget._numba import compiled
 
 GOLDEN = 0x9E3779B97F4A7C15
 # 0 marks an empty slot, so a (2^-64-likely) zero digest is stored under this one
@@ -25,23 +25,8 @@ ZERO_STANDIN = 0xD1B54A32D192ED03
 _GOLDEN = np.uint64(GOLDEN)
 _STANDIN = np.array([ZERO_STANDIN], np.uint64).view(np.int64)[0]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-def _compiled(signature: str) -> Callable[[F], F]:
-    """Compile eagerly for ``signature``, cached on disk where numba finds a writable
-    place (next to this file or in the user's cache); else compiled in each process."""
-
-    def wrap(fn: F) -> F:
-        try:
-            return cast(F, njit(signature, cache=True)(fn))
-        except RuntimeError:  # no writable cache location
-            return cast(F, njit(signature)(fn))
-
-    return wrap
-
-
-@_compiled("int64(int64[:, ::1], int64[::1], int64[::1], int64, int64, int64[::1])")
+@compiled("int64(int64[:, ::1], int64[::1], int64[::1], int64, int64, int64[::1])")
 def observe(table: Any, keys: Any, now: Any, ttl: int, bits: int, prior: Any) -> int:
     """Record ``keys`` (int64 views of the digests) seen at times ``now``, in order;
     write each key's count before it to ``prior``. An entry whose first-seen time is
@@ -76,7 +61,7 @@ def observe(table: Any, keys: Any, now: Any, ttl: int, bits: int, prior: Any) ->
     return taken
 
 
-@_compiled("void(int64[:, ::1], int64[::1], int64, int64[::1])")
+@compiled("void(int64[:, ::1], int64[::1], int64, int64[::1])")
 def find(table: Any, keys: Any, bits: int, slots: Any) -> None:
     """Write each key's slot to ``slots``, or -1 where the key is not stored."""
     mask = table.shape[0] - 1
@@ -91,7 +76,7 @@ def find(table: Any, keys: Any, bits: int, slots: Any) -> None:
         slots[j] = i if table[i, 0] == k else -1
 
 
-@_compiled("void(int64[:, ::1], int64[:, ::1], int64)")
+@compiled("void(int64[:, ::1], int64[:, ::1], int64)")
 def place(table: Any, rows: Any, bits: int) -> None:
     """Write whole rows (distinct non-zero keys, with their count and time) into an
     empty ``table``: a rebuild. Rows given in their old slot order land almost in

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 
 from movingtarget._threads import one_blas_thread
 from movingtarget.errors import ConfigError, InputError
-from movingtarget.memory.fingerprints import _M1, _M2, _mix64_inplace, secret_from_env
+from movingtarget.memory.fingerprints import _M1, _M2, secret_from_env
 
 _CHUNK_ROWS = 256  # rows per step: the working set stays in the CPU caches
 
@@ -174,38 +174,27 @@ class RobustFingerprint:
             return self._fingerprint_np(flat, p)
 
     def _fingerprint_np(self, flat: NDArray[np.float32], p: _Params) -> NDArray[np.uint64]:
+        from movingtarget.memory import _bandhash as loops  # numba loads on first use
+
         out = np.empty((len(flat), self.bands), dtype=np.uint64)
-        buf = np.empty((min(len(flat), _CHUNK_ROWS), flat.shape[1]), dtype=np.float32)
+        flat = np.ascontiguousarray(flat)
+        # one cache-sized buffer for the grid: never a fresh array per batch
+        grid = np.empty((min(len(flat), _CHUNK_ROWS), flat.shape[1]), dtype=np.float32)
         scale = np.float32(p.inv_resolution)
         for start in range(0, len(flat), _CHUNK_ROWS):
             block = flat[start : start + _CHUNK_ROWS]
-            # max and min propagate NaN and infinity: one check for both, no temporary
-            hi, lo = float(block.max(initial=0.0)), float(block.min(initial=0.0))
-            if not (math.isfinite(hi) and math.isfinite(lo)):
+            status = loops.to_grid(block, scale, p.exact32, grid[: len(block)])
+            if status == loops.NOT_FINITE:
                 raise InputError("queries hold NaN or infinite values")
-            if max(hi, -lo) * p.inv_resolution + 1 <= p.exact32:
-                # in place, in a cache-sized buffer: the grid is never a fresh array
-                grid = buf[: len(block)]
-                np.multiply(block, scale, out=grid)  # exact: a power-of-two scaling
-                np.rint(grid, out=grid)
-                # projections by column: (bands * rows, n), see _ByRow
-                proj = (p.by_row.directions32 @ grid.T).astype(np.int64)  # exact integers
+            if status == loops.FINITE:  # float32 products are exact integers here
+                proj: NDArray[np.floating[Any]] = grid[: len(block)] @ p.directions32
             else:
                 grid64 = np.clip(np.rint(block * p.inv_resolution), -p.clip, p.clip)
-                proj = (p.by_row.directions @ grid64.T).astype(np.int64)
-            proj += p.by_row.offsets
-            proj //= p.cell  # integer floor division
-            out[start : start + _CHUNK_ROWS] = self._band_keys_np(proj, p).T
+                proj = grid64 @ p.directions
+            loops.band_keys(
+                proj, p.offsets, p.cell, p.row_keys, p.band_salts, out[start : start + len(block)]
+            )
         return out
-
-    def _band_keys_np(self, z: NDArray[np.int64], p: _Params) -> NDArray[np.uint64]:
-        """Band keys ``(bands, n)`` of the cells ``z`` ``(bands * rows, n)`` in
-        :class:`_ByRow` order, which are overwritten (hashed in place)."""
-        cells = z.view(np.uint64).reshape(self.rows, self.bands, z.shape[1])
-        cells *= p.by_row.row_keys
-        h = cells.sum(axis=0)
-        h ^= p.by_row.band_salts
-        return _mix64_inplace(h)
 
     def _fingerprint_torch(self, x: Any) -> NDArray[np.uint64]:
         from movingtarget.models.torch import require_torch
@@ -276,21 +265,3 @@ class _Params:
         self.row_keys |= np.uint64(1)  # odd keys: multiplication is a bijection
         # band salts make equal cells in different bands give different keys
         self.band_salts = rng.integers(0, 2**63, size=fp.bands, dtype=np.uint64)
-        self.by_row = _ByRow(self, fp.bands, fp.rows)
-
-
-class _ByRow:
-    """The numpy path's layout of the projection constants: transposed, so a batch's
-    projections come out as ``(bands * rows, n)``, and ordered by row (row 0 of every
-    band, then row 1, ...), so a band's rows are summed by adding whole contiguous
-    ``(bands, n)`` blocks, several times quicker in numpy than short sums along the
-    last axis. The digests are the same as the torch path's band-major order."""
-
-    def __init__(self, p: _Params, bands: int, rows: int) -> None:
-        # band-major column b * rows + r goes to row-major position r * bands + b
-        order = np.arange(bands * rows).reshape(bands, rows).T.reshape(-1)
-        self.directions = np.ascontiguousarray(p.directions[:, order].T)
-        self.directions32 = np.ascontiguousarray(p.directions32[:, order].T)
-        self.offsets = p.offsets[order, None]
-        self.row_keys = np.ascontiguousarray(p.row_keys.T[:, :, None])
-        self.band_salts = p.band_salts[:, None]
