@@ -26,7 +26,7 @@ def keys_at_home(slot: int, n: int, salt: int, slots: int = SLOTS) -> list[int]:
     return [(inverse * ((slot << shift) + salt + i)) % (1 << 64) for i in range(n)]
 
 
-def test_collisions_longer_than_a_window_and_around_the_end_count_exactly() -> None:
+def test_long_runs_of_collisions_and_around_the_end_count_exactly() -> None:
     store = InProcessStore()
     assert len(store._keys) == SLOTS  # the crafted homes assume a fresh table
     # 40 keys share home slot 5 and 40 share the last slot, whose run wraps to slot 0
@@ -50,7 +50,7 @@ def test_growing_keeps_a_run_that_wraps_around_the_end() -> None:
     # grows, the run of 600 keys starts at its last slot and continues at its start
     run = np.array(keys_at_home(grown - 1, 600, salt=0, slots=grown), np.uint64)
     more = np.array(keys_at_home(0, 100, salt=0), np.uint64)  # where the run wraps to
-    # in batches of a few keys: in one batch, keys of one home take one round each
+    # in batches of a few keys, so the table grows between batches, not inside one
     for i in range(0, 600, 30):
         assert store.observe(run[i : i + 30], np.zeros(30, np.int64)).tolist() == [0] * 30
     assert store.observe(more, np.ones(100, np.int64)).tolist() == [0] * 100

@@ -46,13 +46,17 @@ def band_keys(proj: Any, offsets: Any, cell: int, row_keys: Any, salts: Any, out
     ``(n, bands * rows)``, band-major: cell ``floor((proj + offset) / cell)`` per row,
     summed times the band's row keys modulo 2^64, salted, then the splitmix64 finaliser."""
     bands, rows = row_keys.shape
+    # floor of a float64 quotient is exact for integers below 2^53 (a true quotient
+    # short of an integer by at least 1 / cell cannot round up to it), and several
+    # times quicker than integer division
+    width = np.float64(cell)
     for q in range(proj.shape[0]):
         for b in range(bands):
             h = np.uint64(0)
             for r in range(rows):
                 j = b * rows + r
-                z = np.int64(proj[q, j]) + offsets[j]
-                h += np.uint64(z // cell) * row_keys[b, r]
+                z = np.float64(proj[q, j]) + np.float64(offsets[j])
+                h += np.uint64(np.int64(np.floor(z / width))) * row_keys[b, r]
             h ^= salts[b]
             h ^= h >> _S30
             h *= _MIX1
