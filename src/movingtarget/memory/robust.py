@@ -30,8 +30,9 @@ inputs many shared windows; a projection averages the noise over every pixel.
 Exactness: inputs are read on a fixed grid (``resolution``) and the directions are
 random signs (+1 or -1), so every projection is an exact integer: in float32 when
 every partial sum stays below 2^24 (8-bit-like images: twice the speed), else in
-float64 (below 2^53), whatever order BLAS adds in; the quantization is integer floor
-division. The numpy path and the torch path (CPU or GPU) give identical digests.
+float64 (below 2^53), whatever order BLAS adds in; the quantization is an exact floor
+division. The numpy path (with its per-value steps compiled, see ``_bandhash``) and the
+torch path (CPU or GPU) give identical digests.
 """
 
 from __future__ import annotations
