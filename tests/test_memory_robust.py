@@ -4,6 +4,7 @@ and the numpy and torch paths give the same digests."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -141,3 +142,9 @@ def test_non_finite_values_are_input_errors(bad: float, large: bool) -> None:
     x[17, 40] = bad
     with pytest.raises(InputError, match="NaN or infinite"):
         RobustFingerprint(secret=b"k").fingerprint(x)
+
+
+def test_a_fingerprint_pickles_to_the_same_digests() -> None:
+    fp = RobustFingerprint(secret=b"k")
+    x = np.random.default_rng(1).random((5, 64)).astype(np.float32)
+    assert (pickle.loads(pickle.dumps(fp)).fingerprint(x) == fp.fingerprint(x)).all()

@@ -5,6 +5,8 @@ table must agree with the reference semantics through growth, expiry and evictio
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -152,3 +154,12 @@ def test_a_rebuild_inside_a_batch_keeps_entries_still_live_for_its_earlier_queri
     prior = store.observe(batch, np.arange(5, 905))
     assert len(store._keys) > SLOTS  # it grew inside this batch
     assert prior.tolist() == [1] + [0] * 899
+
+
+def test_a_store_pickles_with_its_counts() -> None:
+    """Defenses holding a store can be sent to worker processes or saved."""
+    store = InProcessStore(ttl=100)
+    store.observe(np.array([3, 4, 3], np.uint64), np.arange(3))
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.observe(np.array([3, 5], np.uint64), np.array([3, 4])).tolist() == [2, 0]
+    assert store.lookup(np.array([3, 5], np.uint64)).tolist() == [2, 0]  # the original

@@ -37,8 +37,10 @@ torch path (CPU or GPU) give identical digests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,14 @@ from movingtarget.errors import ConfigError, InputError
 from movingtarget.memory.fingerprints import _M1, _M2, secret_from_env
 
 _CHUNK_ROWS = 256  # rows per step: the working set stays in the CPU caches
+
+
+@functools.cache
+def _band_loops() -> ModuleType:
+    # numba loads with the first fingerprint object, not with this module
+    from movingtarget.memory import _bandhash
+
+    return _bandhash
 
 
 def _signed(v: int) -> int:
@@ -144,6 +154,7 @@ class RobustFingerprint:
             "little",
         )
         self._params: dict[int, _Params] = {}
+        _band_loops()  # load (or compile) them now, not on the first query
         self._torch: dict[tuple[int, str], tuple[Any, ...]] = {}
 
     @property
@@ -175,8 +186,7 @@ class RobustFingerprint:
             return self._fingerprint_np(flat, p)
 
     def _fingerprint_np(self, flat: NDArray[np.float32], p: _Params) -> NDArray[np.uint64]:
-        from movingtarget.memory import _bandhash as loops  # numba loads on first use
-
+        loops = _band_loops()
         out = np.empty((len(flat), self.bands), dtype=np.uint64)
         flat = np.ascontiguousarray(flat)
         # one cache-sized buffer for the grid: never a fresh array per batch

@@ -5,6 +5,7 @@ One interface, several back ends. Stores keep keyed hashes, never raw inputs.
 
 from __future__ import annotations
 
+import functools
 import math
 from types import ModuleType
 from typing import Protocol, runtime_checkable
@@ -117,7 +118,7 @@ class InProcessStore:
             raise ConfigError(f"store capacity must be a positive integer, got {capacity!r}")
         self.ttl = ttl
         self.capacity = capacity
-        self._loops = _compiled_loops()
+        _table_loops()  # load (or compile) them now, not on the first query
         self._clock = np.iinfo(np.int64).min
         # a bounded store is sized for its capacity at once, so it does not stall a batch
         # to grow (unless one batch overshoots the capacity by more than the load's
@@ -145,7 +146,7 @@ class InProcessStore:
         # rows in their old slot order land nearly in order in the new table
         rows = self._table[keep]
         self._allocate(slots)
-        self._loops.place(self._table, rows, self._bits)
+        _table_loops().place(self._table, rows, self._bits)
         self._used = len(rows)
 
     def _live(self, now: int | None = None) -> NDArray[np.int64]:
@@ -178,7 +179,7 @@ class InProcessStore:
 
     def _slots(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
         slots = np.empty(len(keys), dtype=np.int64)
-        self._loops.find(self._table, _as_int64(keys), self._bits, slots)
+        _table_loops().find(self._table, _as_int64(keys), self._bits, slots)
         return slots
 
     # -- the Store interface -------------------------------------------------------
@@ -193,7 +194,7 @@ class InProcessStore:
         self._clock = max(self._clock, int(now.max()))
         self._reserve(len(signed), int(now.min()))  # the table stays put for the batch
         ttl = _NO_TTL if self.ttl is None else self.ttl
-        self._used += self._loops.observe(self._table, signed, now, ttl, self._bits, prior)
+        self._used += _table_loops().observe(self._table, signed, now, ttl, self._bits, prior)
         if self.capacity is not None and self._used > self.capacity:
             self._evict()
         return prior
@@ -226,9 +227,11 @@ class InProcessStore:
         return int(self._table.nbytes)
 
 
-def _compiled_loops() -> ModuleType:
+@functools.cache
+def _table_loops() -> ModuleType:
     # imported with the first store: numba and the compiled loops take a few tenths of a
-    # second to load, which commands that keep no memory should not pay
+    # second to load, which commands that keep no memory should not pay (and a module
+    # held by the store would make it unpicklable)
     from movingtarget.memory import _hashtable
 
     return _hashtable
