@@ -148,3 +148,15 @@ def test_a_fingerprint_pickles_to_the_same_digests() -> None:
     fp = RobustFingerprint(secret=b"k")
     x = np.random.default_rng(1).random((5, 64)).astype(np.float32)
     assert (pickle.loads(pickle.dumps(fp)).fingerprint(x) == fp.fingerprint(x)).all()
+
+
+def test_band_keys_are_pinned() -> None:
+    """Persisted near-repeat memories match only while band keys stay the same: the
+    numpy code computed these values before the loops were compiled; a change here
+    orphans every stored memory."""
+    x = (np.arange(3 * 64, dtype=np.float32).reshape(3, 64) - 50) / 7
+    keys = RobustFingerprint(secret=b"pinned").fingerprint(x)[:, :2].ravel().tolist()
+    assert keys == [
+        0xAF10D64246F5D36C, 0x3FE45EA0C3706F66, 0xA50E873A11382DD3,
+        0xBACEB2F3BCCABBCA, 0xCCB4A07AC09916CA, 0xD5FA85B5E76C774C,
+    ]  # fmt: skip

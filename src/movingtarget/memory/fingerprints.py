@@ -8,9 +8,11 @@ digest reveals nothing useful about the input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +29,16 @@ _COMBINE = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93],
     dtype=np.uint64,
 )
+
+
+@functools.cache
+def _loops() -> ModuleType:
+    # the compiled loops load with the first fingerprint object, not with this module
+    # (numba takes a few tenths of a second), and are not held by fingerprint objects,
+    # which stay picklable
+    from movingtarget.memory import _fingerprint_loops
+
+    return _fingerprint_loops
 
 
 def secret_from_env(secret: bytes | str | None = None) -> bytes:
@@ -62,9 +74,7 @@ def _mix64(h: NDArray[np.uint64]) -> NDArray[np.uint64]:
     return _mix64_inplace(np.array(h, dtype=np.uint64))
 
 
-_SMALL = 8
 _MASK = (1 << 64) - 1
-_COMBINE_INT = [int(c) for c in _COMBINE]
 _M1, _M2 = int(_MIX1), int(_MIX2)
 
 
@@ -72,6 +82,10 @@ def _mix64_int(h: int) -> int:
     h = ((h ^ (h >> 30)) * _M1) & _MASK
     h = ((h ^ (h >> 27)) * _M2) & _MASK
     return h ^ (h >> 31)
+
+
+# up to this many 16-bit chunks in a batch, the compiled loop beats the BLAS product
+_LOOP_CHUNKS = 1 << 15
 
 
 class Fingerprint(Protocol):
@@ -118,7 +132,9 @@ class ExactFingerprint:
             "little",
         )
         self._keys: dict[int, NDArray[np.float64]] = {}
+        self._int_keys: dict[int, NDArray[np.int64]] = {}
         self._local = threading.local()
+        _loops()  # load (or compile) them now, not on the first query
 
     def _lane_keys(self, n_chunks: int) -> NDArray[np.float64]:
         keys = self._keys.get(n_chunks)
@@ -131,16 +147,6 @@ class ExactFingerprint:
             keys = rng.integers(1, 2**bits, size=(n_chunks, 4)).astype(np.float64)
             self._keys[n_chunks] = keys
         return keys
-
-    @staticmethod
-    def _small(lanes: NDArray[np.float64]) -> NDArray[np.uint64]:
-        # the same digest as the batch path, in Python ints: cheaper for a few rows
-        c0, c1, c2, c3 = _COMBINE_INT
-        out = [
-            _mix64_int((int(a) * c0 + int(b) * c1 + int(c) * c2 + int(d) * c3) & _MASK)
-            for a, b, c, d in lanes.tolist()
-        ]
-        return np.array(out, dtype=np.uint64)
 
     def _buffers(self, rows: int, n_chunks: int) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
         # reused per thread: fresh multi-MB temporaries would be page-faulted in on every
@@ -156,10 +162,15 @@ class ExactFingerprint:
         flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         n_chunks = 2 * flat.shape[1]
         keys = self._lane_keys(n_chunks)
-        if len(flat) <= _SMALL:
+        if len(flat) * n_chunks <= _LOOP_CHUNKS:
             # adding +0.0 folds -0.0 into +0.0, as canonical() does
-            chunks = (flat + np.float32(0.0)).view(np.uint16)
-            return self._small(chunks.astype(np.float64) @ keys)
+            chunks = np.ascontiguousarray(flat + np.float32(0.0)).view(np.uint16)
+            int_keys = self._int_keys.get(n_chunks)
+            if int_keys is None:
+                int_keys = self._int_keys.setdefault(n_chunks, keys.astype(np.int64))
+            out = np.empty(len(flat), dtype=np.uint64)
+            _loops().exact_digests(chunks, int_keys, _COMBINE, out)
+            return out
         rows = min(_CHUNK_ROWS, max(1, _BLOCK_VALUES // n_chunks))
         out = np.empty(len(flat), dtype=np.uint64)
         with one_blas_thread():

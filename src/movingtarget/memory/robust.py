@@ -31,16 +31,14 @@ Exactness: inputs are read on a fixed grid (``resolution``) and the directions a
 random signs (+1 or -1), so every projection is an exact integer: in float32 when
 every partial sum stays below 2^24 (8-bit-like images: twice the speed), else in
 float64 (below 2^53), whatever order BLAS adds in; the quantization is an exact floor
-division. The numpy path (with its per-value steps compiled, see ``_bandhash``) and the
+division. The numpy path (with its per-value steps compiled, see ``_fingerprint_loops``) and the
 torch path (CPU or GPU) give identical digests.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -48,17 +46,9 @@ from numpy.typing import NDArray
 
 from movingtarget._threads import one_blas_thread
 from movingtarget.errors import ConfigError, InputError
-from movingtarget.memory.fingerprints import _M1, _M2, secret_from_env
+from movingtarget.memory.fingerprints import _M1, _M2, _loops, secret_from_env
 
 _CHUNK_ROWS = 256  # rows per step: the working set stays in the CPU caches
-
-
-@functools.cache
-def _band_loops() -> ModuleType:
-    # numba loads with the first fingerprint object, not with this module
-    from movingtarget.memory import _bandhash
-
-    return _bandhash
 
 
 def _signed(v: int) -> int:
@@ -154,7 +144,7 @@ class RobustFingerprint:
             "little",
         )
         self._params: dict[int, _Params] = {}
-        _band_loops()  # load (or compile) them now, not on the first query
+        _loops()  # load (or compile) them now, not on the first query
         self._torch: dict[tuple[int, str], tuple[Any, ...]] = {}
 
     @property
@@ -186,7 +176,7 @@ class RobustFingerprint:
             return self._fingerprint_np(flat, p)
 
     def _fingerprint_np(self, flat: NDArray[np.float32], p: _Params) -> NDArray[np.uint64]:
-        loops = _band_loops()
+        loops = _loops()
         out = np.empty((len(flat), self.bands), dtype=np.uint64)
         flat = np.ascontiguousarray(flat)
         # one cache-sized buffer for the grid: never a fresh array per batch

@@ -1,9 +1,10 @@
-"""The robust fingerprint's per-value steps, compiled with numba: reading queries onto
-the grid, and turning projections into band keys.
+"""The fingerprints' per-value steps, compiled with numba: the exact digest of a few
+queries, and the robust fingerprint's reading onto the grid and band hashing.
 
-Both are short arithmetic on each value that numpy would run as a dozen whole-array
-passes (each with its own temporary); one loop does them in one pass. The projection
-itself stays a BLAS matrix product.
+Each is short integer arithmetic on every value that numpy would run as a dozen
+whole-array passes (each with its own temporary); one loop does it in one pass. The
+robust projection itself, and the exact digests of large batches, stay BLAS matrix
+products.
 """
 
 from __future__ import annotations
@@ -19,6 +20,36 @@ _MIX1, _MIX2 = np.uint64(_M1), np.uint64(_M2)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
 FINITE, NOT_FINITE, TOO_LARGE = 0, 1, 2
+
+
+@compiled("uint64(uint64)")
+def mix64(h: Any) -> Any:
+    """The splitmix64 finaliser: every input bit reaches every output bit."""
+    h ^= h >> _S30
+    h *= _MIX1
+    h ^= h >> _S27
+    h *= _MIX2
+    h ^= h >> _S31
+    return h
+
+
+@compiled("void(uint16[:, ::1], int64[:, ::1], uint64[::1], uint64[::1])")
+def exact_digests(chunks: Any, keys: Any, combine: Any, out: Any) -> None:
+    """Digests ``out`` of queries given as 16-bit chunks ``(n, n_chunks)``: four lanes
+    ``sum_j keys[j, lane] * chunk_j`` (exact: the keys keep every sum below 2^53),
+    folded by ``combine`` modulo 2^64, then the finaliser (as the batch path computes
+    with float64 products)."""
+    for i in range(chunks.shape[0]):
+        a0 = a1 = a2 = a3 = np.int64(0)
+        for j in range(chunks.shape[1]):
+            c = np.int64(chunks[i, j])
+            a0 += c * keys[j, 0]
+            a1 += c * keys[j, 1]
+            a2 += c * keys[j, 2]
+            a3 += c * keys[j, 3]
+        h = np.uint64(a0) * combine[0] + np.uint64(a1) * combine[1]
+        h += np.uint64(a2) * combine[2] + np.uint64(a3) * combine[3]
+        out[i] = mix64(h)
 
 
 @compiled("int64(float32[:, ::1], float32, float32, float32[:, ::1])")
@@ -57,10 +88,4 @@ def band_keys(proj: Any, offsets: Any, cell: int, row_keys: Any, salts: Any, out
                 j = b * rows + r
                 z = np.float64(proj[q, j]) + np.float64(offsets[j])
                 h += np.uint64(np.int64(np.floor(z / width))) * row_keys[b, r]
-            h ^= salts[b]
-            h ^= h >> _S30
-            h *= _MIX1
-            h ^= h >> _S27
-            h *= _MIX2
-            h ^= h >> _S31
-            out[q, b] = h
+            out[q, b] = mix64(h ^ salts[b])
