@@ -111,8 +111,10 @@ class ExactFingerprint:
     The bytes are read as 16-bit chunks ``c_j`` and hashed with four independent
     keyed lanes ``sum_j a_j c_j`` (multilinear hashing, keys ``a_j`` < 2^20 drawn
     from the secret). Every partial sum stays below 2^53, so a float64 matrix
-    product computes it *exactly*, whatever order BLAS adds in; two different
-    queries collide on all four lanes with probability at most 2^-80 over the key.
+    product computes it *exactly*, whatever order BLAS adds in (large batches), as
+    does a compiled integer loop (small batches, where the product's fixed costs
+    dominate); two different queries collide on all four lanes with probability at
+    most 2^-80 over the key.
 
     Examples
     --------
