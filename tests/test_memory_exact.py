@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,3 +102,25 @@ def test_in_process_store_grows_past_many_keys_and_keeps_counts() -> None:
     assert (store.observe(keys[::-1], np.arange(len(keys))) == 1).all()
     assert len(store) == len(keys)
     assert store.lookup(np.array([0, 7], dtype=np.uint64)).tolist() == [0, 0]
+
+
+class Half:
+    """A two-class model answering 0.7 for class 1 (module level, so it pickles)."""
+
+    n_classes = 2
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.tile([0.3, 0.7], (len(x), 1))
+
+
+def test_a_memorizing_defense_pickles_and_keeps_its_memory() -> None:
+    """Exact fingerprints drop their per-thread scratch buffers when pickled, so a
+    defense with exact memorization can be copied to another process or saved."""
+    from movingtarget.defenses import build_defense
+
+    x = np.random.default_rng(5).random((300, 64)).astype(np.float32)  # BLAS path
+    d = build_defense("memorize-abstain", Half())
+    d.answer(x)
+    copy = pickle.loads(pickle.dumps(d))
+    assert (copy.answer(x).labels == -1).all()  # every query remembered
+    assert (copy.answer(x[:1] + 1).labels == 1).all()

@@ -138,6 +138,16 @@ class ExactFingerprint:
         self._local = threading.local()
         _loops()  # load (or compile) them now, not on the first query
 
+    def __getstate__(self) -> dict[str, object]:
+        # the per-thread buffers are scratch space: a copy makes its own
+        state = dict(self.__dict__)
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     def _lane_keys(self, n_chunks: int) -> NDArray[np.float64]:
         keys = self._keys.get(n_chunks)
         if keys is None:
