@@ -18,6 +18,7 @@ from movingtarget.gateway.keys import KeyLimits, KeyStore, open_keys, token_dige
 from movingtarget.gateway.limits import BucketState, charge
 from movingtarget.gateway.problems import Problem
 from movingtarget.memory._redis_launcher import RedisServer
+from together import at_once
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -69,6 +70,25 @@ def test_bucket_and_quota_refuse_with_retry_after(keys: KeyStore):
     with pytest.raises(Problem) as over:
         keys.authorize(token_digest(quota), 1)
     assert over.value.kind == "quota-limited"
+
+
+def test_many_openers_of_one_new_sqlite_key_store_all_get_in(tmp_path: Path) -> None:
+    """Replicas started together open one fresh key database at once: each must get in
+    (switching a new file to WAL used to fail at once for all but one of them)."""
+    for trial in range(100):
+        url = f"sqlite:///{tmp_path / f'keys-{trial}.db'}"
+
+        def open_and_create(i: int, url: str = url) -> None:
+            store = open_keys(url)
+            try:
+                store.create(f"replica-{i}", KeyLimits())
+            finally:
+                store.close()
+
+        assert at_once(4, open_and_create) == [], f"trial {trial}"
+    store = open_keys(f"sqlite:///{tmp_path / 'keys-99.db'}")
+    assert sorted(k.name for k in store.list_keys()) == [f"replica-{i}" for i in range(4)]
+    store.close()
 
 
 def test_feedback_round_trip(keys: KeyStore):

@@ -29,6 +29,7 @@ from movingtarget.memory import ExactFingerprint, InProcessStore, SQLiteStore, S
 from movingtarget.memory._redis_launcher import RedisServer
 from movingtarget.memory.redis_store import CHUNK, RedisStore
 from reference_store import ReferenceStore
+from together import at_once
 
 KINDS = ("memory", "sqlite", "redis")
 MakeStore = Callable[..., Store]
@@ -342,6 +343,23 @@ def test_sqlite_keeps_every_acknowledged_key_through_kill_9(tmp_path: Path) -> N
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
+
+
+def test_many_openers_of_one_new_sqlite_file_all_get_in(tmp_path: Path) -> None:
+    """Replicas started together open one fresh file at once. Switching it to WAL takes a
+    lock SQLite does not wait for, so without retries some openers failed at once with
+    "database is locked" (about one opener in 40 here). Four threads, each with its own
+    connection, open each of 100 new files at the same moment; all must get in."""
+    for trial in range(100):
+        path = tmp_path / f"fresh-{trial}.db"
+
+        def open_and_write(i: int, path: Path = path) -> None:
+            with SQLiteStore(path) as store:
+                store.observe(u64(i + 1), np.zeros(1, np.int64))
+
+        assert at_once(4, open_and_write) == [], f"trial {trial}"
+    with SQLiteStore(tmp_path / "fresh-99.db") as store:
+        assert len(store) == 4
 
 
 _SAME_KEYS = """

@@ -11,6 +11,7 @@ from typing import Any
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
 from movingtarget.gateway.limits import BucketState, charge, over_limit
+from movingtarget.memory.sqlite_store import enter_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -67,7 +68,7 @@ class SQLiteKeyStore:
             self._db = sqlite3.connect(
                 str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            enter_wal(self._db, timeout=10.0)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:

@@ -23,6 +23,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,27 @@ def check_namespace(namespace: str, where: str) -> str:
             f"{where}: namespace must be 1-64 letters, digits or underscores, got {namespace!r}"
         )
     return namespace
+
+
+def enter_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch ``conn``'s database to WAL mode, retrying for up to ``timeout`` seconds.
+
+    Switching a fresh file takes a lock that SQLite does not wait for: when several
+    processes open one new file at once (replicas started together), all but one get
+    "database is locked" at once, whatever the connection's own timeout.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as err:
+            busy = "locked" in str(err) or "busy" in str(err)
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 class SQLiteStore(ClosedOnExit):
@@ -152,7 +174,7 @@ class SQLiteStore(ClosedOnExit):
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            enter_wal(conn, self.timeout)
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
