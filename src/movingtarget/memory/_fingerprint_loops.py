@@ -33,6 +33,13 @@ def mix64(h: Any) -> Any:
     return h
 
 
+@compiled("void(uint64[::1])")
+def mix64_inplace(h: Any) -> None:
+    """The finaliser on every value of ``h``, in place."""
+    for i in range(h.shape[0]):
+        h[i] = mix64(h[i])
+
+
 @compiled("void(uint16[:, ::1], int64[:, ::1], uint64[::1], uint64[::1])")
 def exact_digests(chunks: Any, keys: Any, combine: Any, out: Any) -> None:
     """Digests ``out`` of queries given as 16-bit chunks ``(n, n_chunks)``: four lanes

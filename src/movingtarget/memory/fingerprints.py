@@ -8,7 +8,6 @@ digest reveals nothing useful about the input.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import threading
@@ -18,12 +17,13 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._numba import loops
 from movingtarget._threads import one_blas_thread
 
 _CHUNK_ROWS = 4096
 _BLOCK_VALUES = 1 << 19  # float64 values in one block: 4 MB, reused
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
+# splitmix64's multipliers
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 # odd constants that fold the four lanes into one word before the final mix
 _COMBINE = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93],
@@ -31,14 +31,8 @@ _COMBINE = np.array(
 )
 
 
-@functools.cache
 def _loops() -> ModuleType:
-    # the compiled loops load with the first fingerprint object, not with this module
-    # (numba takes a few tenths of a second), and are not held by fingerprint objects,
-    # which stay picklable
-    from movingtarget.memory import _fingerprint_loops
-
-    return _fingerprint_loops
+    return loops("movingtarget.memory._fingerprint_loops")
 
 
 def secret_from_env(secret: bytes | str | None = None) -> bytes:
@@ -56,16 +50,10 @@ def canonical(x: NDArray[np.generic]) -> NDArray[np.float32]:
     return flat + np.float32(0.0)
 
 
-_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
-
-
 def _mix64_inplace(h: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    """splitmix64 finaliser (every input bit reaches every output bit), in place."""
-    h ^= h >> _S30
-    h *= _MIX1
-    h ^= h >> _S27
-    h *= _MIX2
-    h ^= h >> _S31
+    """splitmix64 finaliser (every input bit reaches every output bit) on a contiguous
+    1-d array, in place (the compiled one the fingerprint loops use)."""
+    _loops().mix64_inplace(h)
     return h
 
 
@@ -75,7 +63,6 @@ def _mix64(h: NDArray[np.uint64]) -> NDArray[np.uint64]:
 
 
 _MASK = (1 << 64) - 1
-_M1, _M2 = int(_MIX1), int(_MIX2)
 
 
 def _mix64_int(h: int) -> int:
