@@ -73,7 +73,8 @@ def defense_rows(label: str, model: object, x: np.ndarray, batch: int) -> list[s
 
 def arena_row(label: str, model: object, split: object, defense: str, queries: int) -> str:
     x, y = split.x_test, split.y_test  # type: ignore[attr-defined]
-    cfg = ArenaConfig(queries=queries, benign_ratio=1.0, adversary_batch=8192)
+    # throughput only: benign users may cycle through the small pool
+    cfg = ArenaConfig(queries=queries, benign_ratio=1.0, adversary_batch=8192, benign_repeats=True)
 
     def go() -> None:
         d = build_defense(defense, model, seed=0)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from movingtarget import ABSTAIN, ConfigError, DataError
-from movingtarget.arena import ADVERSARY_CLIENT, Arena, ArenaConfig, EventLog
+from movingtarget.arena import ADVERSARY_CLIENT, Arena, ArenaConfig, BenignTraffic, EventLog
 from movingtarget.attacks import (
     NoisyRepeatAttack,
     RateTrackingAttack,
@@ -17,6 +17,15 @@ from movingtarget.attacks import (
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
 from movingtarget.models import build_model
+
+
+class _Constant:
+    """A model that answers class 1 with confidence 0.7 for every input."""
+
+    n_classes = 2
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.tile([0.3, 0.7], (len(x), 1))
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +73,58 @@ def test_benign_traffic_has_legitimate_duplicates(digits) -> None:
     assert abs(dup - 0.2) <= 3 * se + 0.01  # 0.01: a duplicate may hit an earlier duplicate
     # exact memorization refuses those legitimate duplicates: the cost it pays
     assert (benign.answer == ABSTAIN).mean() > 0.1
+
+
+def _small_pool(n: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.random.default_rng(3).random((n, 4)).astype(np.float32)
+    return x, np.arange(n, dtype=np.int64) % 2
+
+
+def test_benign_stream_larger_than_its_pool_is_refused() -> None:
+    x, y = _small_pool(270)
+    attacker = TestSetAttack(x, y, 2, seed=0)
+    arena = Arena(ArenaConfig(queries=10_000, benign_ratio=0.04))
+    with pytest.raises(ConfigError) as err:
+        arena.run(build_defense("memorize-abstain", _Constant()), [attacker], x, y)
+    text = str(err.value)
+    for part in ("400 benign queries", "queries 10000 x benign_ratio 0.04", "holds 270 items"):
+        assert part in text, text
+    assert "arena.benign_repeats = true" in text
+    # two adversaries: twice the benign traffic, said so
+    with pytest.raises(ConfigError, match=r"800 benign queries \(2 adversaries x queries 10000"):
+        ArenaConfig(queries=10_000, benign_ratio=0.04).check_benign_pool(500, adversaries=2)
+    ArenaConfig(queries=10_000, benign_ratio=0.04).check_benign_pool(400)  # exactly fits
+
+
+def test_benign_repeats_allows_cycling_through_the_pool() -> None:
+    x, y = _small_pool(30)
+    cfg = ArenaConfig(queries=200, benign_ratio=1.0, duplicate_share=0.0, benign_repeats=True)
+    log = Arena(cfg).run(
+        build_defense("deterministic", _Constant()), [TestSetAttack(x, y, 2, seed=0)], x, y
+    )
+    benign = log.source[log.adversary < 0]
+    assert len(benign) == 200
+    # no duplicates configured: every pass sends each item once, so 200 queries are
+    # six full passes and a part of the seventh
+    _, counts = np.unique(benign, return_counts=True)
+    assert len(counts) == 30 and counts.min() >= 6 and counts.max() <= 7
+
+
+def test_duplicates_do_not_use_up_fresh_pool_items() -> None:
+    x, y = _small_pool(100)
+    cfg = ArenaConfig(duplicate_share=0.3, near_duplicate_share=0.1, benign_repeats=True)
+    traffic = BenignTraffic(x, y, cfg, np.random.default_rng(0))
+    fresh: list[int] = []
+    repeats = 0
+    for n in [1] * 80 + [5] * 10:  # single queries and small batches: 130 in all
+        idx = traffic.draw(n)
+        is_fresh = ~(traffic.duplicate | traffic.near)
+        fresh += idx[is_fresh].tolist()
+        repeats += int((~is_fresh).sum())
+    # 130 queries, about 40 % of them duplicates: fewer fresh rows than pool items, so no
+    # fresh row may re-send an item (the pool must not wrap early)
+    assert len(fresh) <= 100 and repeats > 20
+    assert len(set(fresh)) == len(fresh)
 
 
 def test_same_seed_same_bytes_different_seed_differs(digits, tmp_path) -> None:

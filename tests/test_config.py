@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 
 from movingtarget import ConfigError
-from movingtarget.experiment import BUILTIN_CONFIGS, apply_overrides, load_config, parse_config
+from movingtarget.datasets import load_dataset
+from movingtarget.experiment import (
+    BUILTIN_CONFIGS,
+    apply_overrides,
+    load_config,
+    parse_config,
+    run_experiment,
+)
+from movingtarget.experiment import runner as runner_module
+from movingtarget.experiment.runner import make_pools
 
 BASE = {"defenses": ["deterministic"], "attacks": ["test-set"]}
+#: The tests' copy of Spambase (README: the tests read ../shared/datasets/spambase.csv).
+SPAMBASE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "spambase.csv"
 
 
 @pytest.mark.parametrize("name", BUILTIN_CONFIGS)
@@ -106,3 +120,57 @@ def test_missing_config_file(tmp_path) -> None:
 def test_bad_override(item: str) -> None:
     with pytest.raises(ConfigError, match="--set"):
         apply_overrides({}, [item])
+
+
+def _shipped(name: str, overrides: list[str] | None = None):  # type: ignore[no-untyped-def]
+    extra = [f"dataset.path={SPAMBASE}"] if name == "spambase" else []
+    return load_config(name, [*extra, *(overrides or [])])
+
+
+@pytest.mark.parametrize("name", BUILTIN_CONFIGS)
+def test_shipped_configs_fit_their_benign_pool(name: str) -> None:
+    # benign users re-send only the configured duplicates: no shipped config cycles
+    cfg = _shipped(name)
+    assert not cfg.arena.benign_repeats
+    split = load_dataset(cfg.dataset.name, **cfg.dataset.params).split(
+        test_size=cfg.test_size, seed=cfg.split_seed
+    )
+    pools = make_pools(split.x_test, split.y_test, cfg.pools, cfg.split_seed)
+    assert cfg.arena.benign_queries() <= len(pools.benign_y)
+    cfg.arena.check_benign_pool(len(pools.benign_y))
+
+
+def test_benign_repeats_is_read_and_type_checked() -> None:
+    assert not parse_config(dict(BASE)).arena.benign_repeats
+    assert parse_config({**BASE, "arena": {"benign_repeats": True}}).arena.benign_repeats
+    with pytest.raises(ConfigError, match=r"arena\.benign_repeats must be true or false, got 1"):
+        parse_config({**BASE, "arena": {"benign_repeats": 1}})
+
+
+def test_run_refuses_an_exhausted_benign_pool_before_training(monkeypatch) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was trained before the benign pool was checked")
+
+    monkeypatch.setattr(runner_module, "build_model", no_training)
+    # hello-world with the default test_size 0.3: a benign pool of 267 digits
+    cfg = load_config("hello-world", ["test_size=0.3", "seeds=1"])
+    with pytest.raises(ConfigError) as err:
+        run_experiment(cfg, workers=1)
+    assert "400 benign queries (queries 10000 x benign_ratio 0.04)" in str(err.value)
+    assert "holds 267 items" in str(err.value)
+
+
+def test_memorization_refuses_only_the_legitimate_duplicates() -> None:
+    # synthetic with exact memorization: benign abstention comes from the 5 % exact
+    # duplicates alone (before, 400 benign queries cycled a pool of 270: 35 % refused)
+    cfg = _shipped(
+        "synthetic", ["seeds=1", 'defenses=["memorize-abstain"]', 'attacks=["test-set"]']
+    )
+    n = cfg.arena.benign_queries()
+    share = cfg.arena.duplicate_share
+    (run,) = run_experiment(cfg, workers=1).runs
+    # the first benign query cannot be a duplicate; each later one is with chance `share`
+    # (and is then refused): the refused count is Binomial(n - 1, share); 4 standard errors
+    expected = (n - 1) * share / n
+    tolerance = 4 * math.sqrt((n - 1) * share * (1 - share)) / n
+    assert abs(run["abstain_benign"] - expected) <= tolerance, (run["abstain_benign"], expected)

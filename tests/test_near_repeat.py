@@ -113,7 +113,9 @@ def test_bad_parameters_name_the_field(text: str, field: str) -> None:
 def test_near_duplicate_benign_traffic() -> None:
     x = np.random.default_rng(2).random((30, 64)).astype(np.float32)
     y = np.zeros(30, np.int64)
-    config = ArenaConfig(queries=200, benign_ratio=1.0, near_duplicate_share=0.3)
+    config = ArenaConfig(
+        queries=200, benign_ratio=1.0, near_duplicate_share=0.3, benign_repeats=True
+    )
     attack = NoisyRepeatAttack(x, y, 3, seed=0)
     log = Arena(config).run(build_defense("deterministic", Constant()), [attack], x, y, seed=0)
     benign = log.adversary < 0

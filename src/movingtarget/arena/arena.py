@@ -45,11 +45,18 @@ class ArenaConfig:
     lifetime:
         0: one deployment; L > 0: the deployment is replaced after every L queries
         (all traffic counted), which resets what a dynamic defense learned.
+    benign_repeats:
+        False (default): a deployment whose benign queries outnumber the benign pool is
+        refused (:meth:`check_benign_pool`), since benign users would then re-send items
+        beyond the configured duplicates and a memorizing defense would be charged for
+        repeats nobody meant; True: allow it (the pool is sent again in a new order).
 
     Examples
     --------
     >>> ArenaConfig(queries=100).queries
     100
+    >>> ArenaConfig(queries=1000, benign_ratio=0.04).benign_queries()
+    40
     """
 
     queries: int = 10_000
@@ -60,6 +67,7 @@ class ArenaConfig:
     lifetime: int = 0
     near_duplicate_share: float = 0.0
     near_duplicate_transforms: tuple[str, ...] = ("requantize", "levels", "shift", "brightness")
+    benign_repeats: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,10 +84,39 @@ class ArenaConfig:
                 raise ConfigError(f"arena: {message}")
         check_transforms(self.near_duplicate_transforms, "arena.near_duplicate_transforms")
 
+    def benign_queries(self, adversaries: int = 1) -> int:
+        """Benign queries of one deployment with ``adversaries`` adversaries (the count
+        :meth:`Arena.run` sends: ``floor(benign_ratio * adversarial queries)``)."""
+        return int(self.benign_ratio * self.queries * adversaries)
+
+    def check_benign_pool(self, pool_size: int, adversaries: int = 1) -> None:
+        """Refuse (:class:`ConfigError`) a deployment whose benign queries outnumber the
+        benign pool, unless ``benign_repeats`` allows it.
+
+        >>> cfg = ArenaConfig(queries=10_000, benign_ratio=0.04)
+        >>> cfg.check_benign_pool(449)                       # 400 benign queries fit
+        >>> cfg.check_benign_pool(270)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        movingtarget.errors.ConfigError: arena: 400 benign queries ... holds 270 items, ...
+        """
+        n = self.benign_queries(adversaries)
+        # an empty pool sends no benign traffic at all (Arena.run skips it)
+        if self.benign_repeats or pool_size == 0 or n <= pool_size:
+            return
+        who = f"{adversaries} adversaries x " if adversaries != 1 else ""
+        raise ConfigError(
+            f"arena: {n} benign queries ({who}queries {self.queries} x benign_ratio "
+            f"{self.benign_ratio:g}) but the benign pool holds {pool_size} items, so benign "
+            "users would re-send items beyond the configured duplicates; lower "
+            "arena.benign_ratio, raise test_size (a larger pool), or set "
+            "arena.benign_repeats = true to allow it"
+        )
+
 
 class BenignTraffic:
     """Benign queries: the benign pool in a seeded order (each item once per pass),
-    with a share of exact duplicates of earlier benign queries.
+    with shares of exact and near duplicates of earlier benign queries (only the other
+    queries use up fresh pool items).
 
     Examples
     --------
@@ -102,6 +139,7 @@ class BenignTraffic:
         self._cursor = 0
         self._sent: list[NDArray[np.int64]] = []
         self._n_sent = 0
+        self.duplicate = np.zeros(0, dtype=bool)  # exact-duplicate rows of the last draw
         self.near = np.zeros(0, dtype=bool)  # near-duplicate rows of the last draw
         self._transforms: NearDuplicates | None = None
 
@@ -119,35 +157,41 @@ class BenignTraffic:
         return x
 
     def draw(self, n: int) -> NDArray[np.int64]:
-        """Pool indices of the next ``n`` benign queries."""
-        fresh = []
-        need = n
-        while need > 0:
-            if self._cursor == len(self._order):
-                self._order = self.rng.permutation(len(self.pool_y))
-                self._cursor = 0
-            take = self._order[self._cursor : self._cursor + need]
-            self._cursor += len(take)
-            fresh.append(take)
-            need -= len(take)
-        idx = np.concatenate(fresh) if fresh else np.zeros(0, np.int64)
-        if self._n_sent and self.config.duplicate_share > 0:
-            dup = self.rng.random(n) < self.config.duplicate_share
-            if dup.any():
-                history = np.concatenate(self._sent)
-                idx = idx.copy()
-                idx[dup] = history[self.rng.integers(0, len(history), int(dup.sum()))]
+        """Pool indices of the next ``n`` benign queries.
+
+        Duplicate and near-duplicate rows repeat earlier benign items; only the other
+        rows take fresh items from the pool, so the pool lasts as long as it can.
+        """
+        self.duplicate = np.zeros(n, dtype=bool)
         self.near = np.zeros(n, dtype=bool)
+        if self._n_sent and self.config.duplicate_share > 0:
+            self.duplicate = self.rng.random(n) < self.config.duplicate_share
         if self._n_sent and self.config.near_duplicate_share > 0:
             # near-duplicates: earlier benign items again, transformed in queries()
             self.near = self.rng.random(n) < self.config.near_duplicate_share
-            if self.near.any():
-                history = np.concatenate(self._sent)
-                idx = idx.copy()
-                idx[self.near] = history[self.rng.integers(0, len(history), int(self.near.sum()))]
+            self.duplicate &= ~self.near
+        repeat = self.duplicate | self.near
+        idx = np.empty(n, dtype=np.int64)
+        idx[~repeat] = self._fresh(n - int(repeat.sum()))
+        if repeat.any():
+            history = np.concatenate(self._sent)
+            idx[repeat] = history[self.rng.integers(0, len(history), int(repeat.sum()))]
         self._sent.append(idx)
         self._n_sent += n
-        return idx.astype(np.int64)
+        return idx
+
+    def _fresh(self, n: int) -> NDArray[np.int64]:
+        """The next ``n`` items of the seeded order (a new pass when one is used up)."""
+        fresh = []
+        while n > 0:
+            if self._cursor == len(self._order):
+                self._order = self.rng.permutation(len(self.pool_y))
+                self._cursor = 0
+            take = self._order[self._cursor : self._cursor + n]
+            self._cursor += len(take)
+            fresh.append(take)
+            n -= len(take)
+        return np.concatenate(fresh) if fresh else np.zeros(0, np.int64)
 
 
 class Arena:
@@ -190,6 +234,7 @@ class Arena:
         rng = np.random.default_rng([seed, 0xA7E4A])
         benign_x = np.asarray(benign_x, np.float32)
         benign_y = np.asarray(benign_y, np.int64)
+        cfg.check_benign_pool(len(benign_y), len(adversaries))
         benign = (
             BenignTraffic(benign_x, benign_y, cfg, rng)
             if cfg.benign_ratio > 0 and len(benign_y)

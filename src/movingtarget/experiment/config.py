@@ -95,7 +95,14 @@ def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+        bool: "true or false",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -210,7 +217,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
             items = _typed(value, list, f"arena.{key}")
             arena_args[key] = tuple(_typed(v, str, f"arena.{key}[]") for v in items)
             continue
-        kind: type | tuple[type, ...] = (int, float) if arena_fields[key] == "float" else int
+        kinds: dict[Any, type | tuple[type, ...]] = {"float": (int, float), "bool": bool}
+        kind = kinds.get(arena_fields[key], int)
         arena_args[key] = _typed(value, kind, f"arena.{key}")
     arena = ArenaConfig(**arena_args)
 

@@ -250,6 +250,9 @@ def run_experiment(
     """
     dataset = load_dataset(config.dataset.name, **config.dataset.params)
     split = dataset.split(test_size=config.test_size, seed=config.split_seed)
+    pools = make_pools(split.x_test, split.y_test, config.pools, config.split_seed)
+    # before training: a benign stream larger than its pool fails in a second, not minutes
+    config.arena.check_benign_pool(len(pools.benign_y))
     model = build_model(
         config.model.name,
         split,
@@ -258,7 +261,6 @@ def run_experiment(
         cache_dir=cache_dir,
         **config.model.params,
     )
-    pools = make_pools(split.x_test, split.y_test, config.pools, config.split_seed)
     r = natural_error(model.predict_proba(split.x_test), split.y_test)
     calibration_x = split.x_train
     if len(calibration_x) > CALIBRATION_SIZE:
