@@ -39,7 +39,7 @@ def test_hello_world_is_the_default() -> None:
     assert [d.name for d in cfg.defenses] == [
         "deterministic",
         "stochastic",
-        "threshold-abstain",
+        "threshold-abstain-0.6",
         "memorize-abstain",
         "memorize-random",
     ]
@@ -174,3 +174,32 @@ def test_memorization_refuses_only_the_legitimate_duplicates() -> None:
     expected = (n - 1) * share / n
     tolerance = 4 * math.sqrt((n - 1) * share * (1 - share)) / n
     assert abs(run["abstain_benign"] - expected) <= tolerance, (run["abstain_benign"], expected)
+
+
+def test_a_registered_name_means_one_composition() -> None:
+    other = {"name": "threshold-abstain", "mechanisms": "argmax > threshold(min_confidence=0.6)"}
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, "defenses": ["deterministic", other]})
+    text = str(err.value)
+    assert text.startswith("defenses[1]: 'threshold-abstain' is the registered composition")
+    assert "'argmax > threshold(min_confidence=0.9)'" in text  # the registered one
+    assert "'argmax > threshold(min_confidence=0.6)'" in text  # the one given
+    assert "its own name" in text
+    # tables are compared by what they build too
+    table = [{"type": "memorize", "on_repeat": "random"}, {"type": "argmax"}]
+    with pytest.raises(ConfigError, match="'memorize-abstain' is the registered composition"):
+        parse_config({**BASE, "defenses": [{"name": "memorize-abstain", "mechanisms": table}]})
+
+
+@pytest.mark.parametrize(
+    ("name", "mechanisms"),
+    [
+        ("threshold-abstain", "argmax >   threshold( min_confidence = 0.9 )"),
+        ("threshold-abstain", "argmax > threshold"),  # 0.9 is the default
+        ("stochastic", [{"type": "sample", "temperature": 1.0}]),
+        ("memorize-abstain", "memorize > argmax"),  # on_repeat=abstain is the default
+    ],
+)
+def test_restating_a_registered_composition_is_fine(name: str, mechanisms: object) -> None:
+    cfg = parse_config({**BASE, "defenses": [{"name": name, "mechanisms": mechanisms}]})
+    assert cfg.defenses[0].name == name

@@ -163,3 +163,20 @@ def test_band_keys_live_in_a_persistent_store(tmp_path) -> None:  # type: ignore
     again = build_defense(f"near-repeat(store={url}, secret=k) > argmax", Constant())
     noisy = np.clip(x + np.float32(2 / 255), 0, 1)
     assert again.answer(noisy).reason_labels() == ["near-repeat"] * 3
+
+
+def test_describe_names_the_settings_that_differ_from_the_defaults() -> None:
+    narrow = NearRepeat(width=0.03, calibrate_width=False)
+    wide = NearRepeat(width=0.4, calibrate_width=False)
+    assert narrow.describe() == (
+        "near-repeat(on_repeat=abstain, fingerprint=robust, width=0.03, calibrate_width=False)"
+    )
+    assert narrow.describe() != wide.describe()
+    scaled = NearRepeat(fingerprint="neighbours", radius_scale=2.0)
+    assert (
+        scaled.describe()
+        == "near-repeat(on_repeat=abstain, fingerprint=neighbours, radius_scale=2)"
+    )
+    # a store given by URL is named (redacted, as memorize names its store)
+    text = NearRepeat(store="memory://").describe()
+    assert text.endswith("store=memory://)")

@@ -13,11 +13,15 @@ memorize-abstain      memorize(on_repeat=abstain) > argmax
 memorize-random       memorize(on_repeat=random) > argmax
 near-repeat-abstain   memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
 ====================  =========================================
+
+A name means one composition: a config that gives a registered name other mechanisms
+is refused, so the same name never reports two different defenses.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -78,9 +82,7 @@ def parse_mechanism(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def build_mechanisms(spec: str | Sequence[Mapping[str, Any]]) -> list[Mechanism]:
-    """Mechanisms from a composition text (``a > b(x=1)``), a composition name, or a list
-    of tables ``{type = "memorize", on_repeat = "abstain"}`` as configs write them."""
+def _items(spec: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     items: list[tuple[str, dict[str, Any]]] = []
     if isinstance(spec, str):
         text = COMPOSITIONS.get(spec.strip(), spec)
@@ -93,7 +95,53 @@ def build_mechanisms(spec: str | Sequence[Mapping[str, Any]]) -> list[Mechanism]
             items.append((str(table["type"]), params))
     if not items:
         raise ConfigError("a defense needs at least one mechanism")
-    return [MECHANISMS.create(name, **params) for name, params in items]
+    return items
+
+
+def build_mechanisms(spec: str | Sequence[Mapping[str, Any]]) -> list[Mechanism]:
+    """Mechanisms from a composition text (``a > b(x=1)``), a composition name, or a list
+    of tables ``{type = "memorize", on_repeat = "abstain"}`` as configs write them."""
+    return [MECHANISMS.create(name, **params) for name, params in _items(spec)]
+
+
+def normalized_composition(
+    spec: str | Sequence[Mapping[str, Any]],
+) -> list[tuple[str, dict[str, Any]]]:
+    """A composition as ``(mechanism, every parameter)`` pairs in order, defaults filled
+    in, without building anything (no store is opened): equal for two specs that build
+    the same composition however they are written.
+
+    >>> normalized_composition("sample") == normalized_composition(
+    ...     [{"type": "sample", "temperature": 1.0}])
+    True
+    >>> normalized_composition("threshold-abstain")
+    [('argmax', {}), ('threshold', {'min_confidence': 0.9})]
+    """
+    out = []
+    for name, params in _items(spec):
+        try:
+            bound = inspect.signature(MECHANISMS.get(name)).bind(**params)
+        except TypeError as exc:
+            raise ConfigError(f"mechanism {name!r}: {exc}") from None
+        bound.apply_defaults()
+        out.append((name, dict(bound.arguments)))
+    return out
+
+
+def composition_text(spec: str | Sequence[Mapping[str, Any]]) -> str:
+    """A composition as text, ``memorize(on_repeat=abstain) > argmax``: a registered name
+    becomes its mechanisms; tables are written as ``type(param=value, ...)``.
+
+    >>> composition_text([{"type": "memorize", "on_repeat": "random"}, {"type": "argmax"}])
+    'memorize(on_repeat=random) > argmax'
+    """
+    if isinstance(spec, str):
+        return " ".join(COMPOSITIONS.get(spec.strip(), spec).split())
+    parts = []
+    for name, params in _items(spec):
+        args = ", ".join(f"{k}={v}" for k, v in params.items())
+        parts.append(f"{name}({args})" if args else name)
+    return " > ".join(parts)
 
 
 def build_defense(
@@ -123,6 +171,8 @@ __all__ = [
     "Sample",
     "build_defense",
     "build_mechanisms",
+    "composition_text",
+    "normalized_composition",
     "parse_mechanism",
     "validate_queries",
 ]

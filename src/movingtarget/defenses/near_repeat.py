@@ -40,8 +40,14 @@ from movingtarget.memory.neighbours import (
 )
 from movingtarget.memory.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.urls import redact
 
 ON_REPEAT = ("abstain", "random")
+#: Defaults of the settings that :meth:`NearRepeat.describe` names when they differ.
+_DEFAULTS: dict[str, Any] = dict(
+    store=None, bands=16, rows=12, width=0.1, threshold=1, calibrate_width=True, radius=None,
+    radius_scale=1.0, index="flat", encoder="auto", dim=64, target_rate=TARGET_RATE,
+)  # fmt: skip
 FINGERPRINTS = ("robust", "neighbours")
 ENCODERS = ("auto", "random", "pca", "penultimate")
 
@@ -91,6 +97,8 @@ class NearRepeat:
     [1, 1, -1]
     >>> d.describe()
     'near-repeat(on_repeat=abstain, fingerprint=robust) > argmax'
+    >>> NearRepeat(width=0.4, calibrate_width=False).describe()   # settings off the defaults
+    'near-repeat(on_repeat=abstain, fingerprint=robust, width=0.4, calibrate_width=False)'
     """
 
     role = "gate"
@@ -131,6 +139,14 @@ class NearRepeat:
         if not 0 < target_rate < 1:
             raise ConfigError(f"near-repeat: target_rate must be in (0, 1), got {target_rate!r}")
         self.on_repeat, self.kind = on_repeat, fingerprint
+        given = dict(
+            store=redact(store) if isinstance(store, str) else None,  # no passwords
+            bands=bands, rows=rows, width=width, threshold=threshold,
+            calibrate_width=calibrate_width, radius=radius, radius_scale=radius_scale,
+            index=index, encoder=encoder, dim=dim, target_rate=target_rate,
+        )  # fmt: skip
+        # the settings describe() names: those that differ from the defaults
+        self._settings = {k: v for k, v in given.items() if v != _DEFAULTS[k]}
         self.target_rate = float(target_rate)
         self.calibration: Calibration | None = None
         self._secret = secret
@@ -260,7 +276,15 @@ class NearRepeat:
             self.memory.clear()
 
     def describe(self) -> str:
-        return f"near-repeat(on_repeat={self.on_repeat}, fingerprint={self.kind})"
+        """``near-repeat(on_repeat=..., fingerprint=...)`` plus every setting that differs
+        from its default, so two compositions that behave differently read differently."""
+        parts = [f"on_repeat={self.on_repeat}", f"fingerprint={self.kind}"]
+        parts += [f"{k}={_text(v)}" for k, v in self._settings.items()]
+        return f"near-repeat({', '.join(parts)})"
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def calibrate_defense(

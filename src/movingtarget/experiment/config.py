@@ -121,6 +121,22 @@ def _component(raw: Any, where: str, default: str | None = None) -> ComponentSpe
     return ComponentSpec(name, params, label)
 
 
+def _check_registered_name(name: str, mechanisms: Any, where: str) -> None:
+    """A registered composition's name given other mechanisms is refused: one name must
+    not mean two compositions in reports (restating the same composition is fine)."""
+    from movingtarget.defenses import COMPOSITIONS, composition_text, normalized_composition
+
+    if name not in COMPOSITIONS:
+        return
+    if normalized_composition(mechanisms) == normalized_composition(name):
+        return
+    raise ConfigError(
+        f"{where}: {name!r} is the registered composition '{COMPOSITIONS[name]}', but these "
+        f"mechanisms build '{composition_text(mechanisms)}'; give this defense its own name "
+        f"(e.g. name = \"{name}-custom\")"
+    )
+
+
 def _grid_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -187,6 +203,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         mech = table.get("mechanisms")
         if mech is not None:
             _typed(mech, (str, list), f"{where}.mechanisms")
+            _check_registered_name(dname, mech, where)
         defenses.append(DefenseSpec(dname, mech))
     if not defenses:
         raise ConfigError("'defenses' is empty")

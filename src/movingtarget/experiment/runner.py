@@ -269,6 +269,10 @@ def run_experiment(
         )
         calibration_x = calibration_x[np.sort(pick)]
     predictions = _prediction_rows(config, model, pools)
+    # what each name stands for, mechanisms in the order they run (the report lists them)
+    compositions = {
+        d.name: build_defense(d.spec, model, name=d.name).describe() for d in config.defenses
+    }
     tasks = [Task(a, d, s) for s in config.seeds for a in config.attacks for d in config.defenses]
     logs = ""
     if out is not None:
@@ -311,6 +315,7 @@ def run_experiment(
                         "queries": config.arena.queries,
                         "seeds": list(config.seeds),
                         "defenses": [d.name for d in config.defenses],
+                        "compositions": compositions,
                         "attacks": [a.display for a in config.attacks],
                         "arena": config.arena.__dict__,
                     }

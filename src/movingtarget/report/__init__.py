@@ -29,6 +29,31 @@ def _load(path: Path) -> Any:
         raise DataError(f"cannot read {path}: {exc}") from None
 
 
+def defenses_section(meta: dict[str, Any]) -> list[str]:
+    """Markdown lines: each defense's name and its composition, mechanisms in the order
+    they run (from ``experiment.json``; nothing when it records no compositions).
+
+    >>> print("\\n".join(defenses_section({"compositions": {"deterministic": "argmax"}})))
+    ## Defenses
+    <BLANKLINE>
+    | defense | composition (mechanisms in the order they run) |
+    |---|---|
+    | deterministic | `argmax` |
+    <BLANKLINE>
+    """
+    compositions = meta.get("compositions")
+    if not isinstance(compositions, dict) or not compositions:
+        return []
+    lines = [
+        "## Defenses",
+        "",
+        "| defense | composition (mechanisms in the order they run) |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | `{text}` |" for name, text in compositions.items()]
+    return [*lines, ""]
+
+
 def write_report(results_dir: str | Path) -> Path:
     """Write ``report.md`` and the plot for a results folder; return the report's path."""
     root = Path(results_dir)
@@ -53,6 +78,7 @@ def write_report(results_dir: str | Path) -> Path:
         "",
         markdown_table(rows),
         "",
+        *defenses_section(meta),
         f"![cumulative r~ against queries sent]({PLOT_FILE})",
         "",
         "Event logs (one row per query) are in `logs/`.",
@@ -68,6 +94,7 @@ def write_report(results_dir: str | Path) -> Path:
 __all__ = [
     "PLOT_FILE",
     "TABLE_COLUMNS",
+    "defenses_section",
     "fmt",
     "markdown_table",
     "plot_r_tilde",
