@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-SPAMBASE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "spambase.csv"
 SUMMARY_KEYS = {
     "attack",
     "defense",
@@ -76,7 +75,6 @@ def test_default_run_reproduces_the_hello_world_table(tmp_path: Path) -> None:
 
 
 def test_spambase_config(tmp_path: Path) -> None:
-    assert SPAMBASE.exists(), f"{SPAMBASE} is missing: the tests need ../shared beside the repo"
     out = tmp_path / "spam"
     p = cli(
         "run",
@@ -87,8 +85,6 @@ def test_spambase_config(tmp_path: Path) -> None:
         "2",
         "--queries",
         "300",
-        "--set",
-        f"dataset.path={SPAMBASE}",
         cwd=tmp_path,
     )
     assert p.returncode == 0, p.stderr
@@ -100,11 +96,24 @@ def test_spambase_config(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["run", "nothere.toml"], "config nothere.toml does not exist"),
-        (["run", "--set", 'defenses=["deterministc"]'], "unknown mechanism 'deterministc'"),
+        (
+            ["run", "--set", 'defenses=["memorise-abstain"]'],
+            "unknown defense 'memorise-abstain' (did you mean 'memorize-abstain'?); defenses: "
+            "deterministic, stochastic,",
+        ),
+        (["run", "--set", 'defenses=["deterministc"]'], "(did you mean 'deterministic'?)"),
+        (
+            ["run", "--set", 'defenses=["memorize > argmx"]'],
+            "unknown mechanism 'argmx' (did you mean 'argmax'?)",
+        ),
         (["run", "--set", 'attacks=["fgsm-lol"]'], "unknown attack 'fgsm-lol'"),
         (["run", "--set", "arena.querys=5"], "unknown field arena.'querys'"),
         (["run", "--set", "dataset.name=digitz"], "unknown dataset 'digitz'"),
-        (["run", "spambase", "--set", "dataset.path=/no/such.csv"], "/no/such.csv"),
+        (
+            ["run", "spambase", "--set", "dataset.path=/no/such.csv"],
+            "/no/such.csv: CSV file not found (set by the dataset's 'path': dataset.path in a "
+            "config, --set dataset.path=PATH on the command line)",
+        ),
         (["run", "--seeds", "0"], "Invalid value for '--seeds'"),
         (["run", "--bogus"], "No such option: --bogus"),
         (["report", "/no/results"], "does not exist"),
@@ -162,3 +171,102 @@ def test_core_run_needs_no_optional_dependency(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/x", "afile/sub"])
+def test_unusable_results_folder_is_refused_before_any_work(tmp_path: Path, where: str) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    p = cli("run", "--out", where, cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    reason = "afile is a file, not a folder" if where == "afile/sub" else "cannot write results"
+    assert p.stderr.startswith(f"error: --out {where}: {reason}"), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / ".mt-cache").exists()  # refused before the model was trained
+
+
+def hide(*modules: str) -> str:
+    """Code that makes ``modules`` missing, as they are when their extra is not installed."""
+    return (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] in {modules!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from movingtarget.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+
+
+NEIGHBOURS = 'defenses=["near-repeat(on_repeat=abstain, fingerprint=neighbours) > argmax"]'
+
+
+@pytest.mark.parametrize(
+    ("module", "extra", "args"),
+    [
+        ("fastapi", "serve", ["serve", "--port", "0"]),
+        ("uvicorn", "serve", ["serve", "--port", "0"]),
+        ("fastapi", "serve", ["keys", "create", "alice", "--keys-db", "sqlite:///k.db"]),
+        ("fastapi", "serve", ["keys", "list", "--keys-db", "sqlite:///k.db"]),
+        ("httpx", "serve", ["attack", "http://127.0.0.1:9", "--key", "k", "--out", "a"]),
+        ("fastapi", "serve", ["audit", "audit.jsonl", "--keys-db", "sqlite:///k.db"]),
+        ("redis", "memory", ["keys", "list", "--keys-db", "redis://127.0.0.1:9/0"]),
+        (
+            "faiss",
+            "memory",
+            ["run", "--queries", "20", "--workers", "1", "--out", "o", "--set", NEIGHBOURS],
+        ),
+    ],
+)
+def test_missing_optional_dependency_names_its_extra(
+    tmp_path: Path, module: str, extra: str, args: list[str]
+) -> None:
+    (tmp_path / "audit.jsonl").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-c", hide(module), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MOVINGTARGET_CACHE": str(tmp_path / "cache")},
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"needs {module!r}, which is not installed" in line
+    assert line.endswith(f"pip install 'movingtarget[{extra}]'"), line
+    assert not (tmp_path / "k.db").exists()  # nothing written on the way to the error
+
+
+COMMANDS = [
+    ["run"], ["list"], ["report"], ["serve"], ["audit"], ["attack"],
+    ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_reads_like_a_plain_command_line(
+    tmp_path: Path, command: list[str], columns: int
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "movingtarget", *command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": str(columns)},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith(f"Usage: movingtarget {' '.join(command)} [OPTIONS]")
+    assert "<" not in text.replace("<=", "")  # no <str>, <int range>, <bool> placeholders
+    assert not set("╭│╰─") & set(text)  # no box around the options
+    assert max(len(line) for line in text.splitlines()) <= columns
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] == "--help":
+            assert words[1] == "Show"  # a flag takes no value: no metavar after it
+        flag = len(words) > 1 and (words[0] in ("--help", "--json") or words[1] == "/")
+        if words and words[0].startswith("--") and not flag:  # --labels / --no-labels: a flag
+            assert words[1].replace("=", "").replace(":", "").isupper(), line  # --out PATH

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import struct
 from pathlib import Path
@@ -21,12 +22,11 @@ from movingtarget.datasets import (
     load_idx,
     load_npz,
     read_idx,
+    tabular,
 )
 from movingtarget.datasets.idx import FASHION_MNIST_ROOT
+from movingtarget.datasets.tabular import shipped_spambase
 from movingtarget.errors import ConfigError, DataError
-
-SPAMBASE = Path(__file__).parents[2] / "shared" / "datasets" / "spambase.csv"
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -263,8 +263,10 @@ def test_fashion_mnist_bad_params(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CSV
 
 
-def test_spambase_real_file() -> None:
-    ds = load_dataset("spambase", path=SPAMBASE)
+def test_spambase_ships_with_the_package() -> None:
+    ds = load_dataset("spambase")  # no path: the copy inside the package
+    assert ds.meta["path"] == str(shipped_spambase())
+    assert ds.name == "spambase"
     assert ds.name == "spambase"
     assert ds.x.shape == (4601, 57) and ds.x.dtype == np.float32
     assert ds.class_names == ("nonspam", "spam")
@@ -272,9 +274,24 @@ def test_spambase_real_file() -> None:
     assert ds.meta["label_column"] == "type"
 
 
-def test_spambase_needs_a_path() -> None:
-    with pytest.raises(ConfigError, match="'spambase' needs path="):
+def test_spambase_shipped_file_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one feature value changed in a copy of the shipped file: the digest catches it
+    raw = gzip.decompress(shipped_spambase().read_bytes()).decode()
+    damaged = tmp_path / "spambase.csv.gz"
+    damaged.write_bytes(gzip.compress(raw.replace("0.64", "0.65", 1).encode()))
+    monkeypatch.setattr(tabular, "shipped_spambase", lambda: damaged)
+    with pytest.raises(DataError, match="shipped Spambase data is damaged"):
         load_dataset("spambase")
+
+
+def test_spambase_user_copy(tmp_path: Path) -> None:
+    # a user's own CSV through path=: the same data as the shipped copy
+    copy = tmp_path / "spam.csv"
+    copy.write_bytes(gzip.decompress(shipped_spambase().read_bytes()))
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == tabular.SPAMBASE_SHA256
+    mine, shipped = load_dataset("spambase", path=copy), load_dataset("spambase")
+    np.testing.assert_array_equal(mine.x, shipped.x)
+    np.testing.assert_array_equal(mine.y, shipped.y)
 
 
 def write(tmp: Path, name: str, text: str) -> Path:

@@ -5,6 +5,7 @@ metrics, audit log."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from gateway_server import GatewayServer, auth, classify, digits_x, gateway_env, new_key
+from movingtarget.cli.main import main
 from movingtarget.gateway.keys import open_keys
 
 MODEL = "digits-logistic"
@@ -389,8 +391,6 @@ def test_remote_model_is_a_black_box_classifier(served, digits_x):
 
 
 def test_audit_command_reports_coverage_and_error_on_answered(served, digits_x, capsys):
-    from movingtarget.cli.main import main
-
     url, token = served["url"], served["token"]
     answers = classify(url, token, digits_x[[950, 950]]).json()["answers"]
     given = answers[0]["label"]
@@ -430,3 +430,25 @@ def test_schema_fuzz_finds_no_5xx(served, schema_strategies, data):
     case = data.draw(strategy, label="case")
     response = case.call(headers=auth(served["token"]), base_url=served["url"])
     case.validate_response(response, checks=[not_a_server_error])
+
+
+def test_attack_writes_its_results_folder_by_default(served, tmp_path, monkeypatch, capsys):
+    # no --out: the event log, summary and report go to results/attack, as the README says
+    monkeypatch.chdir(tmp_path)
+    assert main(["attack", served["url"], "--key", served["token"], "--budget", "20"]) == 0
+    out = tmp_path / "results" / "attack"
+    rows = json.loads((out / "summary.json").read_text())
+    assert rows[0]["queries"] == 20
+    assert (out / "report.md").exists() and len(list((out / "logs").glob("*.csv"))) == 1
+    assert "results: results/attack (summary.json" in capsys.readouterr().out
+
+
+def test_attack_on_an_unreachable_gateway_says_why(tmp_path, capsys):
+    with socket.socket() as s:  # a free port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    assert main(["attack", url, "--key", "k", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot reach {url}: ") and "Connection refused" in err, err
+    assert "answered" not in err

@@ -34,8 +34,6 @@ from movingtarget.models import (
     default_cache_dir,
 )
 
-SPAMBASE = Path(__file__).parents[2] / "shared" / "datasets" / "spambase.csv"
-
 # The tests fit small LogisticRegressions with low iteration caps on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -65,7 +63,7 @@ def fashion() -> Split:
 
 @pytest.fixture(scope="module")
 def spambase() -> Split:
-    return load_dataset("spambase", path=SPAMBASE).split(test_size=0.3, seed=0)
+    return load_dataset("spambase").split(test_size=0.3, seed=0)
 
 
 def split_for(name: str, digits: Split, fashion: Split) -> Split:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from movingtarget.cli import output_folder
 from movingtarget.errors import ConfigError
 
 
@@ -28,18 +29,28 @@ def _params(items: list[str] | None) -> dict[str, Any]:
 def attack(
     url: Annotated[str, typer.Argument(help="The gateway, e.g. http://127.0.0.1:8000.")],
     key: Annotated[
-        list[str], typer.Option("--key", help="The attacker's API key (repeat: several accounts).")
+        list[str],
+        typer.Option(
+            "--key", metavar="KEY", help="The attacker's API key (repeat: several accounts)."
+        ),
     ],
     attack_name: Annotated[
-        str, typer.Option("--attack", help="A registered attack (movingtarget list).")
+        str,
+        typer.Option("--attack", metavar="NAME", help="A registered attack (movingtarget list)."),
     ] = "test-set",
     param: Annotated[
-        list[str] | None, typer.Option("--param", help="Attack parameter NAME=VALUE (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--param", metavar="NAME=VALUE", help="Attack parameter NAME=VALUE (repeatable)."
+        ),
     ] = None,
-    dataset: Annotated[str, typer.Option(help="The attacker's and benign users' data.")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(metavar="NAME", help="The attacker's and benign users' data.")
+    ] = "digits",
     budget: Annotated[int, typer.Option(help="m: adversarial queries to send.", min=1)] = 1000,
     benign_key: Annotated[
-        list[str] | None, typer.Option("--benign-key", help="A benign user's key (repeatable).")
+        list[str] | None,
+        typer.Option("--benign-key", metavar="KEY", help="A benign user's key (repeatable)."),
     ] = None,
     benign_ratio: Annotated[
         float, typer.Option(help="Benign queries per adversarial query.", min=0)
@@ -50,11 +61,15 @@ def attack(
     max_wait: Annotated[
         float, typer.Option(help="Longest total wait on 429s per request (seconds).", min=0)
     ] = 600.0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results folder.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path(
+        "results/attack"
+    ),
 ) -> None:
     """Attack a live gateway over HTTP; the same event log, summary and report as `run`."""
     from movingtarget.gateway.remote_attack import RemoteAttack, run_remote_attack
     from movingtarget.report.tables import markdown_table
+
+    output_folder(out)
 
     spec = RemoteAttack(
         url=url,
@@ -76,5 +91,4 @@ def attack(
         f"\nr~ = {result.row['r_tilde']:.4f} over {budget} queries; 429 waited out "
         f"{result.refused} times ({result.waited_s:.0f} s)"
     )
-    if out is not None:
-        print(f"results: {out} (summary.json, report.md, logs/, queries.csv)")
+    print(f"results: {out} (summary.json, report.md, logs/, queries.csv)")

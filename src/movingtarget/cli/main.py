@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from movingtarget.cli import command_group
+from movingtarget._optional import missing_dependency
+from movingtarget.cli import command_group, output_folder, plain_metavars
 from movingtarget.errors import MovingTargetError
 
 app = command_group(
@@ -56,11 +57,13 @@ def run(
     set_: Annotated[
         list[str] | None,
         typer.Option(
-            "--set", help="Override a config field: KEY=VALUE, e.g. dataset.path=spam.csv."
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a config field: KEY=VALUE, e.g. dataset.path=spam.csv.",
         ),
     ] = None,
     device: Annotated[
-        str, typer.Option(help="Torch device for neural models: auto, cpu, cuda.")
+        str, typer.Option(metavar="DEVICE", help="Torch device for neural models: auto, cpu, cuda.")
     ] = "auto",
     cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
 ) -> None:
@@ -74,6 +77,7 @@ def run(
     if queries is not None:
         overrides.append(f"arena.queries={queries}")
     cfg = load_config(config, overrides)
+    output_folder(out)
     total = len(cfg.seeds) * len(cfg.attacks) * len(cfg.defenses) * cfg.arena.queries
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -141,17 +145,30 @@ from movingtarget.cli.serve import register as register_gateway  # noqa: E402
 register_gateway(app)
 
 
+def _user_error(exc: Exception) -> int:
+    # the message as plain text (no markup, no wrapping): paths and brackets intact
+    err_console.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2, never a traceback.
 
     Usage errors (unknown flags, bad flag values) are Typer's own one-line messages.
     """
     try:
-        app(args=argv, standalone_mode=True)
+        command = plain_metavars(typer.main.get_command(app))
+        command.main(args=argv, prog_name="movingtarget", standalone_mode=True)
     except MovingTargetError as exc:
-        # the message as plain text (no markup, no wrapping): paths and brackets intact
-        err_console.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
-        return 2
+        return _user_error(exc)
+    except ImportError as exc:
+        # an optional dependency a command imports lazily: name the extra, not a traceback
+        args = sys.argv[1:] if argv is None else argv
+        command = next((a for a in args if not a.startswith("-")), "")
+        missing = missing_dependency(exc, f"`movingtarget {command}`" if command else "this")
+        if missing is None:
+            raise
+        return _user_error(missing)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0

@@ -21,6 +21,7 @@ KeysDb = Annotated[
     str | None,
     typer.Option(
         "--keys-db",
+        metavar="URL",
         help="Key store: sqlite:///PATH or redis://HOST:PORT/DB "
         "(default $MOVINGTARGET_KEYS, else sqlite:///movingtarget-keys.db).",
     ),
@@ -43,18 +44,26 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 def serve(
     model: Annotated[
         str,
-        typer.Option(help="DATASET:MODEL (e.g. digits:logistic) or a saved .pkl model."),
+        typer.Option(
+            metavar="DATASET:MODEL",
+            help="DATASET:MODEL (e.g. digits:logistic) or a saved .pkl model.",
+        ),
     ] = "digits:logistic",
     defense: Annotated[
         str,
-        typer.Option(help="A composition name or text: 'memorize(on_repeat=abstain) > argmax'."),
+        typer.Option(
+            metavar="DEFENSE",
+            help="A composition name or text: 'memorize(on_repeat=abstain) > argmax'.",
+        ),
     ] = "memorize-abstain",
     store: Annotated[
         str,
-        typer.Option(help="Memory: memory://, sqlite:///PATH or redis://HOST:PORT/DB."),
+        typer.Option(
+            metavar="URL", help="Memory: memory://, sqlite:///PATH or redis://HOST:PORT/DB."
+        ),
     ] = "memory://",
     keys_db: KeysDb = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8000,
     audit: Annotated[Path | None, typer.Option(help="Audit log: one JSON line per query.")] = None,
     max_inputs: Annotated[int, typer.Option(help="Most inputs in one request.", min=1)] = 256,

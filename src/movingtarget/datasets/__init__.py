@@ -16,6 +16,7 @@ movingtarget.errors.ConfigError: unknown dataset 'digitz' (did you mean 'digits'
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from movingtarget.datasets.base import Dataset, Split
@@ -23,6 +24,7 @@ from movingtarget.datasets.builtin import load_breast_cancer, load_digits
 from movingtarget.datasets.cifar import load_cifar10
 from movingtarget.datasets.idx import load_fashion_mnist, load_idx, read_idx
 from movingtarget.datasets.tabular import load_csv, load_npz, load_spambase
+from movingtarget.errors import DataError
 from movingtarget.registry import Registry
 
 __all__ = [
@@ -58,6 +60,22 @@ def load_dataset(name: str, **params: Any) -> Dataset:
     """Load the dataset registered as ``name`` with keyword ``params``.
 
     An unknown name or parameter raises :class:`~movingtarget.errors.ConfigError`; a
-    missing, corrupt or invalid file raises :class:`~movingtarget.errors.DataError`.
+    missing, corrupt or invalid file raises :class:`~movingtarget.errors.DataError`; a
+    missing one also names the setting that gives its path.
+
+    >>> load_dataset("csv", path="/no/such.csv")
+    Traceback (most recent call last):
+    ...
+    movingtarget.errors.DataError: /no/such.csv: CSV file not found (set by ...
     """
-    return DATASETS.create(name, **params)
+    try:
+        return DATASETS.create(name, **params)
+    except DataError as exc:
+        for key in ("path", "root", "images", "labels"):
+            value = params.get(key)
+            if isinstance(value, str | Path) and not Path(value).expanduser().exists():
+                raise DataError(
+                    f"{exc} (set by the dataset's {key!r}: dataset.{key} in a config, "
+                    f"--set dataset.{key}=PATH on the command line)"
+                ) from None
+        raise

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import zipfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -138,25 +140,39 @@ def _parse_labels(
     return numeric.astype(np.int64), ()
 
 
+#: SHA-256 of the Spambase CSV the package ships (before gzip), checked on every load.
+SPAMBASE_SHA256 = "118eb7ac6537494ccbff79fed03ec084f9f435b6e80fe7834fe8b6eee6d7253e"
+
+
+def shipped_spambase() -> Path:
+    """The path of the gzipped Spambase CSV inside the installed package."""
+    return Path(str(resources.files("movingtarget.datasets") / "data" / "spambase.csv.gz"))
+
+
 def load_spambase(path: str | Path | None = None) -> Dataset:
     """UCI Spambase (Hopkins et al., 1999): 4,601 e-mails, 57 features, spam or not.
 
     A CSV with a header row whose last column ``type`` is ``spam`` or ``nonspam``;
-    class 0 is ``nonspam``, class 1 is ``spam``. ``path`` is required: the package
-    ships no copy (the project's tests use ``../shared/datasets/spambase.csv``).
+    class 0 is ``nonspam``, class 1 is ``spam``. With no ``path`` the copy shipped in
+    the package is read (UCI Spambase, CC BY 4.0) and checked against its SHA-256, so
+    a damaged install is an error rather than a silently different dataset.
 
     Examples
     --------
-    >>> ds = load_spambase("../shared/datasets/spambase.csv")  # doctest: +SKIP
-    >>> ds.x.shape, ds.class_names  # doctest: +SKIP
+    >>> ds = load_spambase()
+    >>> ds.x.shape, ds.class_names
     ((4601, 57), ('nonspam', 'spam'))
     """
-    if path is None:
-        raise ConfigError(
-            "dataset 'spambase' needs path=... (a CSV with a header row and a 'type' column "
-            "of spam/nonspam, such as the UCI Spambase data)"
+    if path is not None:
+        return load_csv(path, label_column="type", name="spambase")
+    shipped = shipped_spambase()
+    digest = hashlib.sha256(read_bytes(shipped, "shipped Spambase file")).hexdigest()
+    if digest != SPAMBASE_SHA256:
+        raise DataError(
+            f"{shipped}: the shipped Spambase data is damaged (SHA-256 {digest}, expected "
+            f"{SPAMBASE_SHA256}); reinstall movingtarget"
         )
-    return load_csv(path, label_column="type", name="spambase")
+    return load_csv(shipped, label_column="type", name="spambase")
 
 
 def load_npz(

@@ -21,6 +21,7 @@ is refused, so the same name never reports two different defenses.
 from __future__ import annotations
 
 import ast
+import difflib
 import inspect
 import re
 from collections.abc import Mapping, Sequence
@@ -82,9 +83,25 @@ def parse_mechanism(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+def _check_defense_name(spec: str) -> None:
+    """A bare word that is neither a defense nor a mechanism: name both, with a guess."""
+    word = spec.strip()
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", word) or word in COMPOSITIONS or word in MECHANISMS:
+        return
+    names = [*COMPOSITIONS, *MECHANISMS.names()]
+    close = difflib.get_close_matches(word, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        f"unknown defense {word!r}{hint}; defenses: {', '.join(COMPOSITIONS)}; or compose "
+        f"mechanisms with '>' (e.g. 'memorize(on_repeat=abstain) > argmax'); mechanisms: "
+        f"{', '.join(MECHANISMS.names())}"
+    )
+
+
 def _items(spec: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     items: list[tuple[str, dict[str, Any]]] = []
     if isinstance(spec, str):
+        _check_defense_name(spec)
         text = COMPOSITIONS.get(spec.strip(), spec)
         items = [parse_mechanism(part) for part in text.split(">")]
     else:

@@ -23,10 +23,11 @@ _REASONS = {r.label: int(r) for r in Reason}
 
 
 class RemoteError(MovingTargetError):
-    """The gateway refused a request (the message is the gateway's own)."""
+    """The gateway refused a request (the message is the gateway's own), or could not be
+    reached at all (``status`` 0: the message says why, with no status it never sent)."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"gateway answered {status}: {message}")
+        super().__init__(message if status == 0 else f"gateway answered {status}: {message}")
         self.status = status
 
 
@@ -96,7 +97,9 @@ class GatewayClient:
             try:
                 resp = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
-                raise RemoteError(0, f"cannot reach {self.url}{path} ({exc})") from None
+                raise RemoteError(
+                    0, f"cannot reach {self.url}: {exc or type(exc).__name__}"
+                ) from None
             if resp.status_code != 429:
                 break
             self.refused += 1

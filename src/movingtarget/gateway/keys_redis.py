@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from movingtarget._optional import require
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
 from movingtarget.gateway.limits import over_limit
@@ -81,7 +82,9 @@ class RedisKeyStore:
     """
 
     def __init__(self, url: str, *, namespace: str = "mt") -> None:
+        require("redis", "the Redis key store")  # a missing one: an error naming the extra
         import redis
+
 
         self.url = url
         self.ns = namespace

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._optional import require
 from movingtarget.errors import ConfigError
 
 INDEXES = ("flat", "hnsw", "ivf")
@@ -25,13 +26,7 @@ _CHUNK = 1024
 
 
 def _require_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise ConfigError(
-            "neighbour memory needs FAISS, which is not installed: pip install faiss-cpu"
-        ) from None
-    return faiss
+    return require("faiss", "neighbour memory (FAISS)")
 
 
 def _flat(x: Any) -> NDArray[np.float32]:

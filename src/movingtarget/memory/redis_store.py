@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._optional import require
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.memory._policy import ClosedOnExit, check_bounds, keep_after_eviction
 from movingtarget.memory.sqlite_store import check_namespace
@@ -216,12 +217,9 @@ class RedisStore(ClosedOnExit):
         capacity: int | None = None,
         buckets: int | None = None,
     ) -> None:
-        try:
-            import redis
-        except ImportError:
-            raise ConfigError(
-                "the Redis store needs the 'redis' package: pip install 'movingtarget[memory]'"
-            ) from None
+        require("redis", "the Redis memory")  # a missing one: an error naming the extra
+        import redis
+
         self._redis = redis
         if isinstance(url_or_client, str):
             self.url = redact(url_or_client)

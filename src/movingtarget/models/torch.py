@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._optional import require
 from movingtarget.errors import ConfigError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,12 +20,7 @@ __all__ = ["TorchModel", "require_torch", "resolve_device"]
 
 def require_torch() -> ModuleType:
     """The ``torch`` module, or a :class:`ConfigError` that says how to install it."""
-    try:
-        return importlib.import_module("torch")
-    except ImportError:
-        raise ConfigError(
-            'this model needs PyTorch, which is not installed: pip install "movingtarget[torch]"'
-        ) from None
+    return require("torch", "this model (PyTorch)")
 
 
 def resolve_device(device: str = "auto") -> str:
