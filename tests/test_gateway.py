@@ -452,3 +452,32 @@ def test_attack_on_an_unreachable_gateway_says_why(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot reach {url}: ") and "Connection refused" in err, err
     assert "answered" not in err
+
+
+def test_metrics_port_serves_a_scraper_on_loopback_without_a_key(tmp_path, gateway_env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    keys = f"sqlite:///{tmp_path / 'keys.db'}"
+    with GatewayServer(
+        "--keys-db", keys, "--metrics-port", str(port), env=gateway_env, log=tmp_path / "log"
+    ) as server:
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert scraped.status_code == 200 and "movingtarget_up 1.0" in scraped.text
+        assert httpx.get(f"{server.url}/metrics").status_code == 401  # the API port: a key
+        # only loopback: the host's own outward address does not reach the exporter
+        host = outward_address()
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            assert host is None or probe.connect_ex((host, port)) != 0
+
+
+def outward_address() -> str | None:
+    """This host's address on its default route (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.200", 9))
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from movingtarget.cli import command_group
 from movingtarget.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 keys_app = command_group("keys", "Create, list and revoke the gateway's API keys.")
 
@@ -39,6 +42,20 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     if not shape or min(shape) < 1:
         raise ConfigError(f"--input-shape {text!r}: sizes must be >= 1")
     return shape
+
+
+def serve_metrics(registry: CollectorRegistry, port: int) -> int:
+    """Serve the Prometheus ``registry`` on loopback ``port`` in a daemon thread (the
+    exporter pattern: no key, so only this host can reach it); returns the port."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"--metrics-port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})"
+        ) from None
+    return int(server.server_address[1])
 
 
 def serve(
@@ -103,6 +120,15 @@ def serve(
         int | None,
         typer.Option(help="Serve on this inherited listening socket (supervisors, tests).", min=0),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve GET /metrics without a key on 127.0.0.1:PORT only (for a "
+            "Prometheus scraper on this host; 0: a free port).",
+            min=0,
+            max=65535,
+        ),
+    ] = None,
 ) -> None:
     """Serve a model behind a defense over HTTP (see docs/gateway.md)."""
     import uvicorn
@@ -146,6 +172,9 @@ def serve(
         except OSError as exc:
             raise ConfigError(f"--fd {fd}: not a socket ({exc})") from None
         host, port = sockets[0].getsockname()[:2]
+    if metrics_port is not None:
+        metrics_port = serve_metrics(gateway.metrics.registry, metrics_port)
+        typer.echo(f"metrics (no key) on http://127.0.0.1:{metrics_port}/metrics", err=True)
     typer.echo(
         f"serving {gateway.served.name} (version {gateway.served.version}) behind "
         f"{gateway.defense.describe()} on http://{host}:{port} (memory {redact(store)}, "
