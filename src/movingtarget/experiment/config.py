@@ -133,7 +133,7 @@ def _check_registered_name(name: str, mechanisms: Any, where: str) -> None:
     raise ConfigError(
         f"{where}: {name!r} is the registered composition '{COMPOSITIONS[name]}', but these "
         f"mechanisms build '{composition_text(mechanisms)}'; give this defense its own name "
-        f"(e.g. name = \"{name}-custom\")"
+        f'(e.g. name = "{name}-custom")'
     )
 
 

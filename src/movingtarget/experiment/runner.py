@@ -31,6 +31,29 @@ from movingtarget.models import Model, build_model
 
 #: Points kept per cumulative-error curve in the results (the event logs keep all).
 CURVE_POINTS = 200
+#: Every query up to this one is a curve point: the search for the first mistake shows.
+CURVE_DENSE = 100
+
+
+def curve_points(n: int) -> NDArray[np.int64]:
+    """Queries (1-based) at which a cumulative curve of ``n`` queries is kept: every one up
+    to :data:`CURVE_DENSE`, then evenly spaced on a log axis up to ``n`` (always kept),
+    :data:`CURVE_POINTS` at most.
+
+    >>> pts = curve_points(10_000)
+    >>> pts[:5].tolist(), int(pts[-1]), len(pts) <= CURVE_POINTS
+    ([1, 2, 3, 4, 5], 10000, True)
+    """
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    dense = np.arange(1, min(n, CURVE_DENSE) + 1)
+    if n <= CURVE_DENSE:
+        return dense.astype(np.int64)
+    spread = np.geomspace(CURVE_DENSE, n, CURVE_POINTS - CURVE_DENSE + 1)[1:]
+    pts = np.unique(np.concatenate([dense, np.round(spread).astype(np.int64), [n]]))
+    return pts.astype(np.int64)
+
+
 #: Training inputs that calibrate approximate memories (thresholds for a benign rate).
 CALIBRATION_SIZE = 2000
 
@@ -114,7 +137,7 @@ def run_task(task: Task) -> dict[str, Any]:
         log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
     metrics = attack_metrics(log, 0)
     curve = cumulative_r_tilde(log, 0)
-    at = np.unique(np.linspace(1, len(curve), min(CURVE_POINTS, len(curve))).astype(int))
+    at = curve_points(len(curve))
     return {
         "attack": task.attack.display,
         "defense": task.defense.name,
@@ -145,12 +168,19 @@ def _prediction_rows(
                 config.arena.queries,
                 NO_TARGET if target is None else int(target),
             )
-            out[(attack.display, d.name)] = {
+            row: dict[str, Any] = {
                 "r_tilde_predicted": p.value,
                 "prediction": p.kind,
                 "prediction_note": p.note,
                 "_measured_key": p.measured_key,
             }
+            # the prediction at every curve point: plotted beside the measured curve
+            at = curve_points(config.arena.queries)
+            curve = p.curve(at)
+            if curve is not None:
+                row["curve_predicted_x"] = at.tolist()
+                row["curve_predicted_y"] = curve.tolist()
+            out[(attack.display, d.name)] = row
     return out
 
 

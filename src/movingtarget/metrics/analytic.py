@@ -42,11 +42,32 @@ class Prediction:
     value: float
     kind: str  # "=", "late", "<=", "repeats", or "" when there is no prediction
     note: str = ""
+    #: The chance that a fresh query is answered as the attacker wants (``r`` of the
+    #: attacker's pool under this defense): what the ``=`` curve is computed from.
+    rate: float = float("nan")
 
     @property
     def measured_key(self) -> str:
         """The :class:`~movingtarget.metrics.measured.AttackMetrics` field to compare."""
         return {"late": "r_tilde_late", "repeats": "r_tilde_repeats"}.get(self.kind, "r_tilde")
+
+    def curve(self, t: NDArray[np.integer] | list[int]) -> NDArray[np.float64] | None:
+        """The predicted cumulative ``r~`` after ``t`` queries, for each ``t``: the curve
+        that the measured cumulative ``r~`` is compared with. ``=``: the expected test set
+        attack (:func:`test_set_curve`); ``<=``: the bound, flat; None for ``late`` and
+        ``repeats`` (they speak of a part of the run, not of the cumulative curve).
+
+        >>> Prediction(0.02, "<=").curve([1, 10]).tolist()
+        [0.02, 0.02]
+        >>> Prediction(0.9951, "=", rate=0.02).curve([1, 50, 10_000]).round(4).tolist()
+        [0.02, 0.3769, 0.9951]
+        """
+        ts = np.asarray(t, dtype=np.float64)
+        if self.kind == "<=":
+            return np.full(ts.shape, self.value)
+        if self.kind == "=" and not np.isnan(self.rate):
+            return test_set_curve(self.rate, ts)
+        return None
 
 
 NONE = Prediction(float("nan"), "", "no closed form")
@@ -57,6 +78,25 @@ def test_set_prediction(r: float, m: int) -> float:
     if r <= 0:
         return 0.0
     return max(0.0, (m - 1.0 / r + 1.0) / m)
+
+
+def test_set_curve(r: float, t: NDArray[np.floating] | NDArray[np.integer]) -> NDArray[np.float64]:
+    """Expected cumulative ``r~`` after ``t`` queries of the deterministic test set attack:
+    ``E[(t - T + 1)+] / t`` with the first mistake ``T`` geometric with mean ``1/r``, i.e.
+    ``1 - (1 - r)(1 - (1 - r)^t) / (r t)``. At ``t = m`` it is :func:`test_set_prediction`
+    (to within ``(1 - r)^(m+1) / (r m)``); for ``t`` near ``1/r`` it shows the search for
+    the first mistake, where ``(t - 1/r + 1) / t`` would be 0.
+
+    >>> test_set_curve(0.02, np.array([1, 10_000])).round(4).tolist()
+    [0.02, 0.9951]
+    """
+    ts = np.asarray(t, dtype=np.float64)
+    if r <= 0:
+        return np.zeros(ts.shape)
+    if r >= 1:
+        return np.ones(ts.shape)
+    # -expm1(t log1p(-r)) is 1 - (1 - r)^t without cancellation for small r
+    return 1.0 - (1.0 - r) * -np.expm1(ts * np.log1p(-r)) / (r * ts)
 
 
 def per_input_success(
@@ -108,7 +148,7 @@ def predict(
     exact_repeats = attack in ("test-set", "test-set-targeted", "rate-tracking")
     if memorize is not None and exact_repeats:
         if memorize.on_repeat == "abstain":
-            return Prediction(r, "<=", "memorization: at most the natural rate")
+            return Prediction(r, "<=", "memorization: at most the natural rate", r)
         if attack == "rate-tracking":
             return NONE
         value = 1.0 / k if target != NO_TARGET else (k - 1.0) / k
@@ -123,12 +163,12 @@ def predict(
         return Prediction(1.0 if r > 0 else 0.0, "late", "a deterministic mistake, repeated")
     near = next((mm for mm in defense.mechanisms if isinstance(mm, NearRepeat)), None)
     if attack == "noisy-repeat" and near is not None and near.on_repeat == "abstain":
-        return Prediction(r, "<=", "approximate memorization: at most r while repeats match")
+        return Prediction(r, "<=", "approximate memorization: at most r while repeats match", r)
     if attack == "noisy-repeat" and any(mm.role == "filter" for mm in defense.mechanisms):
         # a noisy copy of a confident mistake can fall under a filter's threshold, and the
         # attacker then goes back to exploring: no closed form
         return NONE
     if attack in ("test-set", "test-set-targeted", "noisy-repeat"):
         note = "E[T] = 1/r" if attack != "noisy-repeat" else "noise keeps the mistake (approx.)"
-        return Prediction(test_set_prediction(r, m), "=", note)
+        return Prediction(test_set_prediction(r, m), "=", note, r)
     return NONE

@@ -8,7 +8,7 @@ from typing import Any
 
 from movingtarget.errors import DataError
 from movingtarget.report.arms_race import arms_race_section, has_arms_race, plot_tradeoff
-from movingtarget.report.plots import plot_r_tilde
+from movingtarget.report.plots import plot_r_tilde, r_tilde_figure
 from movingtarget.report.tables import (
     TABLE_COLUMNS,
     fmt,
@@ -61,7 +61,10 @@ def write_report(results_dir: str | Path) -> Path:
     runs = _load(root / "runs.json")
     meta = _load(root / "experiment.json")
     plot_r_tilde(
-        runs, root / PLOT_FILE, title=f"{meta['name']}: {meta['dataset']}, {meta['model']}"
+        runs,
+        root / PLOT_FILE,
+        title=f"{meta['name']}: {meta['dataset']}, {meta['model']}",
+        rows=rows,
     )
     r = meta.get("r")
     lines = [
@@ -79,7 +82,12 @@ def write_report(results_dir: str | Path) -> Path:
         markdown_table(rows),
         "",
         *defenses_section(meta),
-        f"![cumulative r~ against queries sent]({PLOT_FILE})",
+        f"![cumulative r~ against queries sent, with the predictions]({PLOT_FILE})",
+        "",
+        "In the plot each defense's measured curve (solid, with markers) has its "
+        "prediction beside it in the same colour: dashed, the expected cumulative r~ "
+        "after t queries (`=`); dotted, the bound r (`≤`); a band over the second half "
+        "(`late`); a star at the end (`repeats`).",
         "",
         "Event logs (one row per query) are in `logs/`.",
         "",
@@ -100,6 +108,7 @@ __all__ = [
     "plot_r_tilde",
     "plot_tradeoff",
     "predicted_text",
+    "r_tilde_figure",
     "table_rows",
     "write_report",
 ]

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from movingtarget.report.tables import fmt
 
@@ -57,53 +60,83 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+def tradeoff_figure(rows: list[dict[str, Any]], title: str = "") -> Figure:
     """Left: each defense's cells as points of (benign false abstention, ``r~``), with its
-    mean over attacks joined across defenses (the trade-off curve). Right: ``r~`` per
-    attack, one line per defense, with the ``2r`` bound."""
-    import matplotlib
+    mean over attacks (large, hollow) joined across defenses (the trade-off curve).
+    Right: ``r~`` per attack, one line per defense (dodged sideways so equal values show
+    apart), with the ``2r`` bound. One legend, outside the panels.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Examples
+    --------
+    >>> rows = [{"attack": "a", "defense": "d", "r": 0.02, "r_tilde": 0.01,
+    ...          "abstain_benign_false": 0.001}]
+    >>> fig = tradeoff_figure(rows)
+    >>> [ax.get_title() for ax in fig.axes]
+    ["trade-off: each defense's cells and their mean", 'r~ per attack']
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from movingtarget.report.plots import defense_style
 
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig = Figure(figsize=(15, 5.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
     means = []
+    handles: list[Any] = []
+    dodge = min(0.1, 0.6 / max(len(defenses), 1))
     for i, defense in enumerate(defenses):
         group = [r for r in rows if r["defense"] == defense]
         x = np.array([_num(r.get("abstain_benign_false")) for r in group])
         y = np.array([_num(r.get("r_tilde")) for r in group])
-        color = f"C{i % 10}"
-        left.scatter(100 * x, y, s=18, alpha=0.5, color=color, label=defense)
+        style = defense_style(i)
+        left.scatter(100 * x, y, s=20, alpha=0.5, color=style["color"], marker=style["marker"])
         means.append((float(np.nanmean(x)) if len(x) else math.nan, float(np.nanmean(y))))
-        left.scatter(100 * means[-1][0], means[-1][1], s=90, marker="D", color=color)
-        ry = [
-            _num(r.get("r_tilde")) for r in sorted(group, key=lambda r: attacks.index(r["attack"]))
-        ]
-        right.plot(range(len(ry)), ry, marker="o", color=color, label=defense)
+        # the mean: large and hollow, so means that coincide still show each shape
+        left.scatter(
+            100 * means[-1][0], means[-1][1], s=150, marker=style["marker"],
+            facecolors="none", edgecolors=style["color"], linewidths=2.0, zorder=3,
+        )  # fmt: skip
+        by_attack = sorted(group, key=lambda r: attacks.index(r["attack"]))
+        # dodged sideways a little per defense: equal values sit side by side, not on top
+        xs = [attacks.index(r["attack"]) + dodge * (i - (len(defenses) - 1) / 2) for r in by_attack]
+        ry = [_num(r.get("r_tilde")) for r in by_attack]
+        right.plot(xs, ry, **style, markersize=5, linewidth=1.2, alpha=0.9)
+        handles.append(Line2D([], [], **style, markersize=5, linewidth=1.3, label=defense))
     order = sorted(range(len(means)), key=lambda j: means[j][0])
     left.plot([100 * means[j][0] for j in order], [means[j][1] for j in order], "k--", lw=0.8)
+    handles.append(
+        Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
+               markeredgecolor="0.3", markeredgewidth=2.0, markersize=9,
+               label="large hollow: mean over attacks")
+    )  # fmt: skip
+    handles.append(Line2D([], [], color="k", ls="--", lw=0.8, label="trade-off curve"))
     r = next((_num(row.get("r")) for row in rows if row.get("r") is not None), math.nan)
+    if not math.isnan(r):
+        handles.append(Line2D([], [], color="grey", ls=":", lw=1.2, label=f"2r = {2 * r:.3f}"))
     for ax in (left, right):
         if not math.isnan(r):
-            ax.axhline(2 * r, color="grey", ls=":", lw=1, label="2r")
+            ax.axhline(2 * r, color="grey", ls=":", lw=1.2)
         ax.set_yscale("symlog", linthresh=0.01)
-        ax.set_ylim(-0.001, 1.05)
+        ax.set_ylim(-0.001, 1.6)  # room above r~ = 1 on the log part
         ax.grid(alpha=0.3)
         ax.set_ylabel("r~ (adversary's success rate)")
     left.set_xlabel("benign false abstention (%): fresh benign items abstained")
-    left.set_title("trade-off (diamonds: mean over attacks)")
+    left.set_title("trade-off: each defense's cells and their mean")
     right.set_xticks(range(len(attacks)))
     right.set_xticklabels(attacks, rotation=40, ha="right", fontsize=7)
     right.set_title("r~ per attack")
-    right.legend(fontsize=7, loc="center right")
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Write :func:`tradeoff_figure` as a PNG at ``path``."""
     out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    tradeoff_figure(rows, title).savefig(out, dpi=110)
     return out
 
 
