@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,6 @@ from movingtarget.experiment import runner as runner_module
 from movingtarget.experiment.runner import make_pools
 
 BASE = {"defenses": ["deterministic"], "attacks": ["test-set"]}
-#: The tests' copy of Spambase (README: the tests read ../shared/datasets/spambase.csv).
-SPAMBASE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "spambase.csv"
 
 
 @pytest.mark.parametrize("name", BUILTIN_CONFIGS)
@@ -123,8 +120,7 @@ def test_bad_override(item: str) -> None:
 
 
 def _shipped(name: str, overrides: list[str] | None = None):  # type: ignore[no-untyped-def]
-    extra = [f"dataset.path={SPAMBASE}"] if name == "spambase" else []
-    return load_config(name, [*extra, *(overrides or [])])
+    return load_config(name, overrides)  # spambase: the copy inside the package
 
 
 @pytest.mark.parametrize("name", BUILTIN_CONFIGS)
