@@ -16,9 +16,15 @@ __all__ = ["GatewayServer", "auth", "classify", "digits_x", "gateway_env", "new_
 
 @pytest.fixture(scope="session")
 def gateway_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One model cache for every server of the session (trained once), one secret."""
+    """One model cache for every server of the session (trained once), one secret, and a
+    default key store under the session's temporary folder (not the current folder)."""
     cache = tmp_path_factory.mktemp("model-cache")
-    return {"MOVINGTARGET_CACHE": str(cache), "MOVINGTARGET_SECRET": "gateway-tests"}
+    keys = tmp_path_factory.mktemp("default-keys") / "keys.db"
+    return {
+        "MOVINGTARGET_CACHE": str(cache),
+        "MOVINGTARGET_SECRET": "gateway-tests",
+        "MOVINGTARGET_KEYS": f"sqlite:///{keys}",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -481,3 +481,14 @@ def outward_address() -> str | None:
             return None
         address = str(s.getsockname()[0])
     return None if address.startswith("127.") else address
+
+
+def test_attack_refuses_benign_traffic_beyond_its_pool_in_its_own_flags(served, tmp_path, capsys):
+    # digits at --test-size 0.3: a benign pool of 267; 1000 x 0.5 = 500 benign queries
+    args = ["attack", served["url"], "--key", served["token"], "--budget", "1000"]
+    args += ["--benign-key", served["token"], "--benign-ratio", "0.5", "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--benign-ratio 0.5 x --budget 1000 = 500 benign queries" in err, err
+    assert "holds 267 items" in err and "--benign-repeats" in err
+    assert not (tmp_path / "summary.json").exists()

@@ -280,7 +280,7 @@ def test_models_import_without_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count('pip install "movingtarget[torch]"') == 2
+    assert out.stdout.count("pip install 'movingtarget[torch]'") == 2
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -40,9 +40,14 @@ class MissingDependency(ConfigError):
     """
 
 
-def missing_dependency(exc: ImportError, what: str) -> MissingDependency | None:
-    """The :class:`MissingDependency` for ``exc`` if it is an optional dependency, else None."""
-    module = (exc.name or "").split(".")[0]
+def missing_dependency(
+    exc: ImportError, what: str, wanted: str = ""
+) -> MissingDependency | None:
+    """The :class:`MissingDependency` for ``exc`` if it is an optional dependency, else None.
+
+    ``wanted`` is the module that was imported, for an error that does not name it.
+    """
+    module = (exc.name or wanted).split(".")[0]
     extra = EXTRAS.get(module)
     if extra is None:
         return None
@@ -62,7 +67,7 @@ def require(module: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        error = missing_dependency(exc, what)
+        error = missing_dependency(exc, what, module)
         if error is None:
             raise
         raise error from None

@@ -55,6 +55,14 @@ def attack(
     benign_ratio: Annotated[
         float, typer.Option(help="Benign queries per adversarial query.", min=0)
     ] = 0.0,
+    benign_repeats: Annotated[
+        bool,
+        typer.Option(
+            "--benign-repeats",
+            help="Let benign users cycle through their pool when it is smaller than their "
+            "queries (refused by default: it manufactures benign repeats).",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the adversary and the traffic.")] = 0,
     test_size: Annotated[float, typer.Option(help="Test share of the dataset split.")] = 0.3,
     split_seed: Annotated[int, typer.Option(help="Seed of the dataset split.")] = 0,
@@ -80,6 +88,7 @@ def attack(
         budget=budget,
         benign_keys=list(benign_key or []),
         benign_ratio=benign_ratio,
+        benign_repeats=benign_repeats,
         seed=seed,
         test_size=test_size,
         split_seed=split_seed,

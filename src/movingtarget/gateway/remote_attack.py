@@ -19,15 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from movingtarget.arena.arena import Arena, ArenaConfig
 from movingtarget.arena.eventlog import EventLog
 from movingtarget.attacks import build_adversary
 from movingtarget.datasets import load_dataset
 from movingtarget.errors import ConfigError
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
-from movingtarget.experiment.runner import CURVE_POINTS, Task, _json_safe, aggregate, make_pools
+from movingtarget.experiment.runner import Task, _json_safe, aggregate, curve_points, make_pools
 from movingtarget.gateway.client import GatewayClient
 from movingtarget.gateway.remote_defense import RemoteDefense
 from movingtarget.metrics.measured import attack_metrics, cumulative_r_tilde
@@ -51,6 +49,7 @@ class RemoteAttack:
     budget: int = 1000
     benign_keys: list[str] = field(default_factory=list)
     benign_ratio: float = 0.0
+    benign_repeats: bool = False
     duplicate_share: float = 0.05
     seed: int = 0
     test_size: float = 0.3
@@ -70,6 +69,20 @@ class RemoteResult:
     queries_csv: str
     refused: int
     waited_s: float
+
+
+def _check_benign_pool(spec: RemoteAttack, config: ArenaConfig, pool: int) -> None:
+    """The arena's benign-pool check, worded with the attack command's own flags."""
+    try:
+        config.check_benign_pool(pool)
+    except ConfigError:
+        raise ConfigError(
+            f"--benign-ratio {spec.benign_ratio:g} x --budget {spec.budget} = "
+            f"{config.benign_queries()} benign queries, but the benign pool of "
+            f"{spec.dataset!r} holds {pool} items, so benign users would re-send items beyond "
+            "the configured duplicates; lower --benign-ratio or --budget, raise --test-size, "
+            "or pass --benign-repeats to allow it"
+        ) from None
 
 
 def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> RemoteResult:
@@ -93,6 +106,13 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
             )
         n_classes = n_classes or split.n_classes
         pools = make_pools(split.x_test, split.y_test, spec.pools, spec.split_seed)
+        arena_cfg = ArenaConfig(
+            queries=spec.budget,
+            benign_ratio=spec.benign_ratio,
+            duplicate_share=spec.duplicate_share,
+            benign_repeats=spec.benign_repeats,
+        )
+        _check_benign_pool(spec, arena_cfg, len(pools.benign_y))
         adversary = build_adversary(
             spec.attack,
             pools.attacker_x,
@@ -109,11 +129,6 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
             name=str(health["defense"]),
             max_inputs=spec.max_inputs,
             key_names=names,
-        )
-        arena_cfg = ArenaConfig(
-            queries=spec.budget,
-            benign_ratio=spec.benign_ratio,
-            duplicate_share=spec.duplicate_share,
         )
         log = Arena(arena_cfg).run(
             defense,  # type: ignore[arg-type]  # the arena needs only answer() and reset()
@@ -162,7 +177,7 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
 def _run_row(task: Task, log: EventLog) -> dict[str, Any]:
     # the same row as experiment.runner.run_task writes to runs.json
     curve = cumulative_r_tilde(log, 0)
-    at = np.unique(np.linspace(1, len(curve), min(CURVE_POINTS, len(curve))).astype(int))
+    at = curve_points(len(curve))
     row: dict[str, Any] = {
         "attack": task.attack.display,
         "defense": task.defense.name,
