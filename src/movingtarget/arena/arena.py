@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._passes import Passes
 from movingtarget.arena.eventlog import EventLog
 from movingtarget.arena.transforms import NearDuplicates, check_transforms
 from movingtarget.attacks.base import NO_TARGET, Adversary, Proposal
@@ -135,8 +136,7 @@ class BenignTraffic:
     ) -> None:
         self.pool_x, self.pool_y = pool_x, pool_y
         self.config, self.rng = config, rng
-        self._order = rng.permutation(len(pool_y))
-        self._cursor = 0
+        self._passes = Passes(len(pool_y), rng)
         self._sent: list[NDArray[np.int64]] = []
         self._n_sent = 0
         self.duplicate = np.zeros(0, dtype=bool)  # exact-duplicate rows of the last draw
@@ -172,26 +172,13 @@ class BenignTraffic:
             self.duplicate &= ~self.near
         repeat = self.duplicate | self.near
         idx = np.empty(n, dtype=np.int64)
-        idx[~repeat] = self._fresh(n - int(repeat.sum()))
+        idx[~repeat] = self._passes.take(n - int(repeat.sum()))
         if repeat.any():
             history = np.concatenate(self._sent)
             idx[repeat] = history[self.rng.integers(0, len(history), int(repeat.sum()))]
         self._sent.append(idx)
         self._n_sent += n
         return idx
-
-    def _fresh(self, n: int) -> NDArray[np.int64]:
-        """The next ``n`` items of the seeded order (a new pass when one is used up)."""
-        fresh = []
-        while n > 0:
-            if self._cursor == len(self._order):
-                self._order = self.rng.permutation(len(self.pool_y))
-                self._cursor = 0
-            take = self._order[self._cursor : self._cursor + n]
-            self._cursor += len(take)
-            fresh.append(take)
-            n -= len(take)
-        return np.concatenate(fresh) if fresh else np.zeros(0, np.int64)
 
 
 class Arena:

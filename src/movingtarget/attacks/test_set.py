@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._passes import Passes
 from movingtarget.attacks.base import PoolAdversary, Proposal
 from movingtarget.errors import ConfigError
 
@@ -56,23 +57,10 @@ class TestSetAttack(PoolAdversary):
         if patience < 1:
             raise ConfigError(f"{self.name}: patience must be >= 1, got {patience}")
         self.patience = int(patience)
-        self._order = self.rng.permutation(len(self.pool_y))
-        self._cursor = 0
+        self._passes = Passes(len(self.pool_y), self.rng)
         self._item = -1  # the mistake being exploited, -1 while exploring
         self._commit = 1
         self._failures = 0
-
-    def _next_fresh(self, n: int) -> NDArray[np.int64]:
-        out = []
-        while n > 0:
-            if self._cursor == len(self._order):
-                self._order = self.rng.permutation(len(self.pool_y))
-                self._cursor = 0
-            take = self._order[self._cursor : self._cursor + n]
-            self._cursor += len(take)
-            out.append(take)
-            n -= len(take)
-        return np.concatenate(out).astype(np.int64)
 
     def _exploit_queries(self, idx: NDArray[np.int64]) -> NDArray[np.float32] | None:
         """The inputs sent when repeating ``idx`` (None: the pool inputs unchanged)."""
@@ -80,7 +68,7 @@ class TestSetAttack(PoolAdversary):
 
     def propose(self, limit: int, exactly: bool = False) -> Proposal:
         if self._item < 0:
-            idx = self._next_fresh(limit if exactly else 1)
+            idx = self._passes.take(limit if exactly else 1)
             return self._proposal(idx)
         n = limit if exactly else min(limit, self._commit)
         idx = np.full(n, self._item, dtype=np.int64)
@@ -144,7 +132,7 @@ class TargetedTestSetAttack(TestSetAttack):
         if len(keep) == 0:
             raise ConfigError(f"{self.name}: the pool holds only class {target}")
         self.pool_x, self.pool_y = self.pool_x[keep], self.pool_y[keep]
-        self._order = self.rng.permutation(len(self.pool_y))
+        self._passes = Passes(len(self.pool_y), self.rng)
 
 
 class NoisyRepeatAttack(TestSetAttack):
