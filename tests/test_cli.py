@@ -244,6 +244,18 @@ COMMANDS = [
 ]  # fmt: skip
 
 
+def flags(command: list[str]) -> set[str]:
+    """The options of ``command`` that take no value (from the command itself)."""
+    import typer
+
+    from movingtarget.cli.main import app
+
+    node = typer.main.get_command(app)
+    for name in command:
+        node = node.commands[name]  # type: ignore[attr-defined]
+    return {"--help"} | {o for p in node.params if getattr(p, "is_flag", False) for o in p.opts}
+
+
 @pytest.mark.parametrize("columns", [80, 120])
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_help_reads_like_a_plain_command_line(
@@ -267,6 +279,6 @@ def test_help_reads_like_a_plain_command_line(
         words = line.split()
         if words and words[0] == "--help":
             assert words[1] == "Show"  # a flag takes no value: no metavar after it
-        flag = len(words) > 1 and (words[0] in ("--help", "--json") or words[1] == "/")
+        flag = len(words) > 1 and (words[0] in flags(command) or words[1] == "/")
         if words and words[0].startswith("--") and not flag:  # --labels / --no-labels: a flag
             assert words[1].replace("=", "").replace(":", "").isupper(), line  # --out PATH
