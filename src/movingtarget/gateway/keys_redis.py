@@ -85,7 +85,6 @@ class RedisKeyStore:
         require("redis", "the Redis key store")  # a missing one: an error naming the extra
         import redis
 
-
         self.url = url
         self.ns = namespace
         try:
