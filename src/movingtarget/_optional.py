@@ -40,9 +40,7 @@ class MissingDependency(ConfigError):
     """
 
 
-def missing_dependency(
-    exc: ImportError, what: str, wanted: str = ""
-) -> MissingDependency | None:
+def missing_dependency(exc: ImportError, what: str, wanted: str = "") -> MissingDependency | None:
     """The :class:`MissingDependency` for ``exc`` if it is an optional dependency, else None.
 
     ``wanted`` is the module that was imported, for an error that does not name it.
