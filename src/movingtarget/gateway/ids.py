@@ -36,6 +36,8 @@ class QueryIds:
     >>> q = ids.issue("req", 2, key_id=7)
     >>> q[0].startswith("req.0."), ids.check(q[1], key_id=7), ids.check(q[1], key_id=8)
     (True, True, False)
+    >>> ids.check("req.0.\u00fe", key_id=7)
+    False
     """
 
     def __init__(self, secret: bytes) -> None:
@@ -50,5 +52,9 @@ class QueryIds:
 
     def check(self, query_id: str, key_id: int) -> bool:
         """True when ``query_id`` was issued to ``key_id``."""
+        # Ids come from the client: anything but ASCII is not one of ours, and
+        # compare_digest refuses non-ASCII text (a TypeError, i.e. a 500).
+        if not query_id.isascii():
+            return False
         stem, _, tag = query_id.rpartition(".")
         return bool(stem) and hmac.compare_digest(self._tag(stem, key_id), tag)
