@@ -31,8 +31,8 @@ def test_shipped_configs_load(name: str) -> None:
 def test_hello_world_is_the_default() -> None:
     cfg = load_config()
     assert cfg.dataset.name == "digits"
-    assert cfg.arena.queries == 10_000
-    assert len(cfg.seeds) == 5
+    assert cfg.arena.queries == 400
+    assert len(cfg.seeds) == 20
     assert [d.name for d in cfg.defenses] == [
         "deterministic",
         "stochastic",
@@ -152,7 +152,7 @@ def test_run_refuses_an_exhausted_benign_pool_before_training(monkeypatch) -> No
     cfg = load_config("hello-world", ["test_size=0.3", "seeds=1"])
     with pytest.raises(ConfigError) as err:
         run_experiment(cfg, workers=1)
-    assert "400 benign queries (queries 10000 x benign_ratio 0.04)" in str(err.value)
+    assert "400 benign queries (queries 400 x benign_ratio 1)" in str(err.value)
     assert "holds 267 items" in str(err.value)
 
 

@@ -166,7 +166,9 @@ def test_feedback_is_stored_and_bound_to_the_key(served, digits_x):
     # a non-ASCII id (as a fuzzer sends) is refused as not ours, not a 500
     forged = qid.rpartition(".")[0] + ".\u00fe\U0001f600"
     r = httpx.post(
-        f"{url}/v1/feedback", json={"labels": [{"query_id": forged, "label": 3}]}, headers=auth(token)
+        f"{url}/v1/feedback",
+        json={"labels": [{"query_id": forged, "label": 3}]},
+        headers=auth(token),
     )
     assert r.status_code == 400 and "not issued to this key" in r.json()["error"]
     store = open_keys(served["keys"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway_server import GatewayServer, classify, digits_x, gateway_env, new_key
-from movingtarget.arena import Arena, ArenaConfig
+from movingtarget.arena import Arena, ArenaConfig, DeploymentSeeds
 from movingtarget.arena.eventlog import EventLog
 from movingtarget.attacks import build_adversary
 from movingtarget.cli.main import main
@@ -119,13 +119,16 @@ def test_remote_test_set_attack_matches_a_local_run(tmp_path: Path, gateway_env,
     served = load_served_model("digits:logistic")
     split = load_dataset("digits").split(test_size=0.3, seed=0)
     pools = make_pools(split.x_test, split.y_test, "split", 0)
-    adversary = build_adversary("test-set", pools.attacker_x, pools.attacker_y, 10, seed=seed)
+    streams = DeploymentSeeds.from_seed(seed)  # each component on its own stream
+    adversary = build_adversary(
+        "test-set", pools.attacker_x, pools.attacker_y, 10, seed=streams.adversary
+    )
     local = Arena(ArenaConfig(queries=budget, benign_ratio=ratio)).run(
         build_defense("memorize-abstain", served.model),
         [adversary],
         pools.benign_x,
         pools.benign_y,
-        seed=seed,
+        seed=streams.arena,
     )
     assert attack_metrics(remote).r_tilde == attack_metrics(local).r_tilde
     np.testing.assert_array_equal(remote.answer, local.answer)

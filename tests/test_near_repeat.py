@@ -147,7 +147,7 @@ def test_arms_race_config_grid() -> None:
     assert len(labels) == len(set(labels)) >= 12
     assert cfg.arena.near_duplicate_share > 0
     eps = sorted(a.params["eps"] for a in cfg.attacks if a.params.get("norm") == "linf")
-    assert np.allclose(np.array(eps) * 255, [1, 2, 4, 8], atol=1e-3)
+    assert np.allclose(np.array(eps) * 255, [1, 2, 4, 8, 16, 32], atol=1e-3)
     with pytest.raises(ConfigError, match="grid"):
         from movingtarget.experiment import parse_config
 

@@ -2,5 +2,14 @@
 
 from movingtarget.arena.arena import ADVERSARY_CLIENT, Arena, ArenaConfig, BenignTraffic
 from movingtarget.arena.eventlog import COLUMNS, EventLog
+from movingtarget.arena.seeds import DeploymentSeeds
 
-__all__ = ["ADVERSARY_CLIENT", "COLUMNS", "Arena", "ArenaConfig", "BenignTraffic", "EventLog"]
+__all__ = [
+    "ADVERSARY_CLIENT",
+    "COLUMNS",
+    "Arena",
+    "ArenaConfig",
+    "BenignTraffic",
+    "DeploymentSeeds",
+    "EventLog",
+]

@@ -55,7 +55,7 @@ class ExperimentConfig:
     --------
     >>> cfg = load_config("hello-world")
     >>> cfg.dataset.name, len(cfg.defenses), len(cfg.seeds), cfg.arena.queries
-    ('digits', 5, 5, 10000)
+    ('digits', 5, 20, 400)
     """
 
     name: str
@@ -69,6 +69,9 @@ class ExperimentConfig:
     split_seed: int = 0
     model_seed: int = 0
     pools: str = "split"  # "split": attacker and benign pools are disjoint halves of test
+    #: "order": seeds vary only the orderings over one split and its pools; "data": each
+    #: seed also redraws the split (split_seed + seed), retrains the model and the pools.
+    resample: str = "order"
 
 
 def _suggest(key: str, allowed: list[str]) -> str:
@@ -182,6 +185,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         "split_seed",
         "model_seed",
         "pools",
+        "resample",
     ]
     _check_keys(raw, top, "")
     name = _typed(raw.get("name", Path(source).stem), str, "name")
@@ -255,6 +259,9 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
     pools = _typed(raw.get("pools", "split"), str, "pools")
     if pools not in ("split", "shared"):
         raise ConfigError(f"pools must be 'split' or 'shared', got {pools!r}")
+    resample = _typed(raw.get("resample", "order"), str, "resample")
+    if resample not in ("order", "data"):
+        raise ConfigError(f"resample must be 'order' or 'data', got {resample!r}")
     return ExperimentConfig(
         name=name,
         dataset=dataset,
@@ -267,6 +274,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         split_seed=_typed(raw.get("split_seed", 0), int, "split_seed"),
         model_seed=_typed(raw.get("model_seed", 0), int, "model_seed"),
         pools=pools,
+        resample=resample,
     )
 
 

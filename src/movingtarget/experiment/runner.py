@@ -15,17 +15,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.arena.arena import Arena
+from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import NO_TARGET, build_adversary
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
 from movingtarget.defenses.near_repeat import calibrate_defense
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
-from movingtarget.metrics.analytic import predict
+from movingtarget.metrics.analytic import (
+    FEW_MISTAKES,
+    RELATION,
+    Z_MAX,
+    Prediction,
+    predict,
+    verdict,
+)
 from movingtarget.metrics.measured import (
     attack_metrics,
     benign_false_abstention,
     cumulative_r_tilde,
     natural_error,
+    repeat_mask,
 )
 from movingtarget.models import Model, build_model
 
@@ -58,35 +67,66 @@ def curve_points(n: int) -> NDArray[np.int64]:
 CALIBRATION_SIZE = 2000
 
 
+def distinct_rows(x: NDArray[np.generic]) -> NDArray[np.int64]:
+    """Indices of the first occurrence of each byte-identical row of ``x``, in order.
+
+    >>> distinct_rows(np.array([[1, 2], [3, 4], [1, 2]], np.float32)).tolist()
+    [0, 1]
+    """
+    flat = np.ascontiguousarray(np.asarray(x).reshape(len(x), -1))
+    if len(flat) == 0:
+        return np.zeros(0, np.int64)
+    rows = flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()
+    _, first = np.unique(rows, return_index=True)
+    return np.sort(first).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Pools:
-    """The attacker's labeled pool and the benign users' pool (from the test split)."""
+    """The attacker's labeled pool and the benign users' pool (from the test split).
+
+    ``duplicates`` counts test rows dropped before splitting because they were
+    byte-identical to an earlier row: with them, a benign user could send exactly what
+    the attacker sent, and a memory would rightly call it a repeat.
+    """
 
     attacker_x: NDArray[np.float32]
     attacker_y: NDArray[np.int64]
     benign_x: NDArray[np.float32]
     benign_y: NDArray[np.int64]
+    duplicates: int = 0
 
 
 def make_pools(x: NDArray[np.float32], y: NDArray[np.int64], how: str, seed: int) -> Pools:
-    """Disjoint, stratified halves of the test split (``split``), or both the whole of it."""
+    """Disjoint, stratified halves of the distinct rows of the test split (``split``), or
+    both the whole of it (``shared``).
+
+    >>> x = np.array([[0.0], [1.0], [0.0], [2.0], [3.0]], np.float32)
+    >>> pools = make_pools(x, np.array([0, 0, 0, 1, 1]), "split", seed=0)
+    >>> len(pools.attacker_y) + len(pools.benign_y), pools.duplicates
+    (4, 1)
+    """
+    keep = distinct_rows(x)
+    dropped = len(x) - len(keep)
+    x, y = x[keep], y[keep]
     if how == "shared":
-        return Pools(x, y, x, y)
+        return Pools(x, y, x, y, dropped)
     rng = np.random.default_rng([seed, 0x9001])
     attacker = np.zeros(len(y), dtype=bool)
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
         attacker[idx[: (len(idx) + 1) // 2]] = True
-    return Pools(x[attacker], y[attacker], x[~attacker], y[~attacker])
+    return Pools(x[attacker], y[attacker], x[~attacker], y[~attacker], dropped)
 
 
 @dataclass(frozen=True)
 class Task:
-    """One deployment: an attack, a defense, a seed."""
+    """One deployment: an attack, a defense, a seed (and the split it runs on)."""
 
     attack: ComponentSpec
     defense: DefenseSpec
     seed: int
+    split_seed: int = 0
 
     @property
     def slug(self) -> str:
@@ -94,93 +134,148 @@ class Task:
         return f"{self.attack.display}__{self.defense.name}__seed{self.seed}".replace("/", "_")
 
 
-# Per-worker state, set once by the pool initializer (the model is sent once, not per task).
+@dataclass
+class Prepared:
+    """A split's trained model, its pools and its natural error rates."""
+
+    model: Model
+    pools: Pools
+    calibration_x: NDArray[np.float32] | None
+    rates: dict[str, float]
+
+
+def prepare(
+    config: ExperimentConfig,
+    split_seed: int,
+    *,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> Prepared:
+    """Split the dataset, make the pools, train the model, measure each ``r``."""
+    dataset = load_dataset(config.dataset.name, **config.dataset.params)
+    split = dataset.split(test_size=config.test_size, seed=split_seed)
+    pools = make_pools(split.x_test, split.y_test, config.pools, split_seed)
+    # before training: a benign stream larger than its pool fails in a second, not minutes
+    config.arena.check_benign_pool(len(pools.benign_y))
+    model = build_model(
+        config.model.name,
+        split,
+        seed=config.model_seed,
+        device=device,
+        cache_dir=cache_dir,
+        **config.model.params,
+    )
+    rates = {
+        "r_test": natural_error(model.predict_proba(split.x_test), split.y_test),
+        "r_attacker": natural_error(model.predict_proba(pools.attacker_x), pools.attacker_y),
+        "r_benign": (
+            natural_error(model.predict_proba(pools.benign_x), pools.benign_y)
+            if len(pools.benign_y)
+            else float("nan")
+        ),
+    }
+    calibration_x = split.x_train
+    if len(calibration_x) > CALIBRATION_SIZE:
+        pick = np.random.default_rng([split_seed, 0xCA1]).choice(
+            len(calibration_x), CALIBRATION_SIZE, replace=False
+        )
+        calibration_x = calibration_x[np.sort(pick)]
+    return Prepared(model, pools, calibration_x, rates)
+
+
+# Per-worker state, set once by the pool initializer (models are sent once, not per task).
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(
-    model: Model,
-    pools: Pools,
-    config: ExperimentConfig,
-    logs: str,
-    calibration_x: NDArray[np.float32] | None = None,
-) -> None:
+def _init_worker(prepared: dict[int, Prepared], config: ExperimentConfig, logs: str) -> None:
     # one thread per worker: the workers already use every core
     from movingtarget._threads import limit_threads
 
     limit_threads(1)
-    _STATE.update(model=model, pools=pools, config=config, logs=logs, calibration_x=calibration_x)
+    _STATE.clear()
+    _STATE.update(prepared=prepared, config=config, logs=logs, proba={})
+
+
+def _pool_proba(task: Task, adversary: Any, model: Model) -> NDArray[np.float64] | None:
+    """The model's probabilities on the adversary's pool, once per (split, pool)."""
+    pool = getattr(adversary, "pool_x", None)
+    if pool is None:
+        return None
+    key = (task.split_seed, int(getattr(adversary, "target", NO_TARGET)), len(pool))
+    cache: dict[tuple[int, int, int], NDArray[np.float64]] = _STATE["proba"]
+    if key not in cache:
+        cache[key] = np.asarray(model.predict_proba(pool), dtype=np.float64)
+    return cache[key]
+
+
+def ran_out_at(source: NDArray[np.int64], supply: int) -> int | None:
+    """The query (1-based) that sent the last of ``supply`` fresh inputs, after which the
+    attacker could only repeat; None when some input was never sent.
+
+    >>> ran_out_at(np.array([2, 0, 0, 1, 1]), 3), ran_out_at(np.array([0, 0]), 2)
+    (4, None)
+    """
+    fresh = ~repeat_mask(source)
+    if supply <= 0 or int(fresh.sum()) < supply:
+        return None
+    return int(np.flatnonzero(fresh)[-1]) + 1
 
 
 def run_task(task: Task) -> dict[str, Any]:
-    """Run one deployment in this process; write its event log; return its metrics."""
-    model: Model = _STATE["model"]
-    pools: Pools = _STATE["pools"]
+    """Run one deployment in this process; write its event log; return its metrics and
+    the prediction for the attacker it ran."""
+    prepared: Prepared = _STATE["prepared"][task.split_seed]
+    model, pools = prepared.model, prepared.pools
     config: ExperimentConfig = _STATE["config"]
-    defense = build_defense(task.defense.spec, model, name=task.defense.name, seed=task.seed)
+    seeds = DeploymentSeeds.from_seed(task.seed)
+    defense = build_defense(task.defense.spec, model, name=task.defense.name, seed=seeds.defense)
     # approximate memories choose thresholds on training data, checked on the benign pool
     calibrations = calibrate_defense(
-        defense, _STATE.get("calibration_x"), pools.benign_x, seed=task.seed
+        defense, prepared.calibration_x, pools.benign_x, seed=seeds.calibration
     )
     adversary = build_adversary(
         task.attack.name,
         pools.attacker_x,
         pools.attacker_y,
         defense.n_classes,
-        seed=task.seed,
+        seed=seeds.adversary,
         **task.attack.params,
     )
+    m = config.arena.queries
+    prediction = predict(
+        defense,
+        adversary,
+        m,
+        lifetime=config.arena.lifetime,
+        batch=config.arena.adversary_batch,
+        proba=_pool_proba(task, adversary, model),
+    )
     log = Arena(config.arena).run(
-        defense, [adversary], pools.benign_x, pools.benign_y, seed=task.seed
+        defense, [adversary], pools.benign_x, pools.benign_y, seed=seeds.arena
     )
     if _STATE["logs"]:
         log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
     metrics = attack_metrics(log, 0)
     curve = cumulative_r_tilde(log, 0)
     at = curve_points(len(curve))
-    return {
+    source = log.source[log.adversary == 0]
+    out: dict[str, Any] = {
         "attack": task.attack.display,
         "defense": task.defense.name,
         "seed": task.seed,
+        "split_seed": task.split_seed,
         **metrics.as_dict(),
+        "repeats": int(repeat_mask(source).sum()),
+        "ran_out_at": ran_out_at(source, prediction.supply),
+        "prediction": prediction.as_dict(),
         "abstain_benign_false": benign_false_abstention(log),
         "calibration": [c.as_dict() for c in calibrations],
         "curve_x": at.tolist(),
         "curve_y": curve[at - 1].tolist(),
     }
-
-
-def _prediction_rows(
-    config: ExperimentConfig, model: Model, pools: Pools
-) -> dict[tuple[str, str], dict[str, Any]]:
-    out = {}
-    for attack in config.attacks:
-        target = attack.params.get("target", NO_TARGET)
-        if attack.name == "test-set-targeted" and "target" not in attack.params:
-            target = 0
-        for d in config.defenses:
-            defense = build_defense(d.spec, model, name=d.name)
-            p = predict(
-                attack.name,
-                defense,
-                pools.attacker_x,
-                pools.attacker_y,
-                config.arena.queries,
-                NO_TARGET if target is None else int(target),
-            )
-            row: dict[str, Any] = {
-                "r_tilde_predicted": p.value,
-                "prediction": p.kind,
-                "prediction_note": p.note,
-                "_measured_key": p.measured_key,
-            }
-            # the prediction at every curve point: plotted beside the measured curve
-            at = curve_points(config.arena.queries)
-            curve = p.curve(at)
-            if curve is not None:
-                row["curve_predicted_x"] = at.tolist()
-                row["curve_predicted_y"] = curve.tolist()
-            out[(attack.display, d.name)] = row
+    predicted_curve = prediction.curve(at)
+    if predicted_curve is not None:
+        out["curve_predicted_y"] = predicted_curve.tolist()
     return out
 
 
@@ -193,27 +288,91 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), se
 
 
+def bootstrap_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A percentile bootstrap interval of the mean over seeds (seeded: reproducible);
+    NaN with fewer than 3 values.
+
+    >>> lo, hi = bootstrap_ci([0.1, 0.2, 0.3, 0.4, 0.5]); lo < 0.3 < hi
+    True
+    >>> bootstrap_ci([0.2, 0.2, 0.2])
+    (0.2, 0.2)
+    """
+    arr = np.asarray([v for v in values if v is not None and not np.isnan(v)], np.float64)
+    if len(arr) < 3:
+        return float("nan"), float("nan")
+    if np.ptp(arr) == 0:
+        return float(arr[0]), float(arr[0])
+    from scipy.stats import bootstrap
+
+    res = bootstrap(
+        (arr,),
+        np.mean,
+        confidence_level=level,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _prediction_summary(group: list[dict[str, Any]], m: int) -> dict[str, Any]:
+    """The row's prediction from its runs' predictions: the mean over seeds, with the
+    analytic standard error of the comparable measurement's mean where it is known."""
+    preds = [g["prediction"] for g in group]
+    kinds = {p["kind"] for p in preds}
+    first = preds[0]
+    row: dict[str, Any] = {
+        "prediction": first["kind"] if len(kinds) == 1 else "",
+        "prediction_note": first["note"] if len(kinds) == 1 else "the seeds' premises differ",
+        "rate_label": first["rate_label"],
+    }
+
+    def mean(key: str) -> float:
+        vals = [p[key] for p in preds if p[key] is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    row["r_tilde_predicted"] = mean("value") if row["prediction"] else float("nan")
+    row["r_tilde_iid"] = mean("iid") if row["prediction"] else float("nan")
+    row["rate"] = mean("rate")
+    row["supply"] = round(mean("supply")) if preds else 0
+    row["mistakes"] = mean("mistakes")
+    row["bound_k_over_m"] = row["mistakes"] / m
+    variances = []
+    for g, p in zip(group, preds, strict=True):
+        v = p["variance"]
+        if p["kind"] == "repeats" and v is not None:
+            v = v / g["repeats"] if g["repeats"] else float("nan")
+        variances.append(float("nan") if v is None else float(v))
+    n = len(group)
+    row["r_tilde_predicted_se"] = float(np.sqrt(np.sum(variances)) / n)
+    ran = [g["ran_out_at"] for g in group if g.get("ran_out_at") is not None]
+    row["ran_out"] = len(ran)
+    row["ran_out_at"] = float(np.median(ran)) if ran else None
+    return row
+
+
 def aggregate(
     runs: list[dict[str, Any]],
-    predictions: dict[tuple[str, str], dict[str, Any]],
     r: float,
     config: ExperimentConfig,
 ) -> list[dict[str, Any]]:
-    """One summary row per (attack, defense): means and standard errors over seeds."""
+    """One summary row per (attack, defense): means and standard errors over seeds, the
+    prediction for the attacker that ran, and whether the two agree."""
     rows = []
+    m = config.arena.queries
     for attack in config.attacks:
         for d in config.defenses:
             group = [x for x in runs if x["attack"] == attack.display and x["defense"] == d.name]
             if not group:
                 continue
-            pred = predictions[(attack.display, d.name)]
             row: dict[str, Any] = {
                 "attack": attack.display,
                 "defense": d.name,
                 "dataset": config.dataset.display,
                 "model": config.model.display,
                 "seeds": len(group),
-                "queries": config.arena.queries,
+                "resample": config.resample,
+                "queries": m,
                 "r": r,
             }
             for key in (
@@ -228,9 +387,33 @@ def aggregate(
                 mean, se = _mean_se([x.get(key, float("nan")) for x in group])
                 row[key] = mean
                 row[f"{key}_se"] = se
-            row.update({k: v for k, v in pred.items() if not k.startswith("_")})
-            row["r_tilde_comparable"] = row[pred["_measured_key"]]
-            row["r_tilde_comparable_se"] = row[pred["_measured_key"] + "_se"]
+            row.update(_prediction_summary(group, m))
+            key = Prediction(0.0, row["prediction"]).measured_key
+            row["r_tilde_comparable"] = row[key]
+            row["r_tilde_comparable_se"] = row[key + "_se"]
+            low, high = bootstrap_ci([x.get(key, float("nan")) for x in group])
+            row["r_tilde_comparable_ci"] = [low, high]
+            analytic = row["r_tilde_predicted_se"]
+            use_analytic = bool(np.isfinite(analytic))
+            row["se_used"] = "analytic" if use_analytic else "sample"
+            se = analytic if use_analytic else row["r_tilde_comparable_se"]
+            row["verdict"], row["z"] = verdict(
+                row["r_tilde_comparable"],
+                row["r_tilde_predicted"],
+                RELATION.get(row["prediction"], ""),
+                se,
+                z_max=Z_MAX,
+            )
+            row["warning"] = ""
+            if row["prediction"] and row["mistakes"] < FEW_MISTAKES:
+                row["warning"] = (
+                    f"the attacker's supply holds {row['mistakes']:.3g} inputs answered as it "
+                    f"wants (fewer than {FEW_MISTAKES}): r~ says little here"
+                )
+            curves = [x["curve_predicted_y"] for x in group if "curve_predicted_y" in x]
+            if curves and len(curves) == len(group) and len({len(c) for c in curves}) == 1:
+                row["curve_predicted_x"] = group[0]["curve_x"]
+                row["curve_predicted_y"] = np.mean(np.asarray(curves), axis=0).tolist()
             rows.append(row)
     return rows
 
@@ -278,32 +461,28 @@ def run_experiment(
 
     ``on_task_done`` gets the number of adversarial queries of each finished run.
     """
-    dataset = load_dataset(config.dataset.name, **config.dataset.params)
-    split = dataset.split(test_size=config.test_size, seed=config.split_seed)
-    pools = make_pools(split.x_test, split.y_test, config.pools, config.split_seed)
-    # before training: a benign stream larger than its pool fails in a second, not minutes
-    config.arena.check_benign_pool(len(pools.benign_y))
-    model = build_model(
-        config.model.name,
-        split,
-        seed=config.model_seed,
-        device=device,
-        cache_dir=cache_dir,
-        **config.model.params,
+    split_seeds = (
+        [config.split_seed + s for s in config.seeds]
+        if config.resample == "data"
+        else [config.split_seed]
     )
-    r = natural_error(model.predict_proba(split.x_test), split.y_test)
-    calibration_x = split.x_train
-    if len(calibration_x) > CALIBRATION_SIZE:
-        pick = np.random.default_rng([config.split_seed, 0xCA1]).choice(
-            len(calibration_x), CALIBRATION_SIZE, replace=False
-        )
-        calibration_x = calibration_x[np.sort(pick)]
-    predictions = _prediction_rows(config, model, pools)
+    prepared = {ss: prepare(config, ss, device=device, cache_dir=cache_dir) for ss in split_seeds}
+    base = prepared[split_seeds[0]]
+    r = base.rates["r_test"]
     # what each name stands for, mechanisms in the order they run (the report lists them)
     compositions = {
-        d.name: build_defense(d.spec, model, name=d.name).describe() for d in config.defenses
+        d.name: build_defense(d.spec, base.model, name=d.name).describe() for d in config.defenses
     }
-    tasks = [Task(a, d, s) for s in config.seeds for a in config.attacks for d in config.defenses]
+
+    def split_of(seed: int) -> int:
+        return config.split_seed + seed if config.resample == "data" else config.split_seed
+
+    tasks = [
+        Task(a, d, s, split_of(s))
+        for s in config.seeds
+        for a in config.attacks
+        for d in config.defenses
+    ]
     logs = ""
     if out is not None:
         out = Path(out)
@@ -312,7 +491,7 @@ def run_experiment(
     n_workers = workers or min(len(tasks), os.cpu_count() or 1)
     runs: list[dict[str, Any]] = []
     if n_workers <= 1:
-        _init_worker(model, pools, config, logs, calibration_x)
+        _init_worker(prepared, config, logs)
         for task in tasks:
             runs.append(run_task(task))
             if on_task_done:
@@ -323,13 +502,14 @@ def run_experiment(
             n_workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(model, pools, config, logs, calibration_x),
+            initargs=(prepared, config, logs),
         ) as pool:
             for result in pool.map(run_task, tasks):
                 runs.append(result)
                 if on_task_done:
                     on_task_done(config.arena.queries)
-    rows = aggregate(runs, predictions, r, config)
+    rows = aggregate(runs, r, config)
+    rates = {key: float(np.mean([p.rates[key] for p in prepared.values()])) for key in base.rates}
     results = Results(config, r, rows, runs, out)
     if out is not None:
         (out / "summary.json").write_text(json.dumps(_json_safe(rows), indent=2) + "\n")
@@ -342,6 +522,14 @@ def run_experiment(
                         "dataset": config.dataset.display,
                         "model": config.model.display,
                         "r": r,
+                        **rates,
+                        "pool_sizes": {
+                            "attacker": len(base.pools.attacker_y),
+                            "benign": len(base.pools.benign_y),
+                            "duplicates_dropped": base.pools.duplicates,
+                        },
+                        "resample": config.resample,
+                        "split_seeds": split_seeds,
                         "queries": config.arena.queries,
                         "seeds": list(config.seeds),
                         "defenses": [d.name for d in config.defenses],

@@ -21,14 +21,23 @@ from typing import Any
 
 from movingtarget.arena.arena import Arena, ArenaConfig
 from movingtarget.arena.eventlog import EventLog
+from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import build_adversary
 from movingtarget.datasets import load_dataset
 from movingtarget.errors import ConfigError
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
-from movingtarget.experiment.runner import Task, _json_safe, aggregate, curve_points, make_pools
+from movingtarget.experiment.runner import (
+    Task,
+    _json_safe,
+    aggregate,
+    curve_points,
+    make_pools,
+    ran_out_at,
+)
 from movingtarget.gateway.client import GatewayClient
 from movingtarget.gateway.remote_defense import RemoteDefense
-from movingtarget.metrics.measured import attack_metrics, cumulative_r_tilde
+from movingtarget.metrics.analytic import Prediction
+from movingtarget.metrics.measured import attack_metrics, cumulative_r_tilde, repeat_mask
 
 
 @dataclass(frozen=True)
@@ -113,12 +122,13 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
             benign_repeats=spec.benign_repeats,
         )
         _check_benign_pool(spec, arena_cfg, len(pools.benign_y))
+        seeds = DeploymentSeeds.from_seed(spec.seed)
         adversary = build_adversary(
             spec.attack,
             pools.attacker_x,
             pools.attacker_y,
             n_classes,
-            seed=spec.seed,
+            seed=seeds.adversary,
             **spec.params,
         )
         defense = RemoteDefense(
@@ -135,7 +145,7 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
             [adversary],
             pools.benign_x,
             pools.benign_y,
-            seed=spec.seed,
+            seed=seeds.arena,
         )
     finally:
         for c in clients + benign:
@@ -156,16 +166,9 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
         split_seed=spec.split_seed,
         pools=spec.pools,
     )
-    run = _run_row(Task(attack, defense_spec, spec.seed), log)
-    no_prediction = {
-        "r_tilde_predicted": None,
-        "prediction": "",
-        "prediction_note": "black box: the attacker does not know the model",
-        "_measured_key": "r_tilde",
-    }
-    rows = aggregate(
-        [run], {(attack.display, defense_spec.name): no_prediction}, float("nan"), config
-    )
+    supply = len(getattr(adversary, "pool_y", ()))
+    run = _run_row(Task(attack, defense_spec, spec.seed), log, supply)
+    rows = aggregate([run], float("nan"), config)
     refused = sum(c.refused for c in clients + benign)
     waited = sum(c.waited_s for c in clients + benign)
     result = RemoteResult(log, rows[0], run, defense.sent.to_csv(), refused, waited)
@@ -174,15 +177,23 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
     return result
 
 
-def _run_row(task: Task, log: EventLog) -> dict[str, Any]:
-    # the same row as experiment.runner.run_task writes to runs.json
+def _run_row(task: Task, log: EventLog, supply: int) -> dict[str, Any]:
+    # the same row as experiment.runner.run_task writes to runs.json; a black box has
+    # no prediction (the attacker does not know the model)
     curve = cumulative_r_tilde(log, 0)
+    source = log.source[log.adversary == 0]
+    black_box = Prediction(
+        float("nan"), "", "black box: the attacker does not know the model", supply=supply
+    )
     at = curve_points(len(curve))
     row: dict[str, Any] = {
         "attack": task.attack.display,
         "defense": task.defense.name,
         "seed": task.seed,
         **attack_metrics(log, 0).as_dict(),
+        "repeats": int(repeat_mask(source).sum()),
+        "ran_out_at": ran_out_at(source, supply),
+        "prediction": black_box.as_dict(),
     }
     try:
         from movingtarget.metrics.measured import benign_false_abstention

@@ -6,7 +6,9 @@ from movingtarget.metrics.analytic import (
     per_input_success,
     predict,
     test_set_prediction,
+    verdict,
 )
+from movingtarget.metrics.laws import FirstMistake, FreshOnly
 from movingtarget.metrics.measured import (
     AttackMetrics,
     attack_metrics,
@@ -18,6 +20,8 @@ from movingtarget.metrics.measured import (
 __all__ = [
     "NONE",
     "AttackMetrics",
+    "FirstMistake",
+    "FreshOnly",
     "Prediction",
     "attack_metrics",
     "cumulative_r_tilde",
@@ -26,4 +30,5 @@ __all__ = [
     "predict",
     "repeat_mask",
     "test_set_prediction",
+    "verdict",
 ]

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from movingtarget.errors import DataError
+from movingtarget.metrics.analytic import Z_MAX
 from movingtarget.report.arms_race import arms_race_section, has_arms_race, plot_tradeoff
 from movingtarget.report.plots import plot_r_tilde, r_tilde_figure
 from movingtarget.report.tables import (
     TABLE_COLUMNS,
     fmt,
     markdown_table,
+    notes_lines,
     predicted_text,
     table_rows,
 )
@@ -54,6 +56,49 @@ def defenses_section(meta: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def header_lines(meta: dict[str, Any]) -> list[str]:
+    """The report's opening: dataset, model, each natural error rate by name, the pools,
+    m, the seeds and what they vary.
+
+    >>> print(header_lines({"dataset": "digits", "model": "logistic", "r": 0.05,
+    ...     "queries": 400, "seeds": [0, 1]})[0])  # doctest: +ELLIPSIS
+    Dataset **digits**, model **logistic**, m = 400 adversarial queries per deployment...
+    """
+    lines = [
+        f"Dataset **{meta['dataset']}**, model **{meta['model']}**, m = {meta['queries']} "
+        f"adversarial queries per deployment, seeds {meta['seeds']}.",
+        "",
+        f"- natural error (argmax) on the whole test split: r = {fmt(meta.get('r'))}",
+    ]
+    if "r_attacker" in meta:
+        lines.append(f"- on the attacker's pool: r = {fmt(meta.get('r_attacker'))}")
+        lines.append(f"- on the benign pool: r = {fmt(meta.get('r_benign'))}")
+    sizes = meta.get("pool_sizes") or {}
+    if sizes:
+        lines.append(
+            f"- pools: {sizes.get('attacker')} attacker inputs, {sizes.get('benign')} benign "
+            f"inputs, disjoint; {sizes.get('duplicates_dropped', 0)} byte-identical test rows "
+            "dropped before splitting, so no benign user sends what the attacker sent"
+        )
+    resample = meta.get("resample")
+    if resample == "data":
+        lines.append(
+            "- seeds redraw the split, retrain the model and redraw the pools (`resample = "
+            '"data"`): the spread covers the data; the rates above are means over seeds'
+        )
+    elif resample:
+        lines.append(
+            "- seeds vary the orderings (attacker, defense, benign traffic: independent "
+            'streams) over one split and its pools (`resample = "order"`)'
+        )
+    return lines
+
+
+def _notes_section(rows: list[dict[str, Any]]) -> list[str]:
+    notes = notes_lines(rows)
+    return ["## Notes per row", "", *notes, ""] if notes else []
+
+
 def write_report(results_dir: str | Path) -> Path:
     """Write ``report.md`` and the plot for a results folder; return the report's path."""
     root = Path(results_dir)
@@ -66,21 +111,29 @@ def write_report(results_dir: str | Path) -> Path:
         title=f"{meta['name']}: {meta['dataset']}, {meta['model']}",
         rows=rows,
     )
-    r = meta.get("r")
     lines = [
         f"# {meta['name']}",
         "",
-        f"Dataset **{meta['dataset']}**, model **{meta['model']}**, natural error "
-        f"r = {fmt(r)}, m = {meta['queries']} adversarial queries per deployment, "
-        f"seeds {meta['seeds']}.",
+        *header_lines(meta),
         "",
         "`r~` is the share of an adversary's queries answered as it wanted (a wrong class, "
         "or its target). *comparable* is the measurement the prediction speaks of: the "
         "whole run (`=`, `≤`), its second half (`late`), or repeated queries only "
-        "(`repeats`). Values are means over seeds ± one standard error.",
+        "(`repeats`). Values are means over seeds ± one standard error. *predicted* is for "
+        "the attacker the arena ran: it explores its own pool without replacement (and a "
+        "rate tracker only its own arms), so it can differ from the paper's i.i.d. formula, "
+        "given beside it. *verdict* compares the two: `z` is the difference in standard "
+        f"errors, analytic where the law's variance is known (else the seeds' sample s.e.); "
+        f"a row agrees when |z| ≤ {Z_MAX:g} (`=`) or z ≤ {Z_MAX:g} (a bound, `≤`). *r it "
+        "uses* is the rate of the attacker's own inputs under that defense (named in the "
+        "notes). *pool n: ran out* is how many fresh inputs the attacker had and when it had "
+        "sent them all (then it can only repeat: against memorization r~ is held to "
+        "*K/m*, K of them answered as it wants, which is not the paper's mechanism). "
+        "A `late` bound is the best arm's rate, approached only as m grows.",
         "",
         markdown_table(rows),
         "",
+        *_notes_section(rows),
         *defenses_section(meta),
         f"![cumulative r~ against queries sent, with the predictions]({PLOT_FILE})",
         "",
@@ -104,7 +157,9 @@ __all__ = [
     "TABLE_COLUMNS",
     "defenses_section",
     "fmt",
+    "header_lines",
     "markdown_table",
+    "notes_lines",
     "plot_r_tilde",
     "plot_tradeoff",
     "predicted_text",

@@ -24,8 +24,8 @@ PREDICTION_STYLE = {
 #: What each kind means, for the legend.
 PREDICTION_LABEL = {
     "=": "predicted: expected r~ after t queries",
-    "<=": "predicted bound: r~ <= r",
-    "late": "predicted r~ of the second half (late)",
+    "<=": "predicted bound on r~",
+    "late": "bound on r~ of the second half (late; approached as m grows)",
     "repeats": "predicted r~ on repeated queries",
 }
 
