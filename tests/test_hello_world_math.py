@@ -14,8 +14,7 @@ from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary, success
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
-from movingtarget.metrics import attack_metrics, repeat_mask
-from movingtarget.metrics import FirstMistake, FreshOnly, predict
+from movingtarget.metrics import FirstMistake, FreshOnly, attack_metrics, predict, repeat_mask
 from movingtarget.metrics import test_set_prediction as closed_form
 from movingtarget.models import build_model
 

@@ -377,3 +377,37 @@ def test_small_r_on_fashion_mnist_matches_the_law_without_replacement() -> None:
     assert row["se_used"] == "analytic"
     assert abs(row["r_tilde"] - row["r_tilde_predicted"]) <= Z * row["r_tilde_predicted_se"]
     assert row["verdict"] == "agrees"
+
+
+def test_resample_data_redraws_the_split_per_seed(tmp_path) -> None:
+    import json
+
+    from movingtarget.experiment import load_config, run_experiment
+    from movingtarget.report import write_report
+
+    cfg = load_config(
+        "hello-world",
+        overrides=[
+            "seeds=3",
+            'resample="data"',
+            'defenses=["deterministic"]',
+            'attacks=[{name = "test-set"}]',
+        ],
+    )
+    results = run_experiment(cfg, tmp_path, workers=1)
+    assert [run["split_seed"] for run in results.runs] == [0, 1, 2]
+    # another split: another pool, so another count of mistakes in it
+    mistakes = {run["prediction"]["mistakes"] for run in results.runs}
+    assert len(mistakes) > 1
+    meta = json.loads((tmp_path / "experiment.json").read_text())
+    assert meta["resample"] == "data" and meta["split_seeds"] == [0, 1, 2]
+    assert "seeds redraw the split" in write_report(tmp_path).read_text()
+    assert results.rows[0]["verdict"] == "agrees"
+
+
+def test_resample_is_checked() -> None:
+    from movingtarget.errors import ConfigError
+    from movingtarget.experiment import load_config
+
+    with pytest.raises(ConfigError, match="resample must be 'order' or 'data'"):
+        load_config("hello-world", overrides=['resample="split"'])

@@ -99,13 +99,23 @@ def run(
             on_task_done=lambda n: progress.advance(bar, n),
         )
     write_report(out)
-    title = f"{cfg.name}: {cfg.dataset.display}, {cfg.model.display}, r = {results.r:.4f}"
+    title = (
+        f"{cfg.name}: {cfg.dataset.display}, {cfg.model.display}, r = {results.r:.4f} (test split)"
+    )
     if console.is_terminal:
         console.print(_summary_table(results.rows, title))
     else:  # piped or logged: a Markdown table that no terminal width wraps
         from movingtarget.report.tables import markdown_table
 
         print(f"{title}\n\n{markdown_table(results.rows)}\n")
+    judged = [r for r in results.rows if r.get("verdict") in ("agrees", "disagrees")]
+    disagree = [r for r in judged if r["verdict"] == "disagrees"]
+    print(f"predictions: {len(judged) - len(disagree)} of {len(judged)} rows agree")
+    for row in disagree:
+        print(f"disagrees: {row['attack']} x {row['defense']} (z = {row['z']:.1f})")
+    for row in results.rows:
+        if row.get("warning"):
+            print(f"warning: {row['attack']} x {row['defense']}: {row['warning']}")
     print(f"results: {out} (summary.json, report.md, r_tilde.png, logs/)")
 
 
