@@ -108,11 +108,11 @@ def run(
         from movingtarget.report.tables import markdown_table
 
         print(f"{title}\n\n{markdown_table(results.rows)}\n")
-    judged = [r for r in results.rows if r.get("verdict") in ("agrees", "disagrees")]
-    disagree = [r for r in judged if r["verdict"] == "disagrees"]
-    print(f"predictions: {len(judged) - len(disagree)} of {len(judged)} rows agree")
-    for row in disagree:
-        print(f"disagrees: {row['attack']} x {row['defense']} (z = {row['z']:.1f})")
+    judged = [r for r in results.rows if r.get("verdict") in ("agrees", "disagrees", "exceeds")]
+    others = [r for r in judged if r["verdict"] != "agrees"]
+    print(f"predictions: {len(judged) - len(others)} of {len(judged)} rows agree")
+    for row in others:
+        print(f"{row['verdict']}: {row['attack']} x {row['defense']} (z = {row['z']:.1f})")
     for row in results.rows:
         if row.get("warning"):
             print(f"warning: {row['attack']} x {row['defense']}: {row['warning']}")

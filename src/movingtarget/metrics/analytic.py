@@ -332,14 +332,16 @@ def verdict(
 ) -> tuple[str, float]:
     """Whether a measurement agrees with its prediction: ``(verdict, z)``.
 
-    ``=``: agrees when ``|z| <= z_max``; ``<=`` (a bound): agrees when ``z <= z_max``;
+    ``=``: agrees when ``|z| <= z_max``, else disagrees; ``<=`` (a bound): agrees when
+    ``z <= z_max``, else ``exceeds`` (a bound that holds only while its premise does,
+    such as a fingerprint that still matches, is exceeded where the premise fails);
     ``z = (measured - predicted) / se``. With ``se = 0`` only an exact match agrees;
     without any s.e. there is no verdict (``"—"``).
 
     >>> verdict(0.95, 0.9, "=", 0.01)
     ('disagrees', 5.0)
-    >>> verdict(0.01, 0.02, "<=", 0.001)
-    ('agrees', -10.0)
+    >>> verdict(0.01, 0.02, "<=", 0.001), verdict(0.03, 0.02, "<=", 0.001)
+    (('agrees', -10.0), ('exceeds', 10.0))
     >>> verdict(0.0025, 0.0025, "=", 0.0)
     ('agrees', 0.0)
     """
@@ -355,4 +357,5 @@ def verdict(
     else:
         z = diff / se
     ok = abs(z) <= z_max if relation == "=" else z <= z_max
-    return ("agrees" if ok else "disagrees"), round(float(z), 6)
+    failed = "disagrees" if relation == "=" else "exceeds"
+    return ("agrees" if ok else failed), round(float(z), 6)
