@@ -336,6 +336,7 @@ def _prediction_summary(group: list[dict[str, Any]], m: int) -> dict[str, Any]:
     row["rate"] = mean("rate")
     row["supply"] = round(mean("supply")) if preds else 0
     row["mistakes"] = mean("mistakes")
+    row["pool_mistakes"] = mean("pool_mistakes")
     row["bound_k_over_m"] = row["mistakes"] / m
     variances = []
     for g, p in zip(group, preds, strict=True):
@@ -405,10 +406,10 @@ def aggregate(
                 z_max=Z_MAX,
             )
             row["warning"] = ""
-            if row["prediction"] and row["mistakes"] < FEW_MISTAKES:
+            if row["prediction"] and row["pool_mistakes"] < FEW_MISTAKES:
                 row["warning"] = (
-                    f"the attacker's supply holds {row['mistakes']:.3g} inputs answered as it "
-                    f"wants (fewer than {FEW_MISTAKES}): r~ says little here"
+                    f"the attacker's pool holds {row['pool_mistakes']:.3g} inputs answered as "
+                    f"it wants (fewer than {FEW_MISTAKES}): r~ says little here"
                 )
             curves = [x["curve_predicted_y"] for x in group if "curve_predicted_y" in x]
             if curves and len(curves) == len(group) and len({len(c) for c in curves}) == 1:

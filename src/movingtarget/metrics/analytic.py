@@ -76,6 +76,8 @@ class Prediction:
     #: how many of them are answered as it wants (expected, for a stochastic answer).
     supply: int = 0
     mistakes: float = float("nan")
+    #: ``K`` over the attacker's whole pool (a rate tracker's arms are part of it).
+    pool_mistakes: float = float("nan")
     law: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -241,6 +243,7 @@ def predict(
         q = np.where(pool_y == target, 0.0, q)  # an input of the target class is no win
     label = _rate_label(defense, target, stochastic)
     rate_tracking = isinstance(adversary, RateTrackingAttack)
+    pool_mistakes = float(q.sum())
     if isinstance(adversary, RateTrackingAttack):
         q = q[adversary.arms]
         label = "best arm: " + label if stochastic else label + ", the tracker's arms"
@@ -250,6 +253,7 @@ def predict(
     rate = mistakes / n if n else 0.0
     facts: dict[str, Any] = {"rate": rate, "rate_label": label, "supply": n}
     facts["mistakes"] = mistakes
+    facts["pool_mistakes"] = pool_mistakes
     noisy = isinstance(adversary, NoisyRepeatAttack)
     remembers = (memorize is not None and not noisy) or near is not None
     if remembers and lifetime:

@@ -138,6 +138,12 @@ def notes_lines(rows: list[dict[str, Any]]) -> list[str]:
         parts = [str(row.get("prediction_note") or "no prediction")]
         if row.get("rate_label") and not _missing(row.get("rate")):
             parts[-1] += f"; r = {row['rate']:.4f} ({row['rate_label']})"
+        ci = row.get("r_tilde_comparable_ci") or [None, None]
+        if row.get("se_used") == "sample" and not any(_missing(v) for v in ci):
+            parts.append(
+                f"no analytic variance: the verdict uses the seeds' sample s.e.; 95 % "
+                f"bootstrap interval of the mean [{fmt(ci[0])}, {fmt(ci[1])}]"
+            )
         if row.get("ran_out") and row.get("ran_out_at") is not None:
             text = (
                 f"the attacker's {row['supply']} fresh inputs ran out at query "
