@@ -230,6 +230,31 @@ def test_audit_log_has_one_line_per_query_with_the_deciding_mechanism(served, di
     assert [row["query_id"] for row in mine] == [a["query_id"] for a in r.json()["answers"]]
 
 
+def test_a_reused_request_id_never_reuses_query_ids(served, digits_x):
+    # a client may send the same X-Request-ID twice: query ids stay unique, so feedback
+    # and audit joins cannot land on the wrong query; the request id is kept beside them
+    url, token = served["url"], served["token"]
+    headers = {**auth(token), "X-Request-ID": "dup1"}
+    ids = []
+    for row in (510, 511):
+        r = httpx.post(
+            f"{url}/v1/classify", json={"inputs": digits_x[[row]].tolist()}, headers=headers
+        )
+        assert r.status_code == 200 and r.headers["x-request-id"] == "dup1"
+        ids.append(r.json()["answers"][0]["query_id"])
+    assert ids[0] != ids[1]
+    audit = [json.loads(line) for line in Path(served["audit"]).read_text().splitlines()]
+    mine = [row for row in audit if row["request_id"] == "dup1"]
+    assert sorted(row["query_id"] for row in mine) == sorted(ids)
+    # feedback on each id lands on its own query
+    r = httpx.post(
+        f"{url}/v1/feedback",
+        json={"labels": [{"query_id": ids[0], "label": 1}, {"query_id": ids[1], "label": 2}]},
+        headers=auth(token),
+    )
+    assert r.json() == {"stored": 2}
+
+
 # -- validation --------------------------------------------------------------------------
 
 BAD_BODIES = [

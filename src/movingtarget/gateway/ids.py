@@ -2,8 +2,10 @@
 
 A request id is the client's ``X-Request-ID`` (1-64 letters, digits, ``_``, ``-``) or a
 fresh random one; it joins the audit log with the attacker-side event log. A query id
-is ``REQUEST.INDEX.TAG``, where ``TAG`` is a keyed hash binding it to the key that
-asked: feedback is accepted only from that key, with no lookup on the hot path.
+is ``NONCE.INDEX.TAG``: ``NONCE`` is drawn by the server for each request (a client's
+request id may repeat; query ids never do), and ``TAG`` is a keyed hash binding the id
+to the key that asked: feedback is accepted only from that key, with no lookup on the
+hot path.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class QueryIds:
         return hmac.new(self._key, f"{stem}|{key_id}".encode(), hashlib.sha256).hexdigest()[:16]
 
     def issue(self, request: str, n: int, key_id: int) -> list[str]:
-        """Query ids of ``n`` queries of request ``request`` by ``key_id``."""
+        """Query ids of ``n`` queries by ``key_id``, stemmed on ``request`` (the server's
+        nonce for the request)."""
         return [f"{request}.{i}.{self._tag(f'{request}.{i}', key_id)}" for i in range(n)]
 
     def check(self, query_id: str, key_id: int) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -198,8 +199,12 @@ class Gateway:
         request_id: str,
         arrival: Arrival | None = None,
     ) -> tuple[list[str], Answers]:
-        """Answer a validated batch for an authorized key: its query ids and answers."""
-        query_ids = self.ids.issue(request_id, len(x), grant.key_id)
+        """Answer a validated batch for an authorized key: its query ids and answers.
+
+        Query ids stem from a fresh server-side nonce, never from the client's request id
+        (a client may reuse ``X-Request-ID``): they are unique whatever it sends, and the
+        request id is recorded beside them in the audit log."""
+        query_ids = self.ids.issue(secrets.token_hex(8), len(x), grant.key_id)
         meta = _Meta(request_id, query_ids, grant.key_id, grant.name)
         now_ms = time.time_ns() // 1_000_000
         answers = await self.batcher.submit(x, grant.key_id, now_ms, meta, arrival)
