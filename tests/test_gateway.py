@@ -316,6 +316,128 @@ def test_bad_key_is_told_before_a_bad_body(served):
     assert r.status_code == 401
 
 
+def refused(r: httpx.Response, status: int, message: str) -> None:
+    """``r`` is the gateway's one-line JSON error ``status`` whose message holds ``message``."""
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert set(err) == {"error", "type", "status"} and err["status"] == status, err
+    assert message in err["error"], err["error"]
+
+
+def infer(url: str, token: str, tensor: dict[str, object]) -> httpx.Response:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], **tensor}]}
+    return httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, headers=auth(token))
+
+
+INT_RANGES = {
+    "INT8": (-128, 127),
+    "INT16": (-(2**15), 2**15 - 1),
+    "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1),
+    "UINT8": (0, 255),
+    "UINT16": (0, 2**16 - 1),
+    "UINT32": (0, 2**32 - 1),
+    "UINT64": (0, 2**64 - 1),
+}
+
+
+def test_kserve_integer_tensors_must_fit_their_datatype(served):
+    url, token = served["url"], served["token"]
+    for datatype, (lo, hi) in INT_RANGES.items():
+        for value in (lo - 1, hi + 1):
+            r = infer(url, token, {"datatype": datatype, "data": [3] * 63 + [value]})
+            refused(r, 400, f"inputs[0].data: {value} does not fit {datatype} [{lo}, {hi}]")
+        ok = infer(url, token, {"datatype": datatype, "data": [lo, hi] + [1] * 62})
+        assert ok.status_code == 200, (datatype, ok.text)
+    r = infer(url, token, {"datatype": "INT8", "data": [3] * 63 + [True]})
+    refused(r, 400, "inputs[0].data: true is not a number")
+    # BOOL holds booleans only
+    r = infer(url, token, {"datatype": "BOOL", "data": [True] * 63 + [2]})
+    refused(r, 400, "inputs[0].data: 2 is not a boolean")
+    ok = infer(url, token, {"datatype": "BOOL", "data": [True, False] * 32})
+    assert ok.status_code == 200, ok.text
+
+
+def test_kserve_float_tensors_must_fit_their_datatype(served):
+    url, token = served["url"], served["token"]
+    r = infer(url, token, {"datatype": "FP16", "data": [1.5] * 63 + [65520]})
+    refused(r, 400, "inputs[0].data: 65520 does not fit FP16 [-65504, 65504]")
+    r = infer(url, token, {"datatype": "FP16", "data": [-65520.0] + [1.5] * 63})
+    refused(r, 400, "inputs[0].data: -65520.0 does not fit FP16")
+    r = infer(url, token, {"datatype": "FP32", "data": [1.5] * 63 + [1e39]})
+    refused(r, 400, "inputs[0].data: 1e+39 does not fit FP32 [-3.4028235e+38, 3.4028235e+38]")
+    ok = infer(url, token, {"datatype": "FP16", "data": [65504, -65504] + [2.5] * 62})
+    assert ok.status_code == 200, ok.text
+
+
+def test_kserve_shape_must_be_json_integers(served):
+    url, token = served["url"], served["token"]
+    for shape, shown in ((["1", "64"], '"1"'), ([1.0, 64], "1.0"), ([1, True], "true")):
+        r = infer(url, token, {"shape": shape, "datatype": "FP32", "data": [0.5] * 64})
+        refused(r, 400, f"inputs[0].shape must be a list of integers, got {shown}")
+
+
+def test_feedback_labels_must_be_json_integers(served, digits_x):
+    url, token = served["url"], served["token"]
+    qid = classify(url, token, digits_x[700:701]).json()["answers"][0]["query_id"]
+    for label, shown in (("3", '"3"'), (True, "true"), (3.0, "3.0")):
+        r = httpx.post(
+            f"{url}/v1/feedback",
+            json={"labels": [{"query_id": qid, "label": label}]},
+            headers=auth(token),
+        )
+        refused(r, 400, f"labels[0].label must be an integer, got {shown}")
+    store = open_keys(served["keys"])
+    rows = store.feedback()
+    store.close()
+    assert qid not in {row["query_id"] for row in rows}
+
+
+def test_post_bodies_must_be_sent_as_json(served, digits_x):
+    url, token = served["url"], served["token"]
+    bodies = {
+        "/v1/classify": {"inputs": digits_x[710:711].tolist()},
+        "/v1/feedback": {"labels": [{"query_id": "x", "label": 1}]},
+        f"/v2/models/{MODEL}/infer": {
+            "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]
+        },
+    }
+    for path, body in bodies.items():
+        raw = json.dumps(body).encode()
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = auth(token) if ctype is None else {**auth(token), "Content-Type": ctype}
+            r = httpx.post(url + path, content=raw, headers=headers)
+            refused(r, 415, f"content type must be application/json, got {ctype or 'none'}")
+    # parameters are fine
+    r = httpx.post(
+        url + "/v1/classify",
+        content=json.dumps(bodies["/v1/classify"]).encode(),
+        headers={**auth(token), "Content-Type": "Application/JSON; charset=utf-8"},
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_duplicate_json_keys_are_refused_at_any_depth(served, digits_x):
+    url, token = served["url"], served["token"]
+    row = json.dumps(digits_x[720].tolist())
+    tensor = '{"name": "input", "shape": [1, 64], "datatype": "FP32", "datatype": "FP64"'
+    cases = {
+        "/v1/classify": (f'{{"inputs": [{row}], "inputs": [{row}]}}', "inputs"),
+        f"/v2/models/{MODEL}/infer": (
+            f'{{"inputs": [{tensor}, "data": {row}}}]}}',
+            "datatype",
+        ),
+        "/v1/feedback": ('{"labels": [{"query_id": "q", "label": 1, "label": 2}]}', "label"),
+    }
+    for path, (body, key) in cases.items():
+        r = httpx.post(
+            url + path,
+            content=body.encode(),
+            headers={**auth(token), "Content-Type": "application/json"},
+        )
+        refused(r, 400, f"duplicate key {key!r} in the JSON body")
+
+
 def test_remote_attack_waits_out_429(served):
     # a bucket of 1 refilled at 2 queries/s: the attack must honour Retry-After to finish
     from movingtarget.gateway.remote_attack import RemoteAttack, run_remote_attack

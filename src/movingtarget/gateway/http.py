@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from movingtarget.errors import DataError, MovingTargetError
 from movingtarget.gateway.problems import Problem, bad_request, unprocessable
+from movingtarget.gateway.schemas import STRICT_ERRORS
 
 log = logging.getLogger("movingtarget.gateway")
 M = TypeVar("M", bound=BaseModel)
@@ -70,12 +71,52 @@ def token_of(request: Request) -> str:
     )
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object with a key given twice (``json`` would keep the last silently)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` parsed strictly: 400 for bad JSON or a duplicate key at any depth."""
+    try:
+        return json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        key = str(exc.args[0])
+        key = key if len(key) <= 60 else key[:57] + "..."
+        raise bad_request(f"duplicate key {key!r} in the JSON body", "invalid-json") from None
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc})", "invalid-json") from None
+
+
+def check_json_type(request: Request) -> None:
+    """415 unless the body is declared ``application/json`` (parameters allowed)."""
+    declared = request.headers.get("content-type", "")
+    media = declared.partition(";")[0].strip().lower()
+    if media != "application/json":
+        got = (media[:60] + "...") if len(media) > 60 else media or "none"
+        raise Problem(
+            415, "unsupported-media-type", f"content type must be application/json, got {got}"
+        )
+
+
 async def read_body(request: Request, model: type[M], limit: int) -> M:
-    """The request body as ``model``: 413 past ``limit`` bytes, 400 for bad JSON,
-    422 for a body of the wrong form."""
+    """The request body as ``model``: 413 past ``limit`` bytes, 415 unless it is sent as
+    ``application/json``, 400 for bad JSON (duplicate keys too) or a value of the wrong
+    JSON type, 422 for a body of the wrong form."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise Problem(413, "too-large", f"request body of {declared} bytes; the limit is {limit}")
+    check_json_type(request)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -83,16 +124,29 @@ async def read_body(request: Request, model: type[M], limit: int) -> M:
             raise Problem(413, "too-large", f"request body over the limit of {limit} bytes")
     if not body:
         raise bad_request("the request body is empty; send JSON", "invalid-json")
-    try:
-        data = json.loads(bytes(body))
-    except (ValueError, RecursionError) as exc:
-        raise bad_request(f"the request body is not valid JSON ({exc})", "invalid-json") from None
+    data = parse_json(bytes(body))
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise unprocessable(_first_error(exc.errors())) from None
+        errors = exc.errors()
+        wrong_type = next((e for e in errors if e.get("type") in STRICT_ERRORS), None)
+        if wrong_type is not None:
+            raise bad_request(_type_error(wrong_type, len(errors))) from None
+        raise unprocessable(_first_error(errors)) from None
     except RecursionError:
         raise unprocessable("the request body is nested too deeply") from None
+
+
+def _type_error(e: Any, n: int) -> str:
+    # 'labels[0].label must be an integer, got "3"'; a list's error names the list
+    loc = list(e.get("loc", ()))
+    if e["type"] == "json_int_list" and loc and isinstance(loc[-1], int):
+        loc.pop()
+    where = ""
+    for p in loc:
+        where += f"[{p}]" if isinstance(p, int) else f".{p}" if where else str(p)
+    more = f" (and {n - 1} more problems)" if n > 1 else ""
+    return f"{where or 'body'} {e['msg']}{more}"
 
 
 def _first_error(errors: Any) -> str:

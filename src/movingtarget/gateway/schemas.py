@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 #: Longest query id, request id or model name the gateway accepts.
 MAX_ID = 200
+
+#: Errors of a JSON value of the wrong type (a 400 naming the field, not a 422):
+#: error type -> what the field must be.
+STRICT_ERRORS = {"json_int": "must be an integer", "json_int_list": "must be a list of integers"}
+
+
+def shown(value: Any, width: int = 40) -> str:
+    """``value`` as JSON, cut to ``width`` characters (for error messages)."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _strict_int(kind: str) -> Any:
+    # a JSON integer only: pydantic's lax mode would take "3", 3.0 and true as 3 or 1
+    def check(value: Any) -> Any:
+        if type(value) is int:
+            return value
+        raise PydanticCustomError(
+            kind, "{what}, got {got}", {"what": STRICT_ERRORS[kind], "got": shown(value)}
+        )
+
+    return BeforeValidator(check)
+
+
+#: An integer field: a JSON integer, never a string, a float or a boolean.
+JsonInt = Annotated[int, _strict_int("json_int")]
+#: An item of a list of integers (``shape``): the error names the list.
+JsonIntItem = Annotated[int, _strict_int("json_int_list")]
 
 
 class ClassifyRequest(BaseModel):
@@ -58,7 +88,7 @@ class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query_id: str = Field(min_length=1, max_length=MAX_ID)
-    label: int = Field(ge=0, lt=2**31)
+    label: JsonInt = Field(ge=0, lt=2**31)
 
 
 class FeedbackRequest(BaseModel):
@@ -102,7 +132,7 @@ class RequestInput(BaseModel):
     """An input tensor: name, shape, datatype, and its data (flat or nested, row-major)."""
 
     name: str = Field(max_length=MAX_ID)
-    shape: list[int] = Field(max_length=8)
+    shape: list[JsonIntItem] = Field(max_length=8)
     datatype: str = Field(max_length=16)
     parameters: dict[str, Any] | None = None
     data: list[Any]
