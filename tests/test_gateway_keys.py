@@ -166,3 +166,18 @@ def test_served_model_from_a_spec_or_a_saved_file(tmp_path: Path, monkeypatch):
         load_served_model("logistic")
     with pytest.raises(ConfigError, match="no such file"):
         load_served_model(str(tmp_path / "missing.pkl"))
+
+
+def test_a_request_larger_than_the_burst_or_quota_is_413_not_a_retry(keys: KeyStore):
+    # a 429 with Retry-After would be retried forever: no wait lets 11 queries through a
+    # burst of 10, nor 6 through a quota of 5
+    _, token = keys.create("small", KeyLimits(rate=1, burst=10))
+    with pytest.raises(Problem) as err:
+        keys.authorize(token_digest(token), 11)
+    assert err.value.status == 413 and "Retry-After" not in err.value.headers
+    assert "can never fit key 'small''s burst of 10 queries" in err.value.message
+    assert status(keys, token, 10) == 200  # nothing was charged by the refusal
+    _, quota = keys.create("quota", KeyLimits(rate=0, quota=5, quota_window=60))
+    assert status(keys, quota, 6) == 413
+    assert status(keys, quota, 5) == 200
+    assert status(keys, quota, 1) == 429  # this one does fit, later

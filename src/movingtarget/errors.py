@@ -34,3 +34,9 @@ class ConfigError(MovingTargetError):
 
 class InputError(MovingTargetError):
     """A query batch has the wrong shape, dtype, or non-finite values."""
+
+
+class Unavailable(MovingTargetError):
+    """A service a component needs (a memory or key store) cannot be reached: an outage,
+    not a bad request. The gateway answers 503 with ``Retry-After`` and logs the detail;
+    the client is told only that the service is unavailable."""

@@ -53,9 +53,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Malformed input (shape, dtype, non-finite values, bad JSON).",
         401: "No API key, or an unknown one.",
         403: "The API key was revoked.",
-        413: "Too many inputs, or a body over the size limit.",
+        413: "Too many inputs, a body over the size limit, or more queries than the key's "
+        "burst or quota can ever take (send fewer per request).",
+        415: "The body is not sent as application/json.",
         422: "The body does not match the schema.",
         429: "Over the key's rate limit or quota; see Retry-After.",
+        503: "An outage (a memory or key store cannot be reached); see Retry-After.",
     }.items()
 }
 
@@ -104,7 +107,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    install_error_handlers(app)
+    install_error_handlers(app, gateway.metrics.refusals.labels("unavailable").inc)
     app.add_middleware(LatencyMiddleware, histogram=gateway.metrics.latency)
     reason_labels = gateway.metrics.reason_labels
     cfg = gateway.config
@@ -149,7 +152,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Response:
-        """Liveness and readiness; needs no key. 503 while starting or stopping."""
+        """Liveness; needs no key. 503 while starting or stopping."""
         content = {
             "status": "ok" if gateway.ready else "starting",
             "model": served.name,
@@ -157,6 +160,15 @@ def create_app(gateway: Gateway) -> FastAPI:
             "defense": gateway.defense.name,
         }
         return JSONResponse(content, status_code=200 if gateway.ready else 503)
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready."}})
+    async def readyz() -> Response:
+        """Readiness; needs no key: 503 unless started and the key store and every memory
+        store can be reached (a load balancer takes the replica out)."""
+        checks = await gateway.readiness()
+        ok = all(checks.values())
+        content = {"status": "ready" if ok else "unavailable", "checks": checks}
+        return JSONResponse(content, status_code=200 if ok else 503)
 
     @app.get("/metrics", responses=_ERRORS, tags=["health"])
     async def metrics(request: Request) -> Response:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from movingtarget.errors import DataError, MovingTargetError
+from movingtarget.errors import DataError, MovingTargetError, Unavailable
 from movingtarget.gateway.problems import Problem, bad_request, unprocessable
 from movingtarget.gateway.schemas import STRICT_ERRORS
 
@@ -161,8 +161,16 @@ def _first_error(errors: Any) -> str:
     return f"{where}: {msg}{more}"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error becomes ``{"error", "type", "status"}`` JSON; never a traceback."""
+#: What a client is told of an outage: nothing about which store, where, or why.
+UNAVAILABLE = "the service is unavailable; retry later"
+
+
+def install_error_handlers(app: FastAPI, on_unavailable: Callable[[], None] | None = None) -> None:
+    """Every error becomes ``{"error", "type", "status"}`` JSON; never a traceback.
+
+    An outage (:class:`~movingtarget.errors.Unavailable`, or a store failing with a
+    :class:`~movingtarget.errors.DataError`) is a 503 with ``Retry-After`` that reveals
+    nothing internal; the detail is logged and ``on_unavailable`` counts it."""
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -183,12 +191,17 @@ def install_error_handlers(app: FastAPI) -> None:
         }
         return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(DataError)
-    async def _unavailable(request: Request, exc: DataError) -> JSONResponse:
-        # a memory or key store that cannot be reached: the client may retry later
-        log.error("store unavailable: %s", exc)
-        body = {"error": f"service unavailable: {exc}", "type": "unavailable", "status": 503}
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # a memory or key store that cannot be reached: the client may retry later, and
+        # learns nothing of the store (the operator reads the detail in the log)
+        log.error("unavailable on %s %s: %s", request.method, request.url.path, exc)
+        if on_unavailable is not None:
+            on_unavailable()
+        body = {"error": UNAVAILABLE, "type": "unavailable", "status": 503}
         return JSONResponse(body, 503, headers={"Retry-After": "1"})
+
+    app.add_exception_handler(Unavailable, _unavailable)
+    app.add_exception_handler(DataError, _unavailable)
 
     @app.exception_handler(MovingTargetError)
     async def _user(request: Request, exc: MovingTargetError) -> JSONResponse:

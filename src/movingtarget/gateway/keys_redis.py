@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 from movingtarget._optional import require
-from movingtarget.errors import ConfigError, DataError
+from movingtarget.errors import ConfigError, DataError, Unavailable
 from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
-from movingtarget.gateway.limits import over_limit
+from movingtarget.gateway.limits import over_limit, too_large
 from movingtarget.memory.urls import redact
 
 # The same steps as limits.charge, in Lua: quota first, then the bucket; charge both or none.
@@ -37,6 +37,9 @@ if k[6] and k[6] ~= '' then return {403, id, name} end
 local rate, burst = tonumber(k[2]), tonumber(k[3])
 local quota, qwin = tonumber(k[4]), tonumber(k[5])
 if cost == 0 or (rate <= 0 and not quota) then return {200, id, name} end
+-- a request no wait lets through (limits.never_fits): 413, not a 429 retried forever
+if quota and cost > quota then return {413, id, name, 'quota', tostring(quota)} end
+if rate > 0 and cost > burst then return {413, id, name, 'burst', tostring(burst)} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local bkey = ns .. ':bucket:' .. id
@@ -93,10 +96,16 @@ class RedisKeyStore:
             raise ConfigError(f"keys store {redact(url)!r}: {exc}") from None
         self._authorize = self._r.register_script(_AUTHORIZE)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
+        self._down: tuple[type[BaseException], ...] = (
+            redis.ConnectionError,
+            redis.TimeoutError,
+        )
 
     def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except self._down as exc:
+            raise Unavailable(f"keys store {redact(self.url)}: cannot {doing} ({exc})") from None
         except self._errors as exc:
             raise DataError(f"keys store {redact(self.url)}: cannot {doing} ({exc})") from None
 
@@ -162,6 +171,8 @@ class RedisKeyStore:
         name = _text(res[2])
         if status == 403:
             raise revoked_key(name)
+        if status == 413:
+            raise too_large(name, _text(res[3]), float(_text(res[4])), int(cost))
         raise over_limit(name, _text(res[3]), float(_text(res[4])))
 
     def add_feedback(self, key_id: int, items: list[tuple[str, int]]) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
-from movingtarget.gateway.limits import BucketState, charge, over_limit
+from movingtarget.gateway.limits import BucketState, charge, never_fits, over_limit, too_large
 from movingtarget.memory.sqlite_store import enter_wal
 
 _SCHEMA = """
@@ -137,6 +137,10 @@ class SQLiteKeyStore:
                 raise revoked_key(rec.name)
             if (rec.limits.rate == 0 and rec.limits.quota is None) or cost == 0:
                 return Grant(rec.id, rec.name)  # nothing to charge: no write transaction
+            limit = never_fits(rec.limits, cost)
+            if limit:
+                size = rec.limits.burst if limit == "burst" else rec.limits.quota
+                raise too_large(rec.name, limit, float(size or 0), cost)
             db.execute("BEGIN IMMEDIATE")
             try:
                 # read again inside the transaction: another process may have revoked it

@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 #: Output tensors of ``infer``: name -> datatype.
 OUTPUTS = {"label": "INT64", "abstained": "BOOL", "reason": "BYTES", "query_id": "BYTES"}
 _ERR: dict[int | str, dict[str, Any]] = {
-    c: {"model": ErrorBody} for c in (400, 401, 403, 404, 413, 422, 429)
+    c: {"model": ErrorBody} for c in (400, 401, 403, 404, 413, 415, 422, 429, 503)
 }
 
 
@@ -66,8 +66,8 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", response_model=ServerReady)
 async def ready(request: Request) -> Response:
-    """The server can answer (no key)."""
-    ok = _gateway(request).ready
+    """The server can answer (no key): started, key store and memories reachable."""
+    ok = all((await _gateway(request).readiness()).values())
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
@@ -107,7 +107,8 @@ async def model_ready(name: str, request: Request) -> Response:
     gw = _gateway(request)
     await gw.authorize(token_of(request), 0)
     _model(gw, name)
-    return JSONResponse({"name": name, "ready": gw.ready}, status_code=200 if gw.ready else 503)
+    ok = all((await gw.readiness()).values())
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:

@@ -77,6 +77,34 @@ def charge(limits: KeyLimits, state: BucketState, cost: int, now: float) -> Deci
     return Decision(True, BucketState(tokens, now, window, used + cost))
 
 
+def never_fits(limits: KeyLimits, cost: int) -> str:
+    """Which limit a request of ``cost`` queries can never pass however long it waits
+    (``"burst"`` or ``"quota"``), or ``""``: such a request gets 413, not a 429 that a
+    client honouring ``Retry-After`` would retry forever.
+
+    >>> never_fits(KeyLimits(rate=1, burst=10), 11), never_fits(KeyLimits(rate=1, burst=10), 10)
+    ('burst', '')
+    >>> never_fits(KeyLimits(rate=0, quota=5), 6)
+    'quota'
+    """
+    if limits.quota is not None and cost > limits.quota:
+        return "quota"
+    if limits.rate > 0 and cost > limits.burst:
+        return "burst"
+    return ""
+
+
+def too_large(name: str, limit: str, size: float, cost: int) -> Problem:
+    """413 for a request of ``cost`` queries larger than key ``name``'s ``limit``
+    (``burst`` or ``quota``) of ``size`` queries: no wait lets it through."""
+    return Problem(
+        413,
+        f"over-{limit}",
+        f"a request of {cost} queries can never fit key {name!r}'s {limit} of "
+        f"{size:g} queries; send at most {size:g} per request",
+    )
+
+
 def retry_after_header(seconds: float) -> int:
     """Seconds for a ``Retry-After`` header: whole seconds, at least 1, rounded up."""
     return max(1, math.ceil(seconds - 1e-9))

@@ -6,6 +6,7 @@ routes (``app.py``, ``kserve.py``) only parse, authorize and format.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -31,6 +32,8 @@ from movingtarget.gateway.problems import Problem
 from movingtarget.gateway.serving import ServedModel, load_served_model
 from movingtarget.memory.fingerprints import secret_from_env
 from movingtarget.memory.stores import InProcessStore
+
+log = logging.getLogger("movingtarget.gateway")
 
 
 def build_served_defense(config: GatewayConfig, served: ServedModel) -> Defense:
@@ -139,6 +142,36 @@ class Gateway:
         await self.batcher.stop()
         self.audit.close()
         self.keys.close()
+
+    # -- readiness ---------------------------------------------------------------------
+
+    def _probe(self) -> dict[str, bool]:
+        # a read that changes nothing: can the key store and every memory be reached?
+        checks = {"started": self.ready}
+        try:
+            self.keys.ping()
+            checks["keys"] = True
+        except Exception:  # any failure reads as not ready; the detail goes to the log
+            log.warning("readiness: the key store cannot be reached", exc_info=True)
+            checks["keys"] = False
+        probe = np.zeros(1, dtype=np.uint64)
+        ok = True
+        for mech in self.defense.mechanisms:
+            store = getattr(mech, "store", None)
+            if store is None:
+                continue
+            try:
+                store.lookup(probe)
+            except Exception:
+                log.warning("readiness: a memory store cannot be reached", exc_info=True)
+                ok = False
+        checks["memory"] = ok
+        return checks
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether this replica can answer: started, key store and memories reachable
+        (component names only: never an address)."""
+        return await run_in_threadpool(self._probe)
 
     # -- access ----------------------------------------------------------------------
 

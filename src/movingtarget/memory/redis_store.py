@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget._optional import require
-from movingtarget.errors import ConfigError, DataError
+from movingtarget.errors import ConfigError, DataError, Unavailable
 from movingtarget.memory._policy import ClosedOnExit, check_bounds, keep_after_eviction
 from movingtarget.memory.sqlite_store import check_namespace
 from movingtarget.memory.urls import redact
@@ -393,7 +393,7 @@ class _RedisErrors:
         if exc is None or not isinstance(exc, errors.RedisError):
             return
         if isinstance(exc, errors.ConnectionError | errors.TimeoutError):
-            raise ConfigError(f"{where}: cannot {self.doing}: server unreachable ({exc})") from None
+            raise Unavailable(f"{where}: cannot {self.doing}: server unreachable ({exc})") from None
         if "UNINDEXED" in str(exc):
             raise ConfigError(self.store._unindexed_message()) from None
         raise DataError(f"{where}: cannot {self.doing}: {exc}") from None
