@@ -123,8 +123,8 @@ def serve(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="Also serve GET /metrics without a key on 127.0.0.1:PORT only (for a "
-            "Prometheus scraper on this host; 0: a free port).",
+            help="Also serve GET /metrics without a key on 127.0.0.1:PORT only, with the "
+            "per-key series (for a Prometheus scraper on this host; 0: a free port).",
             min=0,
             max=65535,
         ),
@@ -173,7 +173,7 @@ def serve(
             raise ConfigError(f"--fd {fd}: not a socket ({exc})") from None
         host, port = sockets[0].getsockname()[:2]
     if metrics_port is not None:
-        metrics_port = serve_metrics(gateway.metrics.registry, metrics_port)
+        metrics_port = serve_metrics(gateway.metrics.operator_registry, metrics_port)
         typer.echo(f"metrics (no key) on http://127.0.0.1:{metrics_port}/metrics", err=True)
     typer.echo(
         f"serving {gateway.served.name} (version {gateway.served.version}) behind "

@@ -79,7 +79,7 @@ def unknown_key() -> Problem:
 
 def revoked_key(name: str) -> Problem:
     """403 for the token of a revoked key."""
-    return Problem(403, "revoked", f"API key {name!r} was revoked")
+    return Problem(403, "revoked", f"API key {name!r} was revoked", key=name)
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,7 @@ def too_large(name: str, limit: str, size: float, cost: int) -> Problem:
         f"over-{limit}",
         f"a request of {cost} queries can never fit key {name!r}'s {limit} of "
         f"{size:g} queries; send at most {size:g} per request",
+        key=name,
     )
 
 
@@ -118,4 +119,5 @@ def over_limit(name: str, limit: str, seconds: float) -> Problem:
         f"{limit}-limited",
         f"key {name!r} is over its {limit} limit; retry later",
         retry_after=retry_after_header(seconds),
+        key=name,
     )

@@ -12,6 +12,18 @@ movingtarget_refusals_total{kind}      requests refused: unauthorized, revoked,
 movingtarget_request_seconds{endpoint} request latency (histogram)
 movingtarget_batch_queries             queries per model batch (histogram)
 =====================================  ===========================================
+
+Per key, on the operator's registry only (``serve --metrics-port``, loopback): a key
+reading ``/metrics`` must not learn other tenants' names or traffic.
+
+==============================================  ====================================
+movingtarget_key_queries_total{key}             queries the defense answered for key
+movingtarget_key_abstentions_total{key,reason}  of those, ABSTAIN answers by reason
+movingtarget_key_refusals_total{key,kind}       the key's requests refused (429, ...)
+==============================================  ====================================
+
+``docs/gateway-alerts.yml`` alerts on keys whose abstention share is far above benign
+traffic's (an attacker probing a memory keeps being refused).
 """
 
 from __future__ import annotations
@@ -38,6 +50,9 @@ class GatewayMetrics:
     >>> m.record_answers(a)
     >>> b"movingtarget_repeats_caught_total 1.0" in m.render()
     True
+    >>> m.record_key("alice", a)
+    >>> b'key="alice"' in m.render(), b'key="alice"' in m.render(operator=True)
+    (False, True)
     """
 
     content_type = CONTENT_TYPE
@@ -72,6 +87,35 @@ class GatewayMetrics:
         self.up = Gauge("movingtarget_up", "1 while the gateway serves.", registry=r)
         self.up.set(1)
         self._labels = [x.label for x in Reason]
+        # the operator's registry: everything above, and the per-key series
+        self.operator_registry = CollectorRegistry()
+        o = self.operator_registry
+        for collector in (
+            self.queries,
+            self.answers,
+            self.abstentions,
+            self.repeats,
+            self.refusals,
+            self.latency,
+            self.batch,
+            self.up,
+        ):
+            o.register(collector)
+        self.key_queries = Counter(
+            "movingtarget_key_queries", "Queries answered, per key.", ["key"], registry=o
+        )
+        self.key_abstentions = Counter(
+            "movingtarget_key_abstentions",
+            "ABSTAIN answers per key, by reason.",
+            ["key", "reason"],
+            registry=o,
+        )
+        self.key_refusals = Counter(
+            "movingtarget_key_refusals",
+            "Requests of a key refused, by kind.",
+            ["key", "kind"],
+            registry=o,
+        )
 
     @property
     def reason_labels(self) -> list[str]:
@@ -95,6 +139,15 @@ class GatewayMetrics:
         if caught:
             self.repeats.inc(caught)
 
-    def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+    def record_key(self, key: str, answers: Answers) -> None:
+        """Count one key's answers (its share of a batch)."""
+        self.key_queries.labels(key).inc(len(answers))
+        abstained = answers.reasons[answers.labels == ABSTAIN]
+        if len(abstained):
+            counts = np.bincount(abstained, minlength=len(self._labels))
+            for code in np.flatnonzero(counts).tolist():
+                self.key_abstentions.labels(key, self._labels[code]).inc(int(counts[code]))
+
+    def render(self, operator: bool = False) -> bytes:
+        """The text exposition format (``operator``: with the per-key series)."""
+        return generate_latest(self.operator_registry if operator else self.registry)

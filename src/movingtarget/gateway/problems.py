@@ -31,8 +31,11 @@ class Problem(MovingTargetError):
         *,
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__(message)
+        #: The name of the (known) key refused, for the operator's per-key counts.
+        self.key = key
         self.status = status
         self.kind = kind
         self.message = message

@@ -181,6 +181,8 @@ class Gateway:
             return await run_in_threadpool(self.keys.authorize, token_digest(token), cost)
         except Problem as p:
             self.metrics.refusals.labels(p.kind).inc()
+            if p.key is not None:  # a known key over its limits (never an unknown token)
+                self.metrics.key_refusals.labels(p.key, p.kind).inc()
             raise
 
     @asynccontextmanager
@@ -191,8 +193,9 @@ class Gateway:
         try:
             yield
         except Problem as bad:
-            await self.authorize(token, 0)
+            grant = await self.authorize(token, 0)
             self.metrics.refusals.labels(bad.kind).inc()
+            self.metrics.key_refusals.labels(grant.name, bad.kind).inc()
             raise
 
     # -- answering -------------------------------------------------------------------
@@ -221,7 +224,9 @@ class Gateway:
         out, start = [], 0
         for job in jobs:
             end = start + len(job.x)
-            out.append(Answers(answers.labels[start:end], answers.reasons[start:end]))
+            mine = Answers(answers.labels[start:end], answers.reasons[start:end])
+            self.metrics.record_key(job.meta.key_name, mine)
+            out.append(mine)
             start = end
         return out
 
