@@ -202,7 +202,8 @@ def default_keys_url() -> str:
 
 def open_keys(url: str | None = None, *, namespace: str = "mt") -> KeyStore:
     """The key store that ``url`` names: ``sqlite:///PATH`` (or a plain path) or
-    ``redis://HOST:PORT/DB``.
+    ``redis://HOST:PORT/DB``, optionally with ``?durability=power`` (what an acknowledged
+    charge or feedback survives: :mod:`movingtarget.memory.durability`).
 
     >>> import tempfile, os
     >>> store = open_keys(os.path.join(tempfile.mkdtemp(), "keys.db"))
@@ -210,24 +211,34 @@ def open_keys(url: str | None = None, *, namespace: str = "mt") -> KeyStore:
     >>> store.authorize(token_digest(token), 1).name
     'alice'
     """
+    from urllib.parse import parse_qsl
+
+    from movingtarget.memory.durability import check_durability
+
     url = url or default_keys_url()
-    scheme = urlsplit(url).scheme
+    base, _, query = url.partition("?")
+    durability = "process"
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name != "durability":
+            raise ConfigError(f"keys store {base!r}: unknown option {name!r}; it takes durability")
+        durability = check_durability(value, f"keys store {base!r}")
+    scheme = urlsplit(base).scheme
     if scheme in ("redis", "rediss", "unix"):
         from movingtarget.gateway.keys_redis import RedisKeyStore
 
-        return RedisKeyStore(url, namespace=namespace)
+        return RedisKeyStore(base, namespace=namespace, durability=durability)
     if scheme == "sqlite":
         # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute/path.db
-        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        path = base[len("sqlite:///") :] if base.startswith("sqlite:///") else ""
         if not path:
-            raise ConfigError(f"keys store {url!r}: write sqlite:///PATH")
+            raise ConfigError(f"keys store {base!r}: write sqlite:///PATH")
     elif scheme == "" or len(scheme) == 1:  # a plain path (or a Windows drive letter)
-        path = url
+        path = base
     else:
         raise ConfigError(
-            f"keys store {url!r}: unknown scheme {scheme!r}; use sqlite:///PATH or "
+            f"keys store {base!r}: unknown scheme {scheme!r}; use sqlite:///PATH or "
             "redis://HOST:PORT/DB"
         )
     from movingtarget.gateway.keys_sqlite import SQLiteKeyStore
 
-    return SQLiteKeyStore(Path(path), url=url)
+    return SQLiteKeyStore(Path(path), url=base, durability=durability)

@@ -84,7 +84,7 @@ class RedisKeyStore:
     'alice'
     """
 
-    def __init__(self, url: str, *, namespace: str = "mt") -> None:
+    def __init__(self, url: str, *, namespace: str = "mt", durability: str = "process") -> None:
         require("redis", "the Redis key store")  # a missing one: an error naming the extra
         import redis
 
@@ -100,6 +100,12 @@ class RedisKeyStore:
             redis.ConnectionError,
             redis.TimeoutError,
         )
+        self.durability = durability
+        if durability != "process":
+            from movingtarget.memory.durability import check_redis_durability
+
+            self.ping()  # an unreachable server: Unavailable, before the check
+            check_redis_durability(self._r, durability, f"keys store {redact(url)}")
 
     def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -57,7 +57,13 @@ class SQLiteKeyStore:
     ['ci']
     """
 
-    def __init__(self, path: str | Path, *, url: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, url: str | None = None, durability: str = "process"
+    ) -> None:
+        from movingtarget.memory.durability import sqlite_synchronous
+
+        synchronous = sqlite_synchronous(durability).upper()
+        self.durability = durability
         self.path = Path(path)
         self.url = url or f"sqlite:///{self.path}"
         self._lock = threading.Lock()
@@ -69,7 +75,8 @@ class SQLiteKeyStore:
                 str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
             )
             enter_wal(self._db, timeout=10.0)
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # NORMAL survives a killed process; FULL also power loss (durability=power)
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise DataError(f"keys store {self.path}: cannot open ({exc})") from None

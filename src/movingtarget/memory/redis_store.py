@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from movingtarget._optional import require
 from movingtarget.errors import ConfigError, DataError, Unavailable
 from movingtarget.memory._policy import ClosedOnExit, check_bounds, keep_after_eviction
+from movingtarget.memory.durability import check_redis_durability
 from movingtarget.memory.sqlite_store import check_namespace
 from movingtarget.memory.urls import redact
 
@@ -182,6 +183,10 @@ class RedisStore(ClosedOnExit):
     buckets:
         Bucket hashes of a *new* namespace (a power of two); by default ``2**17``, or
         sized from ``capacity``. An existing namespace keeps its own.
+    durability:
+        ``"process"`` (default) or ``"power"``: the server must then run ``appendonly
+        yes`` with ``appendfsync always``, checked at open
+        (:mod:`movingtarget.memory.durability`).
 
     Bounds: a query at time ``t`` whose entry has ``first_seen <= t - ttl`` counts as
     new and restarts the entry; after each batch, entries with ``first_seen <=
@@ -195,7 +200,7 @@ class RedisStore(ClosedOnExit):
     Times travel through Lua numbers (doubles): they must stay within +-2**53, which
     milliseconds since the epoch and arrival indices do by far.
 
-    Errors: a server that cannot be reached raises :class:`~movingtarget.errors.ConfigError`
+    Errors: a server that cannot be reached raises :class:`~movingtarget.errors.Unavailable`
     naming the URL (password hidden); a server error raises
     :class:`~movingtarget.errors.DataError`.
 
@@ -216,6 +221,7 @@ class RedisStore(ClosedOnExit):
         ttl: int | None = None,
         capacity: int | None = None,
         buckets: int | None = None,
+        durability: str = "process",
     ) -> None:
         require("redis", "the Redis memory")  # a missing one: an error naming the extra
         import redis
@@ -257,6 +263,8 @@ class RedisStore(ClosedOnExit):
         self._lookup = self.client.register_script(_LOOKUP)
         with self._errors("connect"):
             self.client.ping()
+            check_redis_durability(self.client, durability, where)
+            self.durability = durability
             # the first client to create the namespace fixes its bucket count
             self.client.hsetnx(self._meta, "buckets", wanted)
             indexed, size, stored = self.client.hmget(self._meta, "indexed", "size", "buckets")

@@ -13,7 +13,9 @@ URL                             store
 ==============================  ==========================================================
 
 Bounds and options may also ride in the query string: ``?ttl=3600000&capacity=1000000
-&namespace=gw`` for every scheme, ``&synchronous=full`` for SQLite. ``bloom://`` takes
+&namespace=gw`` for every scheme, ``&durability=power`` for SQLite and Redis (what an
+acknowledged write survives: :mod:`movingtarget.memory.durability`), and
+``&synchronous=full`` for SQLite (its lower-level form). ``bloom://`` takes
 ``capacity`` (keys it is sized for, default 1,000,000), ``fp`` (its false-positive rate
 at that size, default ``1e-6``) and ``ttl``, and has no namespaces. A keyword argument and a query
 parameter that disagree are a :class:`ConfigError`.
@@ -25,20 +27,27 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from movingtarget.errors import ConfigError
+from movingtarget.memory.durability import check_durability, sqlite_synchronous
 from movingtarget.memory.stores import InProcessStore, Store
 
 SCHEMES = ("memory", "bloom", "sqlite", "redis", "rediss", "unix")
 _COMMON = ("ttl", "capacity", "namespace")
-_SQLITE_ONLY = ("synchronous",)
-_UNIX_ONLY = ("db",)  # unix:///path/redis.sock?db=N
+_SQLITE_ONLY = ("synchronous", "durability")
+_REDIS_ONLY = ("durability",)
+_UNIX_ONLY = ("db", "durability")  # unix:///path/redis.sock?db=N
 _BLOOM_ONLY = ("fp",)
 BLOOM_DEFAULT_CAPACITY = 1_000_000
 
 
 def _options(url: str, scheme: str, query: str) -> dict[str, str]:
-    allowed = _COMMON + {"sqlite": _SQLITE_ONLY, "unix": _UNIX_ONLY, "bloom": _BLOOM_ONLY}.get(
-        scheme, ()
-    )
+    extra = {
+        "sqlite": _SQLITE_ONLY,
+        "unix": _UNIX_ONLY,
+        "bloom": _BLOOM_ONLY,
+        "redis": _REDIS_ONLY,
+        "rediss": _REDIS_ONLY,
+    }
+    allowed = _COMMON + extra.get(scheme, ())
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
@@ -153,12 +162,21 @@ def open_store(
             raise ConfigError(
                 f"store URL {shown!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
+        synchronous = options.get("synchronous")
+        if "durability" in options:
+            implied = sqlite_synchronous(check_durability(options["durability"], shown))
+            if synchronous is not None and synchronous != implied:
+                raise ConfigError(
+                    f"store URL {shown!r}: durability={options['durability']} means "
+                    f"synchronous={implied}, but synchronous={synchronous} is given too"
+                )
+            synchronous = implied
         return SQLiteStore(
             parts.path[1:],
             namespace=namespace,
             ttl=ttl,
             capacity=capacity,
-            synchronous=options.get("synchronous", "normal"),
+            synchronous=synchronous or "normal",
         )
 
     from movingtarget.memory.redis_store import RedisStore
@@ -168,7 +186,13 @@ def open_store(
         if not parts.path or not db.isdigit():
             raise ConfigError(f"store URL {shown!r}: write unix:///path/to/redis.sock?db=N")
         socket_url = f"unix://{parts.netloc}{parts.path}?db={db}"
-        return RedisStore(socket_url, namespace=namespace, ttl=ttl, capacity=capacity)
+        return RedisStore(
+            socket_url,
+            namespace=namespace,
+            ttl=ttl,
+            capacity=capacity,
+            durability=options.get("durability", "process"),
+        )
     if not parts.hostname:
         raise ConfigError(f"store URL {shown!r}: write redis://HOST:PORT/DB")
     try:
@@ -180,4 +204,10 @@ def open_store(
         raise ConfigError(f"store URL {shown!r}: the database must be a number, got {db!r}")
     # the client gets the URL without our options (they are not redis-py's)
     client_url = url.split("?", 1)[0]
-    return RedisStore(client_url, namespace=namespace, ttl=ttl, capacity=capacity)
+    return RedisStore(
+        client_url,
+        namespace=namespace,
+        ttl=ttl,
+        capacity=capacity,
+        durability=options.get("durability", "process"),
+    )
