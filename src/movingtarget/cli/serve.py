@@ -44,6 +44,16 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
+def _range(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(s) for s in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-range {text!r}: write LO,HI (e.g. 0,1)") from None
+    return lo, hi
+
+
 def serve_metrics(registry: CollectorRegistry, port: int) -> int:
     """Serve the Prometheus ``registry`` on loopback ``port`` in a daemon thread (the
     exporter pattern: no key, so only this host can reach it); returns the port."""
@@ -107,6 +117,21 @@ def serve(
     input_shape: Annotated[
         str | None, typer.Option(help="Input shape of a saved model that does not say it: 1,28,28.")
     ] = None,
+    input_range: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LO,HI",
+            help="The model's input domain, one range for every feature (default: each "
+            "feature's training range, widened; none for a saved model).",
+        ),
+    ] = None,
+    out_of_domain: Annotated[
+        str,
+        typer.Option(
+            metavar="MODE",
+            help="Inputs outside the domain: refuse (422), clip (to the domain) or off.",
+        ),
+    ] = "refuse",
     cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
     replica: Annotated[str, typer.Option(help="This replica's name in the audit log.")] = "",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
@@ -157,6 +182,8 @@ def serve(
         cache_dir=cache_dir,
         input_shape=_shape(input_shape),
         replica=replica,
+        input_range=_range(input_range),
+        out_of_domain=out_of_domain,
     )
     gateway = Gateway.from_config(config)
     # after loading the model, so torch is limited too if it loaded it; batches are small,

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from numpy.typing import NDArray
+from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from movingtarget import __version__ as _pkg_version
@@ -83,6 +86,19 @@ def answers_json(
     return out
 
 
+def _clipped_counter(gateway: Gateway) -> Counter:
+    registry = gateway.metrics.registry
+    try:
+        return Counter(
+            "movingtarget_clipped_inputs",
+            "Inputs outside the model's input domain, clipped to it (--out-of-domain clip).",
+            registry=registry,
+        )
+    except ValueError:  # a second app on the same gateway: the same counter
+        found = registry._names_to_collectors["movingtarget_clipped_inputs_total"]
+        return cast(Counter, found)
+
+
 def create_app(gateway: Gateway) -> FastAPI:
     """The ASGI app serving ``gateway`` (started and stopped with the server)."""
 
@@ -111,6 +127,21 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.add_middleware(LatencyMiddleware, histogram=gateway.metrics.latency)
     reason_labels = gateway.metrics.reason_labels
     cfg = gateway.config
+    domain = served.domain_for(cfg.input_range)
+    clipped = _clipped_counter(gateway)
+
+    def to_domain(x: NDArray[np.float32], where: str) -> NDArray[np.float32]:
+        """``x`` refused (422 out-of-domain, counted as a refusal inside
+        ``gateway.refusing``) or clipped as ``--out-of-domain`` says."""
+        if domain is None:
+            return x
+        x, n = domain.apply(x, cfg.out_of_domain, where)
+        if n:
+            clipped.inc(n)
+        return x
+
+    app.state.domain = domain
+    app.state.to_domain = to_domain
 
     @json_route(app, "/v1/classify", ClassifyRequest, ClassifyResponse, _ERRORS, tags=["v1"])
     async def classify(request: Request) -> Response:
@@ -121,6 +152,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             async with gateway.refusing(token):
                 body = await read_body(request, ClassifyRequest, cfg.max_body_bytes)
                 x = batch_from_json(body.batch(), served.input_shape, cfg.max_inputs)
+                x = to_domain(x, "inputs")
             grant = await gateway.authorize(token, len(x))
             query_ids, answers = await gateway.classify(x, grant, rid, arrival)
         content = {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from movingtarget.errors import ConfigError
+from movingtarget.gateway.inputs import OUT_OF_DOMAIN_MODES
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class GatewayConfig:
     cache_dir: Path | None = None
     input_shape: tuple[int, ...] | None = None
     replica: str = ""
+    #: One input range [lo, hi] for every feature (default: the model's own domain).
+    input_range: tuple[float, float] | None = None
+    #: Inputs outside the domain: "refuse" (422), "clip" (to the domain) or "off".
+    out_of_domain: str = "refuse"
 
     def check(self) -> GatewayConfig:
         """This config, or a :class:`ConfigError` naming the bad field."""
@@ -57,6 +63,19 @@ class GatewayConfig:
                 f"--memory-capacity must be >= 1, got {self.memory_capacity}",
             ),
             (bool(self.namespace.strip()), "--namespace must not be empty"),
+            (
+                self.out_of_domain in OUT_OF_DOMAIN_MODES,
+                f"--out-of-domain must be one of {', '.join(OUT_OF_DOMAIN_MODES)}, "
+                f"got {self.out_of_domain!r}",
+            ),
+            (
+                self.input_range is None
+                or (
+                    all(map(math.isfinite, self.input_range))
+                    and self.input_range[0] < self.input_range[1]
+                ),
+                f"--input-range must be finite LO,HI with LO < HI, got {self.input_range}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,10 +1,13 @@
 """Input validation: client JSON to a float32 batch of the model's input shape, or a
-400 that says exactly what is wrong. Nothing malformed reaches the defense or memory."""
+400 that says exactly what is wrong; then the model's input domain (:class:`InputDomain`):
+values outside it are refused (422) or clipped. Nothing malformed reaches the defense or
+memory."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -182,3 +185,64 @@ def batch_from_tensor(
         )
     x = _typed(values, datatype, f"{where}.data").reshape(n, *input_shape)
     return _finite(x, "inputs")
+
+
+#: What the gateway does with an input outside the model's input domain.
+OUT_OF_DOMAIN_MODES = ("refuse", "clip", "off")
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}"
+
+
+@dataclass(frozen=True)
+class InputDomain:
+    """The values a served model expects: ``lo <= x <= hi`` feature by feature (``lo``
+    and ``hi`` broadcast against one input; 0-d for one range for every feature).
+
+    >>> dom = InputDomain(np.array(0, np.float32), np.array(1, np.float32), "--input-range")
+    >>> dom.apply(np.array([[0.5, 2.0]], np.float32), "clip", "inputs")
+    (array([[0.5, 1. ]], dtype=float32), 1)
+    >>> dom.apply(np.array([[0.5, 16]], np.float32), "refuse", "inputs")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    movingtarget.gateway.problems.Problem: inputs[0][1] = 16 is outside ... [0, 1] for feature 1
+    """
+
+    lo: NDArray[np.float32]
+    hi: NDArray[np.float32]
+    source: str
+
+    def bounds(self, input_shape: tuple[int, ...]) -> tuple[list[float], list[float]]:
+        """``lo`` and ``hi`` of every feature, flat (for metadata)."""
+        lo = np.broadcast_to(self.lo, input_shape).ravel()
+        hi = np.broadcast_to(self.hi, input_shape).ravel()
+        return lo.astype(float).tolist(), hi.astype(float).tolist()
+
+    def apply(
+        self, x: NDArray[np.float32], mode: str, where: str
+    ) -> tuple[NDArray[np.float32], int]:
+        """``x`` (a finite batch) as ``mode`` wants it, and how many inputs were clipped:
+        ``refuse`` raises a 422 naming the first value outside (``where`` names the batch
+        in the message), ``clip`` clips to the domain, ``off`` leaves ``x`` as it is."""
+        if mode == "off":
+            return x, 0
+        outside = (x < self.lo) | (x > self.hi)
+        rows = outside.reshape(len(x), -1).any(axis=1)
+        if not rows.any():
+            return x, 0
+        if mode == "clip":
+            return np.clip(x, self.lo, self.hi).astype(np.float32), int(rows.sum())
+        i = int(np.flatnonzero(rows)[0])
+        feature = int(np.flatnonzero(outside[i].ravel())[0])
+        index = np.unravel_index(feature, x.shape[1:])
+        lo = float(np.broadcast_to(self.lo, x.shape[1:]).ravel()[feature])
+        hi = float(np.broadcast_to(self.hi, x.shape[1:]).ravel()[feature])
+        value = float(x[i].ravel()[feature])
+        path = f"{where}[{i}]" + "".join(f"[{k}]" for k in index)
+        raise Problem(
+            422,
+            "out-of-domain",
+            f"{path} = {_num(value)} is outside the model's input domain "
+            f"[{_num(lo)}, {_num(hi)}] for feature {feature}",
+        )

@@ -71,15 +71,28 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-def _metadata(gw: Gateway) -> dict[str, Any]:
+def _metadata(gw: Gateway, request: Request) -> dict[str, Any]:
     shape = [-1, *gw.served.input_shape]
+    parameters: dict[str, Any] = {
+        "defense": gw.defense.describe(),
+        "n_classes": gw.served.n_classes,
+    }
+    domain = request.app.state.domain
+    if domain is not None:
+        lo, hi = domain.bounds(gw.served.input_shape)
+        parameters["input_domain"] = {
+            "lo": lo,
+            "hi": hi,
+            "source": domain.source,
+            "out_of_domain": gw.config.out_of_domain,
+        }
     return {
         "name": gw.served.name,
         "versions": [gw.served.version],
         "platform": "movingtarget",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": shape}],
         "outputs": [{"name": n, "datatype": d, "shape": [-1]} for n, d in OUTPUTS.items()],
-        "parameters": {"defense": gw.defense.describe(), "n_classes": gw.served.n_classes},
+        "parameters": parameters,
     }
 
 
@@ -89,7 +102,7 @@ async def metadata(name: str, request: Request) -> Response:
     gw = _gateway(request)
     await gw.authorize(token_of(request), 0)
     _model(gw, name)
-    return JSONResponse(_metadata(gw))
+    return JSONResponse(_metadata(gw, request))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_ERR)
@@ -98,7 +111,7 @@ async def metadata_version(name: str, version: str, request: Request) -> Respons
     gw = _gateway(request)
     await gw.authorize(token_of(request), 0)
     _model(gw, name, version)
-    return JSONResponse(_metadata(gw))
+    return JSONResponse(_metadata(gw, request))
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=_ERR)
@@ -126,6 +139,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                 gw.served.input_shape,
                 gw.config.max_inputs,
             )
+            x = request.app.state.to_domain(x, "inputs[0].data")
             wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
             unknown = [w for w in wanted if w not in OUTPUTS]
             if unknown:

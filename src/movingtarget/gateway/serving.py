@@ -10,6 +10,11 @@
 * a saved model file (``.pkl``): a pickled :class:`~movingtarget.models.Model`, or a
   model-cache entry (``{"model": ...}``). Pickles run code when loaded: serve only
   files you made.
+
+A model served from a dataset also declares its input domain (see
+:func:`training_domain`): values outside it are refused or clipped before the defense
+sees them (``--out-of-domain``); ``--input-range LO,HI`` states one range for every
+feature instead (and gives a saved model, which has no training data, a domain).
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError, DataError
+from movingtarget.gateway.inputs import InputDomain
 from movingtarget.models.base import Model
 
 #: Training inputs used to calibrate approximate memories (as experiments do).
 CALIBRATION_SIZE = 2000
+
+#: The default input domain widens each feature's training range, on each side, by this
+#: share of its own span plus :data:`DOMAIN_MARGIN_OVERALL` of the whole training data's
+#: span (so a feature never lit in training still takes a small change, such as the
+#: arena's brightness transform, 5% of the span).
+DOMAIN_MARGIN_FEATURE = 0.25
+DOMAIN_MARGIN_OVERALL = 0.1
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,35 @@ class ServedModel:
     source: str
     #: Training inputs that calibrate approximate memories (None for a saved file).
     calibration_x: NDArray[np.float32] | None = None
+    #: The values the model expects (None: unknown, every finite value is taken).
+    domain: InputDomain | None = None
+
+    def domain_for(self, input_range: tuple[float, float] | None) -> InputDomain | None:
+        """The domain served: ``input_range`` (one range for every feature) if stated,
+        else the model's own."""
+        if input_range is None:
+            return self.domain
+        lo, hi = input_range
+        return InputDomain(np.array(lo, np.float32), np.array(hi, np.float32), "--input-range")
+
+
+def training_domain(x_train: NDArray[Any], input_shape: tuple[int, ...]) -> InputDomain:
+    """Each feature's range over the training inputs ``x_train``, widened by the margins
+    above (on digits, no test input falls outside).
+
+    >>> dom = training_domain(np.array([[0.0, 0.0], [1.0, 0.0]]), (2,))
+    >>> np.allclose(dom.lo, [-0.35, -0.1]), np.allclose(dom.hi, [1.35, 0.1])
+    (True, True)
+    """
+    x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), *input_shape)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    margin = DOMAIN_MARGIN_FEATURE * (hi - lo) + DOMAIN_MARGIN_OVERALL * (x.max() - x.min())
+    return InputDomain(
+        (lo - margin).astype(np.float32),
+        (hi + margin).astype(np.float32),
+        f"training data (each feature's range widened by {DOMAIN_MARGIN_FEATURE:g} of its "
+        f"span and {DOMAIN_MARGIN_OVERALL:g} of the data's)",
+    )
 
 
 def _version(model: Model) -> str:
@@ -102,7 +144,10 @@ def load_served_model(
             len(cal), CALIBRATION_SIZE, replace=False
         )
         cal = cal[np.sort(pick)]
-    return ServedModel(model, name, _version(model), tuple(shape), split.n_classes, spec, cal)
+    domain = training_domain(split.x_train, tuple(shape))
+    return ServedModel(
+        model, name, _version(model), tuple(shape), split.n_classes, spec, cal, domain
+    )
 
 
 def _load_file(path: Path, input_shape: tuple[int, ...] | None) -> ServedModel:
