@@ -341,6 +341,12 @@ INT_RANGES = {
 }
 
 
+def passes_the_type_check(r: httpx.Response) -> bool:
+    # a value its datatype holds is accepted as typed; the model's input domain may then
+    # refuse it (422 out-of-domain): that is a later check, not the type's
+    return r.status_code == 200 or (r.status_code == 422 and r.json()["type"] == "out-of-domain")
+
+
 def test_kserve_integer_tensors_must_fit_their_datatype(served):
     url, token = served["url"], served["token"]
     for datatype, (lo, hi) in INT_RANGES.items():
@@ -348,14 +354,14 @@ def test_kserve_integer_tensors_must_fit_their_datatype(served):
             r = infer(url, token, {"datatype": datatype, "data": [3] * 63 + [value]})
             refused(r, 400, f"inputs[0].data: {value} does not fit {datatype} [{lo}, {hi}]")
         ok = infer(url, token, {"datatype": datatype, "data": [lo, hi] + [1] * 62})
-        assert ok.status_code == 200, (datatype, ok.text)
+        assert passes_the_type_check(ok), (datatype, ok.text)
     r = infer(url, token, {"datatype": "INT8", "data": [3] * 63 + [True]})
     refused(r, 400, "inputs[0].data: true is not a number")
     # BOOL holds booleans only
     r = infer(url, token, {"datatype": "BOOL", "data": [True] * 63 + [2]})
     refused(r, 400, "inputs[0].data: 2 is not a boolean")
     ok = infer(url, token, {"datatype": "BOOL", "data": [True, False] * 32})
-    assert ok.status_code == 200, ok.text
+    assert passes_the_type_check(ok), ok.text
 
 
 def test_kserve_float_tensors_must_fit_their_datatype(served):
@@ -367,7 +373,7 @@ def test_kserve_float_tensors_must_fit_their_datatype(served):
     r = infer(url, token, {"datatype": "FP32", "data": [1.5] * 63 + [1e39]})
     refused(r, 400, "inputs[0].data: 1e+39 does not fit FP32 [-3.4028235e+38, 3.4028235e+38]")
     ok = infer(url, token, {"datatype": "FP16", "data": [65504, -65504] + [2.5] * 62})
-    assert ok.status_code == 200, ok.text
+    assert passes_the_type_check(ok), ok.text
 
 
 def test_kserve_shape_must_be_json_integers(served):
