@@ -405,7 +405,14 @@ def test_post_bodies_must_be_sent_as_json(served, digits_x):
         "/v1/classify": {"inputs": digits_x[710:711].tolist()},
         "/v1/feedback": {"labels": [{"query_id": "x", "label": 1}]},
         f"/v2/models/{MODEL}/infer": {
-            "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "data": digits_x[711].tolist(),
+                }
+            ]
         },
     }
     for path, body in bodies.items():
@@ -413,6 +420,10 @@ def test_post_bodies_must_be_sent_as_json(served, digits_x):
         for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
             headers = auth(token) if ctype is None else {**auth(token), "Content-Type": ctype}
             r = httpx.post(url + path, content=raw, headers=headers)
+            if ctype is None and path.endswith("/infer"):
+                # the Open Inference Protocol's clients (Triton's) send no Content-Type
+                assert r.status_code == 200, r.text
+                continue
             refused(r, 415, f"content type must be application/json, got {ctype or 'none'}")
     # parameters are fine
     r = httpx.post(

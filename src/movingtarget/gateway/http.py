@@ -98,10 +98,14 @@ def parse_json(body: bytes) -> Any:
         raise bad_request(f"the request body is not valid JSON ({exc})", "invalid-json") from None
 
 
-def check_json_type(request: Request) -> None:
-    """415 unless the body is declared ``application/json`` (parameters allowed)."""
+def check_json_type(request: Request, allow_missing: bool = False) -> None:
+    """415 unless the body is declared ``application/json`` (parameters allowed);
+    ``allow_missing``: a body with no Content-Type at all is taken as JSON (the Open
+    Inference Protocol's clients, Triton's among them, send none)."""
     declared = request.headers.get("content-type", "")
     media = declared.partition(";")[0].strip().lower()
+    if allow_missing and not media:
+        return
     if media != "application/json":
         got = (media[:60] + "...") if len(media) > 60 else media or "none"
         raise Problem(
@@ -109,22 +113,23 @@ def check_json_type(request: Request) -> None:
         )
 
 
-async def read_body(request: Request, model: type[M], limit: int) -> M:
-    """The request body as ``model``: 413 past ``limit`` bytes, 415 unless it is sent as
-    ``application/json``, 400 for bad JSON (duplicate keys too) or a value of the wrong
-    JSON type, 422 for a body of the wrong form."""
+#: The binary tensor extension's header: the length of the JSON part of the body.
+BINARY_HEADER = "inference-header-content-length"
+
+
+async def _read_raw(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise Problem(413, "too-large", f"request body of {declared} bytes; the limit is {limit}")
-    check_json_type(request)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise Problem(413, "too-large", f"request body over the limit of {limit} bytes")
-    if not body:
-        raise bad_request("the request body is empty; send JSON", "invalid-json")
-    data = parse_json(bytes(body))
+    return bytes(body)
+
+
+def _validate(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -135,6 +140,46 @@ async def read_body(request: Request, model: type[M], limit: int) -> M:
         raise unprocessable(_first_error(errors)) from None
     except RecursionError:
         raise unprocessable("the request body is nested too deeply") from None
+
+
+async def read_body(
+    request: Request, model: type[M], limit: int, *, allow_missing_type: bool = False
+) -> M:
+    """The request body as ``model``: 413 past ``limit`` bytes, 415 unless it is sent as
+    ``application/json`` (or with no type, where ``allow_missing_type``), 400 for bad JSON
+    (duplicate keys too) or a value of the wrong JSON type, 422 for a body of the wrong
+    form."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Problem(413, "too-large", f"request body of {declared} bytes; the limit is {limit}")
+    check_json_type(request, allow_missing_type)
+    body = await _read_raw(request, limit)
+    if not body:
+        raise bad_request("the request body is empty; send JSON", "invalid-json")
+    return _validate(model, parse_json(body))
+
+
+async def read_inference_body(request: Request, model: type[M], limit: int) -> tuple[M, bytes]:
+    """An Open Inference Protocol body: JSON as :func:`read_body`, or with the binary
+    tensor extension (``Inference-Header-Content-Length: N``: N bytes of JSON, then the
+    raw tensor bytes, any content type), the same checks on the JSON part. A plain JSON
+    body may come with no Content-Type (as the protocol's clients send it); a declared
+    type other than JSON is still a 415. Returns the
+    parsed JSON and the bytes after it (empty for plain JSON)."""
+    header = request.headers.get(BINARY_HEADER)
+    if header is None:
+        return await read_body(request, model, limit, allow_missing_type=True), b""
+    body = await _read_raw(request, limit)
+    if not header.strip().isdigit() or int(header) > len(body):
+        raise bad_request(
+            f"Inference-Header-Content-Length {header[:20]!r} must be the length of the JSON "
+            f"part, at most the body's {len(body)} bytes",
+            "invalid-json",
+        )
+    n = int(header)
+    if n == 0:
+        raise bad_request("the JSON part of the request body is empty", "invalid-json")
+    return _validate(model, parse_json(body[:n])), body[n:]
 
 
 def _type_error(e: Any, n: int) -> str:

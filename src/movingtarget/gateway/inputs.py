@@ -139,6 +139,64 @@ def _typed(values: NDArray[Any], datatype: str, where: str) -> NDArray[np.float3
         return wide.astype(np.float32)
 
 
+def _check_tensor(
+    shape: list[int], datatype: str, input_shape: tuple[int, ...], max_inputs: int
+) -> int:
+    """The batch size of a tensor of ``shape`` and ``datatype``, or a Problem."""
+    if datatype not in NUMERIC_DATATYPES:
+        raise bad_request(
+            f"datatype {datatype!r} is not accepted; use one of {sorted(NUMERIC_DATATYPES)}"
+        )
+    if len(shape) != 1 + len(input_shape) or list(shape[1:]) != list(input_shape):
+        raise bad_request(
+            f"input shape must be [n, {', '.join(map(str, input_shape))}], got {shape}"
+        )
+    n = shape[0]
+    if n < 1:
+        raise bad_request(f"the batch size (shape[0]) must be >= 1, got {n}")
+    if n > max_inputs:
+        raise Problem(
+            413, "too-many-inputs", f"{n} inputs in one request; the limit is {max_inputs}"
+        )
+    return int(n)
+
+
+def batch_from_binary(
+    raw: bytes,
+    shape: list[int],
+    datatype: str,
+    input_shape: tuple[int, ...],
+    max_inputs: int,
+    where: str = "inputs[0]",
+) -> NDArray[np.float32]:
+    """A tensor sent with the binary tensor extension (``raw``: its values little-endian,
+    row-major) as float32 ``(n, *input_shape)``; BOOL is one byte per value, 0 or 1.
+
+    >>> batch_from_binary(np.array([1, 2], "<i4").tobytes(), [1, 2], "INT32", (2,), 4)
+    array([[1., 2.]], dtype=float32)
+    >>> batch_from_binary(b"\\x00" * 3, [1, 2], "INT8", (2,), 4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    movingtarget.gateway.problems.Problem: inputs[0]: 3 bytes of binary data; ... needs 2
+    """
+    n = _check_tensor(shape, datatype, input_shape, max_inputs)
+    if datatype.startswith("FP"):
+        dtype = np.dtype(f"<f{int(datatype[2:]) // 8}")
+    else:
+        dtype = np.dtype("u1" if datatype == "BOOL" else datatype.lower()).newbyteorder("<")
+    need = n * math.prod(input_shape) * dtype.itemsize
+    if len(raw) != need:
+        raise bad_request(
+            f"{where}: {len(raw)} bytes of binary data; shape {shape} of {datatype} needs {need}"
+        )
+    values = np.frombuffer(raw, dtype=dtype)
+    if datatype == "BOOL" and values.size and values.max() > 1:
+        raise bad_request(f"{where}: a BOOL byte must be 0 or 1, got {int(values.max())}")
+    with np.errstate(over="ignore"):
+        x = values.astype(np.float32).reshape(n, *input_shape)
+    return _finite(x, "inputs")
+
+
 def batch_from_tensor(
     data: list[Any],
     shape: list[int],
@@ -156,21 +214,7 @@ def batch_from_tensor(
     ...
     movingtarget.gateway.problems.Problem: inputs[0].data: 1000 does not fit INT8 [-128, 127]
     """
-    if datatype not in NUMERIC_DATATYPES:
-        raise bad_request(
-            f"datatype {datatype!r} is not accepted; use one of {sorted(NUMERIC_DATATYPES)}"
-        )
-    if len(shape) != 1 + len(input_shape) or list(shape[1:]) != list(input_shape):
-        raise bad_request(
-            f"input shape must be [n, {', '.join(map(str, input_shape))}], got {shape}"
-        )
-    n = shape[0]
-    if n < 1:
-        raise bad_request(f"the batch size (shape[0]) must be >= 1, got {n}")
-    if n > max_inputs:
-        raise Problem(
-            413, "too-many-inputs", f"{n} inputs in one request; the limit is {max_inputs}"
-        )
+    n = _check_tensor(shape, datatype, input_shape, max_inputs)
     # the JSON values themselves (numpy would read true as 1, and 2**63 beside -1 as a float)
     try:
         values: NDArray[Any] | None = np.asarray(data, dtype=object)

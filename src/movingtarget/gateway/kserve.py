@@ -5,18 +5,29 @@ An abstention is an explicit output, never a fake class: ``infer`` returns the
 tensors ``label`` (INT64, ``-1`` where the gateway abstained), ``abstained`` (BOOL),
 ``reason`` (BYTES: ``model``, ``repeat``, ...) and ``query_id`` (BYTES, for
 ``/v1/feedback``). The input is one tensor of shape ``[n, *input_shape]``.
+
+The binary tensor extension is supported both ways (what Triton's ``tritonclient``
+sends by default): a request with ``Inference-Header-Content-Length: N`` carries N bytes
+of JSON, then each input whose ``parameters.binary_data_size`` is set as raw
+little-endian bytes; outputs asked for with ``parameters.binary_data`` (or all, with the
+request's ``parameters.binary_data_output``) come back the same way (BYTES elements as a
+4-byte little-endian length, then the bytes).
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from movingtarget.gateway.http import json_route, read_body, token_of
+from movingtarget import __version__
+from movingtarget.gateway.http import json_route, read_inference_body, token_of
 from movingtarget.gateway.ids import request_id
-from movingtarget.gateway.inputs import batch_from_tensor
+from movingtarget.gateway.inputs import batch_from_binary, batch_from_tensor
 from movingtarget.gateway.problems import Problem
 from movingtarget.gateway.schemas import (
     ErrorBody,
@@ -30,6 +41,22 @@ from movingtarget.gateway.schemas import (
 from movingtarget.gateway.service import Gateway
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    """Server metadata (no key): name, version and the protocol extensions supported."""
+    return {"name": "movingtarget", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+def _binary(values: list[Any], datatype: str) -> bytes:
+    """One output tensor's raw bytes (the binary tensor extension)."""
+    if datatype == "BYTES":
+        parts = [str(v).encode() for v in values]
+        return b"".join(struct.pack("<I", len(p)) + p for p in parts)
+    dtype = {"INT64": "<i8", "BOOL": "u1"}[datatype]
+    return np.asarray(values).astype(dtype).tobytes()
+
 
 #: Output tensors of ``infer``: name -> datatype.
 OUTPUTS = {"label": "INT64", "abstained": "BOOL", "reason": "BYTES", "query_id": "BYTES"}
@@ -130,15 +157,36 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     with gw.batcher.arriving() as arrival:  # a batch being gathered waits for it
         async with gw.refusing(token):
             _model(gw, name, version)
-            body = await read_body(request, InferenceRequest, gw.config.max_body_bytes)
-            tensor = body.inputs[0]
-            x = batch_from_tensor(
-                tensor.data,
-                tensor.shape,
-                tensor.datatype,
-                gw.served.input_shape,
-                gw.config.max_inputs,
+            body, raw = await read_inference_body(
+                request, InferenceRequest, gw.config.max_body_bytes
             )
+            tensor = body.inputs[0]
+            size = (tensor.parameters or {}).get("binary_data_size")
+            if size is not None:
+                if type(size) is not int or not 0 <= size <= len(raw) or tensor.data is not None:
+                    raise Problem(
+                        400,
+                        "invalid-input",
+                        "inputs[0].parameters.binary_data_size must be the byte count of its "
+                        f"binary data ({len(raw)} bytes follow the JSON), with no 'data'",
+                    )
+                x = batch_from_binary(
+                    raw[:size],
+                    tensor.shape,
+                    tensor.datatype,
+                    gw.served.input_shape,
+                    gw.config.max_inputs,
+                )
+            elif tensor.data is None:
+                raise Problem(400, "invalid-input", "inputs[0] has no 'data' (nor binary data)")
+            else:
+                x = batch_from_tensor(
+                    tensor.data,
+                    tensor.shape,
+                    tensor.datatype,
+                    gw.served.input_shape,
+                    gw.config.max_inputs,
+                )
             x = request.app.state.to_domain(x, "inputs[0].data")
             wanted = [o.name for o in body.outputs] if body.outputs else list(OUTPUTS)
             unknown = [w for w in wanted if w not in OUTPUTS]
@@ -159,7 +207,18 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         "reason": [labels[r] for r in answers.reasons.tolist()],
         "query_id": query_ids,
     }
-    outputs = [{"name": w, "shape": [n], "datatype": OUTPUTS[w], "data": values[w]} for w in wanted]
+    all_binary = bool((body.parameters or {}).get("binary_data_output"))
+    binary = {o.name for o in body.outputs or [] if (o.parameters or {}).get("binary_data")}
+    outputs, chunks = [], []
+    for w in wanted:
+        out: dict[str, Any] = {"name": w, "shape": [n], "datatype": OUTPUTS[w]}
+        if all_binary or w in binary:
+            chunk = _binary(values[w], OUTPUTS[w])
+            out["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            out["data"] = values[w]
+        outputs.append(out)
     content = {
         "model_name": gw.served.name,
         "model_version": gw.served.version,
@@ -167,7 +226,14 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         "parameters": {"defense": gw.defense.name, "request_id": rid},
         "outputs": outputs,
     }
-    return JSONResponse(content, headers={"X-Request-ID": rid})
+    if not chunks:
+        return JSONResponse(content, headers={"X-Request-ID": rid})
+    header = json.dumps(content, separators=(",", ":")).encode()
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"X-Request-ID": rid, "Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 @json_route(router, "/models/{name}/infer", InferenceRequest, InferenceResponse, _ERR)

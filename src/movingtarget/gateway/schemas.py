@@ -135,7 +135,8 @@ class RequestInput(BaseModel):
     shape: list[JsonIntItem] = Field(max_length=8)
     datatype: str = Field(max_length=16)
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    #: absent when the tensor's bytes follow the JSON (``parameters.binary_data_size``)
+    data: list[Any] | None = None
 
 
 class RequestOutput(BaseModel):
@@ -178,7 +179,8 @@ class ResponseOutput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    #: absent when its bytes follow the JSON header (``parameters.binary_data_size``)
+    data: list[Any] | None = None
 
 
 class InferenceResponse(BaseModel):
