@@ -185,25 +185,19 @@ def open_store(
         db = options.get("db", "0")
         if not parts.path or not db.isdigit():
             raise ConfigError(f"store URL {shown!r}: write unix:///path/to/redis.sock?db=N")
-        socket_url = f"unix://{parts.netloc}{parts.path}?db={db}"
-        return RedisStore(
-            socket_url,
-            namespace=namespace,
-            ttl=ttl,
-            capacity=capacity,
-            durability=options.get("durability", "process"),
-        )
-    if not parts.hostname:
-        raise ConfigError(f"store URL {shown!r}: write redis://HOST:PORT/DB")
-    try:
-        parts.port  # noqa: B018 -- urlsplit checks the port only when it is read
-    except ValueError:
-        raise ConfigError(f"store URL {shown!r}: the port must be a number") from None
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise ConfigError(f"store URL {shown!r}: the database must be a number, got {db!r}")
-    # the client gets the URL without our options (they are not redis-py's)
-    client_url = url.split("?", 1)[0]
+        client_url = f"unix://{parts.netloc}{parts.path}?db={db}"
+    else:
+        if not parts.hostname:
+            raise ConfigError(f"store URL {shown!r}: write redis://HOST:PORT/DB")
+        try:
+            parts.port  # noqa: B018 -- urlsplit checks the port only when it is read
+        except ValueError:
+            raise ConfigError(f"store URL {shown!r}: the port must be a number") from None
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ConfigError(f"store URL {shown!r}: the database must be a number, got {db!r}")
+        # the client gets the URL without our options (they are not redis-py's)
+        client_url = url.split("?", 1)[0]
     return RedisStore(
         client_url,
         namespace=namespace,
