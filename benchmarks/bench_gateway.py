@@ -139,10 +139,20 @@ async def load(
     return Load(len(latencies), elapsed, latencies, statuses, bodies)
 
 
+def digits_like(n: int, seed: int) -> np.ndarray:
+    """``n`` distinct inputs inside the served model's input domain: real digits (scaled
+    to [0, 1]) with a little noise, so none is a repeat and none is refused."""
+    from movingtarget.datasets import load_dataset
+
+    rng = np.random.default_rng(seed)
+    base = load_dataset("digits").x
+    x = base[rng.integers(0, len(base), n)] + rng.uniform(-0.02, 0.02, (n, 64))
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
 def make_requests(n: int, batch: int, seed: int, tag: str) -> list[tuple[str, bytes]]:
     """``n`` requests of ``batch`` distinct digits-like inputs (no repeats anywhere)."""
-    rng = np.random.default_rng(seed)
-    x = np.round(rng.uniform(0, 16, size=(n, batch, 64)), 3)
+    x = np.round(digits_like(n * batch, seed).reshape(n, batch, 64), 4)
     return [(f"{tag}-{i}", json.dumps({"inputs": x[i].tolist()}).encode()) for i in range(n)]
 
 
@@ -197,7 +207,7 @@ def in_process_cost(defense: str, batch: int, n: int) -> float:
     served = load_served_model("digits:logistic")
     d = build_served_defense(GatewayConfig(defense=defense), served)
     warm = 10
-    x = np.random.default_rng(batch).uniform(0, 16, (warm + n, batch, 64)).astype(np.float32)
+    x = digits_like((warm + n) * batch, batch).reshape(warm + n, batch, 64)
     clients = np.zeros(batch, np.int64)
     with threadpool_limits(1):  # as in the servers (serve --threads 1)
         for i in range(warm + n):
