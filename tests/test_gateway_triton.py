@@ -23,7 +23,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory, gateway_env):
     with GatewayServer("--keys-db", keys, env=gateway_env, log=root / "serve.log") as server:
         client = tc.InferenceServerClient(server.url.removeprefix("http://"))
         try:
-            yield tc, client, {"Authorization": f"Bearer {token}"}
+            yield tc, client, {"Authorization": f"Bearer {token}"}, server.url
         finally:
             client.close()
 
@@ -45,7 +45,7 @@ def ask(tc, client, headers, x: np.ndarray, binary: bool):
 
 
 def test_server_metadata_and_readiness(triton) -> None:
-    _, client, headers = triton
+    _, client, headers, _ = triton
     meta = client.get_server_metadata()
     assert meta["name"] == "movingtarget" and "binary_tensor_data" in meta["extensions"]
     assert client.is_server_ready() and client.is_model_ready(MODEL, headers=headers)
@@ -54,7 +54,7 @@ def test_server_metadata_and_readiness(triton) -> None:
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_answers_and_catches_the_repeat(triton, digits_x, binary: bool) -> None:
-    tc, client, headers = triton
+    tc, client, headers, _ = triton
     x = digits_x[[1200, 1201]] if binary else digits_x[[1300, 1301]]
     first = ask(tc, client, headers, x, binary)
     labels = first.as_numpy("label")
@@ -71,7 +71,7 @@ def test_infer_answers_and_catches_the_repeat(triton, digits_x, binary: bool) ->
 
 def test_infer_with_the_clients_defaults(triton, digits_x) -> None:
     # no outputs named: tritonclient asks for every output in binary
-    tc, client, headers = triton
+    tc, client, headers, _ = triton
     inp = tc.InferInput("input", [1, 64], "FP32")
     inp.set_data_from_numpy(digits_x[[1400]].astype(np.float32))
     result = client.infer(MODEL, [inp], headers=dict(headers))
@@ -80,7 +80,7 @@ def test_infer_with_the_clients_defaults(triton, digits_x) -> None:
 
 
 def test_binary_input_of_the_wrong_size_is_refused(triton, digits_x) -> None:
-    tc, client, headers = triton
+    tc, client, headers, _ = triton
     from tritonclient.utils import InferenceServerException
 
     inp = tc.InferInput("input", [2, 64], "FP32")  # shape says 2 inputs
@@ -89,3 +89,24 @@ def test_binary_input_of_the_wrong_size_is_refused(triton, digits_x) -> None:
     inp._parameters["binary_data_size"] = len(inp._raw_data)
     with pytest.raises(InferenceServerException, match="bytes of binary data"):
         client.infer(MODEL, [inp], headers=dict(headers))
+
+
+def test_a_bad_binary_header_is_one_clear_400(triton, digits_x) -> None:
+    import httpx
+
+    _, _, headers, base = triton
+    body = b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]}'
+    for value in ("abc", str(len(body) + 10)):
+        r = httpx.post(
+            f"{base}/v2/models/{MODEL}/infer",
+            content=body,
+            headers={**headers, "Inference-Header-Content-Length": value},
+        )
+        assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"]
+    # a JSON header without data and without binary data is refused too
+    r = httpx.post(
+        f"{base}/v2/models/{MODEL}/infer",
+        content=body,
+        headers={**headers, "Inference-Header-Content-Length": str(len(body))},
+    )
+    assert r.status_code == 400 and "has no 'data'" in r.json()["error"]

@@ -272,7 +272,6 @@ def predict(
             **facts,
         )
     if near is not None and near.on_repeat == "abstain":
-        facts["rate_label"] = label
         return Prediction(
             rate, "<=", "approximate memorization: at most r while repeats match", **facts
         )
