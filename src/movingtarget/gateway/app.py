@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from numpy.typing import NDArray
-from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
 from movingtarget import __version__ as _pkg_version
@@ -86,19 +85,6 @@ def answers_json(
     return out
 
 
-def _clipped_counter(gateway: Gateway) -> Counter:
-    registry = gateway.metrics.registry
-    try:
-        return Counter(
-            "movingtarget_clipped_inputs",
-            "Inputs outside the model's input domain, clipped to it (--out-of-domain clip).",
-            registry=registry,
-        )
-    except ValueError:  # a second app on the same gateway: the same counter
-        found = registry._names_to_collectors["movingtarget_clipped_inputs_total"]
-        return cast(Counter, found)
-
-
 def create_app(gateway: Gateway) -> FastAPI:
     """The ASGI app serving ``gateway`` (started and stopped with the server)."""
 
@@ -128,7 +114,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     reason_labels = gateway.metrics.reason_labels
     cfg = gateway.config
     domain = served.domain_for(cfg.input_range)
-    clipped = _clipped_counter(gateway)
+    clipped = gateway.metrics.clipped
 
     def to_domain(x: NDArray[np.float32], where: str) -> NDArray[np.float32]:
         """``x`` refused (422 out-of-domain, counted as a refusal inside

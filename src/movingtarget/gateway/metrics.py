@@ -9,6 +9,8 @@ movingtarget_abstentions_total{reason} ABSTAIN answers by reason
 movingtarget_repeats_caught_total      exact or near repeats caught (any answer)
 movingtarget_refusals_total{kind}      requests refused: unauthorized, revoked,
                                        rate-limited, quota-limited, invalid
+movingtarget_clipped_inputs_total      inputs clipped into the model's input domain
+                                       (``--out-of-domain clip``)
 movingtarget_request_seconds{endpoint} request latency (histogram)
 movingtarget_batch_queries             queries per model batch (histogram)
 =====================================  ===========================================
@@ -71,6 +73,11 @@ class GatewayMetrics:
         self.refusals = Counter(
             "movingtarget_refusals", "Requests refused, by kind.", ["kind"], registry=r
         )
+        self.clipped = Counter(
+            "movingtarget_clipped_inputs",
+            "Inputs outside the model's input domain, clipped to it (--out-of-domain clip).",
+            registry=r,
+        )
         self.latency = Histogram(
             "movingtarget_request_seconds",
             "Request latency in seconds.",
@@ -96,6 +103,7 @@ class GatewayMetrics:
             self.abstentions,
             self.repeats,
             self.refusals,
+            self.clipped,
             self.latency,
             self.batch,
             self.up,
