@@ -100,13 +100,39 @@ def serve(
         float, typer.Option(help="Longest wait to fill a model batch (ms).", min=0)
     ] = 1.0,
     memory_ttl: Annotated[
-        float | None, typer.Option(help="Forget remembered queries after this many seconds.")
-    ] = None,
-    memory_capacity: Annotated[
-        int | None,
+        float,
         typer.Option(
-            help="Most distinct queries remembered (each in-process memory is sized for "
-            "them at once: 40-80 bytes a fingerprint key)."
+            help="Forget a remembered query this many seconds after first seen (0: never)."
+        ),
+    ] = 86_400.0,
+    memory_capacity: Annotated[
+        int,
+        typer.Option(
+            help="Most distinct queries the shared cross-key pool remembers, oldest evicted "
+            "first (0: unbounded; in-process memories are sized for it at once: 40-80 bytes "
+            "a fingerprint key).",
+        ),
+    ] = 1_000_000,
+    memory_key_capacity: Annotated[
+        int,
+        typer.Option(
+            help="Most distinct queries each key's own history remembers: one key's traffic "
+            "never evicts another's (0: unbounded).",
+        ),
+    ] = 100_000,
+    cross_key_quorum: Annotated[
+        int,
+        typer.Option(
+            help="Refuse an untrusted key's query as a cross-key repeat once this many other "
+            "keys sent it (0: each key held to its own history only).",
+        ),
+    ] = 2,
+    trusted_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-key",
+            metavar="NAME",
+            help="A key held to its own history only and never shown to other keys (repeatable).",
         ),
     ] = None,
     namespace: Namespace = "mt",
@@ -160,6 +186,7 @@ def serve(
 
     from movingtarget._threads import limit_threads
     from movingtarget.gateway import Gateway, GatewayConfig, create_app
+    from movingtarget.gateway.service import memory_banner
     from movingtarget.memory.urls import redact
 
     config = GatewayConfig(
@@ -175,6 +202,9 @@ def serve(
         max_wait_ms=max_wait_ms,
         memory_ttl_s=memory_ttl,
         memory_capacity=memory_capacity,
+        memory_key_capacity=memory_key_capacity,
+        cross_key_quorum=cross_key_quorum,
+        trusted_keys=tuple(trusted_key or ()),
         seed=seed,
         test_size=test_size,
         split_seed=split_seed,
@@ -208,6 +238,7 @@ def serve(
         f"keys {redact(gateway.keys.url)})",
         err=True,
     )
+    typer.echo(memory_banner(gateway.config, gateway.policy), err=True)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     )

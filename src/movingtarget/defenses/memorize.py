@@ -12,6 +12,7 @@ from movingtarget.defenses.base import Context, uniform_classes
 from movingtarget.errors import ConfigError
 from movingtarget.memory.fingerprints import ExactFingerprint, Fingerprint
 from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.tenancy import observe_from
 from movingtarget.memory.urls import open_store, redact
 
 _REPEAT, _REPEAT_RANDOM = int(Reason.REPEAT), int(Reason.REPEAT_RANDOM)
@@ -64,7 +65,7 @@ class Memorize:
 
     def __call__(self, ctx: Context) -> None:
         keys = self.fingerprint.fingerprint(ctx.x)
-        repeat = self.store.observe(keys, ctx.times) > 0
+        repeat = observe_from(self.store, keys, ctx.clients, ctx.times) > 0
         if not repeat.any():
             return
         # an earlier gate (a rate limit) keeps its decision

@@ -40,6 +40,7 @@ from movingtarget.memory.neighbours import (
 )
 from movingtarget.memory.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.tenancy import observe_from
 from movingtarget.memory.urls import redact
 
 ON_REPEAT = ("abstain", "random")
@@ -252,7 +253,9 @@ class NearRepeat:
         keys = self.fingerprint.fingerprint(ctx.x)
         n, b = keys.shape
         # row-major order: every band of query i is observed before those of query i + 1
-        prior = self.store.observe(keys.reshape(-1), np.repeat(ctx.times, b))
+        prior = observe_from(
+            self.store, keys.reshape(-1), np.repeat(ctx.clients, b), np.repeat(ctx.times, b)
+        )
         return self.fingerprint.matched(prior.reshape(n, b) > 0)
 
     def __call__(self, ctx: Context) -> None:

@@ -30,8 +30,17 @@ class GatewayConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 256  # queries in one model batch
     max_wait_ms: float = 1.0
-    memory_ttl_s: float | None = None
-    memory_capacity: int | None = None
+    #: Remembered queries expire this long after first seen (0 or None: never).
+    memory_ttl_s: float | None = 86_400.0
+    #: Queries the shared cross-key pool remembers (0 or None: unbounded).
+    memory_capacity: int | None = 1_000_000
+    #: Queries each key's own history remembers (0 or None: unbounded).
+    memory_key_capacity: int | None = 100_000
+    #: An untrusted key's query is a cross-key repeat once this many other keys sent it
+    #: (0: each key is held to its own history only).
+    cross_key_quorum: int = 2
+    #: Names of keys held to their own history only, never shown to other keys.
+    trusted_keys: tuple[str, ...] = ()
     seed: int = 0
     test_size: float = 0.3
     split_seed: int = 0
@@ -55,12 +64,27 @@ class GatewayConfig:
             (self.max_batch >= 1, f"--max-batch must be >= 1, got {self.max_batch}"),
             (self.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {self.max_wait_ms}"),
             (
-                self.memory_ttl_s is None or self.memory_ttl_s > 0,
-                f"--memory-ttl must be > 0 seconds, got {self.memory_ttl_s}",
+                self.memory_ttl_s is None
+                or (math.isfinite(self.memory_ttl_s) and self.memory_ttl_s >= 0),
+                f"--memory-ttl must be >= 0 seconds (0: never forget), got {self.memory_ttl_s}",
             ),
             (
-                self.memory_capacity is None or self.memory_capacity >= 1,
-                f"--memory-capacity must be >= 1, got {self.memory_capacity}",
+                self.memory_capacity is None or self.memory_capacity >= 0,
+                f"--memory-capacity must be >= 0 (0: unbounded), got {self.memory_capacity}",
+            ),
+            (
+                self.memory_key_capacity is None or self.memory_key_capacity >= 0,
+                f"--memory-key-capacity must be >= 0 (0: unbounded), "
+                f"got {self.memory_key_capacity}",
+            ),
+            (
+                self.cross_key_quorum >= 0,
+                f"--cross-key-quorum must be >= 0 (0: no cross-key repeats), "
+                f"got {self.cross_key_quorum}",
+            ),
+            (
+                all(isinstance(n, str) and n.strip() for n in self.trusted_keys),
+                "--trusted-key must name a key",
             ),
             (bool(self.namespace.strip()), "--namespace must not be empty"),
             (
@@ -80,4 +104,15 @@ class GatewayConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.store.startswith("bloom:") and self.cross_key_quorum >= 2:
+            raise ConfigError(
+                "bloom:// remembers whether an input was seen, not by how many keys: use "
+                "--cross-key-quorum 1 or 0 with it, or a counting store (memory://, sqlite, "
+                "redis)"
+            )
         return self
+
+    @property
+    def ttl_ms(self) -> int | None:
+        """The memories' TTL in their time unit (milliseconds), or None."""
+        return int(self.memory_ttl_s * 1000) if self.memory_ttl_s else None

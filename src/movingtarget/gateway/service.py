@@ -6,6 +6,7 @@ routes (``app.py``, ``kserve.py``) only parse, authorize and format.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -31,18 +32,39 @@ from movingtarget.gateway.metrics import GatewayMetrics
 from movingtarget.gateway.problems import Problem
 from movingtarget.gateway.serving import ServedModel, load_served_model
 from movingtarget.memory.fingerprints import secret_from_env
-from movingtarget.memory.stores import InProcessStore
+from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.tenancy import TenantMemory, TenantPolicy
 
 log = logging.getLogger("movingtarget.gateway")
 
 
-def build_served_defense(config: GatewayConfig, served: ServedModel) -> Defense:
-    """The defense of ``config`` around the served model, its memories in ``config.store``.
+def _space(*parts: object) -> str:
+    """A store namespace from ``parts``: letters, digits and underscores, at most 64
+    (a long one keeps its start, which names the deployment, and a digest of the rest)."""
+    text = re.sub(r"\W", "_", "_".join(str(p) for p in parts))
+    if len(text) <= 64:
+        return text
+    digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+    return f"{text[:51]}_{digest}"
+
+
+def _entries_per_query(mech: object) -> int:
+    # a robust near-repeat memory stores one band key per band of each query
+    return int(getattr(getattr(mech, "fingerprint", None), "bands", 1) or 1)
+
+
+def build_served_defense(
+    config: GatewayConfig, served: ServedModel, policy: TenantPolicy | None = None
+) -> Defense:
+    """The defense of ``config`` around the served model, its memories multi-tenant.
 
     Every mechanism that keeps a memory in this process by default (``memorize``,
-    ``near-repeat`` with robust fingerprints) gets its own namespace in the store, named
-    by its position, so replicas with the same composition share each memory. Memory
-    time is milliseconds since the epoch, so ``--memory-ttl`` is in seconds * 1000.
+    ``near-repeat`` with robust fingerprints) gets a :class:`TenantMemory` in
+    ``config.store``: one own history per key and a shared cross-key pool, under
+    ``policy`` (one policy for the whole defense: the gateway keeps its trusted set).
+    Namespaces are named by the mechanism's position, so replicas with the same
+    composition share each memory. Memory time is milliseconds since the epoch;
+    capacities count queries (a robust near-repeat query holds one entry per band).
     """
     from movingtarget.memory.urls import open_store
 
@@ -53,22 +75,49 @@ def build_served_defense(config: GatewayConfig, served: ServedModel) -> Defense:
         from movingtarget.defenses.near_repeat import calibrate_defense
 
         calibrate_defense(defense, served.calibration_x, seed=config.seed)
-    bounded = config.memory_ttl_s is not None or config.memory_capacity is not None
-    if config.store.startswith("memory:") and not bounded:
-        return defense
-    ttl = None if config.memory_ttl_s is None else int(config.memory_ttl_s * 1000)
+    policy = policy if policy is not None else tenant_policy(config)
     for i, mech in enumerate(defense.mechanisms):
-        if isinstance(getattr(mech, "store", None), InProcessStore):
-            name = mech.describe().split("(")[0]
-            # stores take namespaces of letters, digits and underscores (at most 64)
-            space = re.sub(r"\W", "_", f"{config.namespace}_{served.name}_{i}_{name}")[-64:]
-            mech.store = open_store(  # type: ignore[attr-defined]
+        if not isinstance(getattr(mech, "store", None), InProcessStore):
+            continue
+        name = mech.describe().split("(")[0]
+        per = _entries_per_query(mech)
+
+        def opener(
+            part: str, capacity: int | None, i: int = i, name: str = name, per: int = per
+        ) -> Store:
+            return open_store(
                 config.store,
-                namespace=space,
-                ttl=ttl,
-                capacity=config.memory_capacity,
+                namespace=_space(config.namespace, served.name, i, name, part),
+                ttl=config.ttl_ms,
+                capacity=None if capacity is None else capacity * per,
             )
+
+        mech.store = TenantMemory(opener, policy)  # type: ignore[attr-defined]
     return defense
+
+
+def tenant_policy(config: GatewayConfig) -> TenantPolicy:
+    """The memory policy ``config`` states (its trusted set starts empty: the gateway
+    fills it from each request's key)."""
+    return TenantPolicy(
+        quorum=config.cross_key_quorum,
+        key_capacity=config.memory_key_capacity or None,
+        shared_capacity=config.memory_capacity or None,
+    )
+
+
+def memory_banner(config: GatewayConfig, policy: TenantPolicy) -> str:
+    """What the memory keeps and for how long, for the start-up line."""
+    kept = (
+        "forever (no --memory-ttl)"
+        if config.ttl_ms is None
+        else f"for {config.memory_ttl_s:g} s after first seen"
+    )
+    trusted = len(config.trusted_keys)
+    return (
+        f"memory policy: {policy.describe()}; queries kept {kept}; "
+        f"{trusted} trusted key name(s), held to their own history and never shown to others"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,9 +141,17 @@ class Gateway:
     """
 
     def __init__(
-        self, config: GatewayConfig, served: ServedModel, defense: Defense, keys: KeyStore
+        self,
+        config: GatewayConfig,
+        served: ServedModel,
+        defense: Defense,
+        keys: KeyStore,
+        policy: TenantPolicy | None = None,
     ) -> None:
         self.config = config.check()
+        #: The memories' multi-tenant policy; its trusted set follows each request's key.
+        self.policy = policy if policy is not None else tenant_policy(self.config)
+        self._trusted_names = frozenset(self.config.trusted_keys)
         self.served = served
         self.defense = defense
         self.keys = keys
@@ -126,10 +183,11 @@ class Gateway:
             cache_dir=config.cache_dir,
             input_shape=config.input_shape,
         )
-        defense = build_served_defense(config, served)
+        policy = tenant_policy(config)
+        defense = build_served_defense(config, served, policy)
         keys = open_keys(config.keys, namespace=config.namespace)
         keys.ping()  # an unreachable key store is a start-up error, not a first-request 503
-        return cls(config, served, defense, keys)
+        return cls(config, served, defense, keys, policy)
 
     async def start(self) -> None:
         """Start the micro-batcher (in the server's event loop)."""
@@ -178,12 +236,15 @@ class Gateway:
     async def authorize(self, token: str, cost: int) -> Grant:
         """The key's grant for ``cost`` queries, or a 401/403/429 Problem."""
         try:
-            return await run_in_threadpool(self.keys.authorize, token_digest(token), cost)
+            grant = await run_in_threadpool(self.keys.authorize, token_digest(token), cost)
         except Problem as p:
             self.metrics.refusals.labels(p.kind).inc()
             if p.key is not None:  # a known key over its limits (never an unknown token)
                 self.metrics.key_refusals.labels(p.key, p.kind).inc()
             raise
+        # before its queries reach the memories, which read the trusted set
+        self.policy.set_trusted(grant.key_id, grant.name in self._trusted_names)
+        return grant
 
     @asynccontextmanager
     async def refusing(self, token: str) -> AsyncIterator[None]:
