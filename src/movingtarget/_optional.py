@@ -27,6 +27,7 @@ EXTRAS = {
     "redis": "memory",
     "torch": "torch",
     "art": "attacks",
+    "packaging": "attacks",
 }
 
 

@@ -119,10 +119,61 @@ def run(
     print(f"results: {out} (summary.json, report.md, r_tilde.png, logs/)")
 
 
+@app.command()
+def resilience(
+    config: Annotated[
+        str | None,
+        typer.Argument(help="A TOML config file or a shipped config (default: hello-world)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("results"),
+    inputs: Annotated[
+        int | None, typer.Option(help="Held-out inputs to measure (overrides the config).", min=1)
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a config field, e.g. resilience.eps_linf=0.05.",
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(metavar="DEVICE", help="Torch device for neural models: auto, cpu, cuda.")
+    ] = "auto",
+    cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
+) -> None:
+    """Model resilience: the smallest perturbation that changes each input's class."""
+    from movingtarget.experiment import load_config
+    from movingtarget.experiment.resilience import run_resilience
+    from movingtarget.report.resilience import summary_lines, write_resilience_report
+
+    overrides = list(set_ or [])
+    if inputs is not None:
+        overrides.append(f"resilience.inputs={inputs}")
+    cfg = load_config(config, overrides)
+    output_folder(out)
+    with err_console.status("resilience") as status:
+        result = run_resilience(
+            cfg,
+            cfg.resilience,
+            device=device,
+            cache_dir=cache_dir,
+            on_step=lambda text: status.update(text),
+        )
+    path = write_resilience_report(result, out)
+    print(
+        f"{cfg.name}: {result.model} on {result.dataset}, {result.inputs} inputs, "
+        f"{result.correct} correct\n"
+    )
+    print("\n".join(summary_lines(result)))
+    print(f"\nreport: {path} ({result.seconds:.1f} s)")
+
+
 @app.command("list")
 def list_components() -> None:
     """List every registered dataset, model, mechanism, defense and attack."""
     from movingtarget.attacks import ATTACKS
+    from movingtarget.attacks.perturb import PER_INPUT_ATTACKS
     from movingtarget.datasets import DATASETS
     from movingtarget.defenses import COMPOSITIONS, MECHANISMS
     from movingtarget.experiment import BUILTIN_CONFIGS
@@ -136,6 +187,9 @@ def list_components() -> None:
     table.add_row("mechanisms", ", ".join(MECHANISMS.names()))
     table.add_row("defenses", "\n".join(f"{k}: {v}" for k, v in COMPOSITIONS.items()))
     table.add_row("attacks", ", ".join(ATTACKS.names()))
+    table.add_row(
+        "per-input attacks", "\n".join(spec.describe() for spec in PER_INPUT_ATTACKS.values())
+    )
     table.add_row("configs", ", ".join(BUILTIN_CONFIGS))
     console.print(table)
 

@@ -7,6 +7,7 @@ Every field is checked when the file is read; a bad one gets one
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -47,6 +48,84 @@ class DefenseSpec:
         return self.mechanisms if self.mechanisms is not None else self.name
 
 
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class ResilienceConfig:
+    """The ``[resilience]`` table of a config.
+
+    Parameters
+    ----------
+    inputs:
+        Held-out inputs measured (at most the test split).
+    eps_l2, eps_linf:
+        The stated sizes: the report gives the share of inputs moved out of their class
+        by a perturbation at most this large.
+    l2_method, linf_method:
+        ``auto``, ``deepfool`` (L2 only), ``fgsm``, ``pgd`` or ``hopskipjump``.
+    steps:
+        Bisection halvings (precision ``max_eps / 2**steps``).
+    pgd_iter:
+        PGD iterations per bisection step.
+    seed:
+        Seeds the sample of inputs.
+
+    Examples
+    --------
+    >>> ResilienceConfig().inputs
+    1000
+    """
+
+    inputs: int = 1000
+    eps_l2: float = 1.0
+    eps_linf: float = 0.1
+    l2_method: str = AUTO
+    linf_method: str = AUTO
+    steps: int = 10
+    pgd_iter: int = 10
+    seed: int = 0
+    budget: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_resilience(raw: object) -> ResilienceConfig:
+    """A :class:`ResilienceConfig` from the ``[resilience]`` table (absent: defaults)."""
+    from movingtarget.attacks.perturb.minimal import METHODS
+
+    if raw is None:
+        return ResilienceConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"resilience must be a table, got {raw!r}")
+    known = {f.name: f for f in fields(ResilienceConfig)}
+    args: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"unknown field resilience.{key!r}; known fields: {', '.join(known)}")
+        default = known[key].default
+        if key == "budget":
+            if not isinstance(value, dict):
+                raise ConfigError(f"resilience.budget must be a table, got {value!r}")
+        elif isinstance(default, str):
+            if value not in (AUTO, *METHODS):
+                raise ConfigError(
+                    f"resilience.{key} must be one of auto, {', '.join(METHODS)}; got {value!r}"
+                )
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"resilience.{key} must be a number, got {value!r}")
+        elif isinstance(default, int) and (
+            value != int(value) or value < (0 if key == "seed" else 1)
+        ):
+            raise ConfigError(f"resilience.{key} must be an integer >= 1, got {value!r}")
+        elif isinstance(default, float) and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"resilience.{key} must be a number > 0, got {value!r}")
+        args[key] = (
+            int(value) if isinstance(default, int) and not isinstance(value, dict) else value
+        )
+    if args.get("linf_method") == "deepfool":
+        raise ConfigError("resilience.linf_method: deepfool measures L2 only")
+    return ResilienceConfig(**args)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: every attack against every defense, for every seed.
@@ -72,6 +151,8 @@ class ExperimentConfig:
     #: "order": seeds vary only the orderings over one split and its pools; "data": each
     #: seed also redraws the split (split_seed + seed), retrains the model and the pools.
     resample: str = "order"
+    #: ``movingtarget resilience``: the ``[resilience]`` table.
+    resilience: ResilienceConfig = field(default_factory=lambda: ResilienceConfig())
 
 
 def _suggest(key: str, allowed: list[str]) -> str:
@@ -186,6 +267,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         "model_seed",
         "pools",
         "resample",
+        "resilience",
     ]
     _check_keys(raw, top, "")
     name = _typed(raw.get("name", Path(source).stem), str, "name")
@@ -275,6 +357,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         model_seed=_typed(raw.get("model_seed", 0), int, "model_seed"),
         pools=pools,
         resample=resample,
+        resilience=parse_resilience(raw.get("resilience")),
     )
 
 

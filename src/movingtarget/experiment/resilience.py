@@ -1,0 +1,204 @@
+"""``movingtarget resilience``: how much perturbation the model and each defense need.
+
+For the config's dataset and model, over ``inputs`` held-out inputs (a seeded sample of
+the test split), the minimal perturbation that changes each correctly classified
+input's class, in L2 and L∞ (:func:`~movingtarget.attacks.perturb.minimal.minimal_perturbation`;
+methods ``auto``: DeepFool for L2 and the FGSM ray for L∞ where the model has
+gradients, HopSkipJump otherwise). Then, for each defense of the config:
+
+* **answered**: the model's figures over the inputs the defense answers (clean);
+* **defended** (models with gradients): the smallest step along the same FGSM ray that
+  gets a *wrong answer* from the defense. An ABSTAIN is not a success, so abstention
+  raises this figure; the defense is reset before each batch and every query comes from
+  each perturbed input is answered by a fresh deployment, so a memory never sees a
+  repeat (the figure measures the decision boundary with abstention, not the memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from movingtarget.answers import ABSTAIN
+from movingtarget.experiment.config import AUTO, ExperimentConfig, ResilienceConfig
+from movingtarget.metrics.resilience import per_class, summarize
+
+
+@dataclass
+class ResilienceResult:
+    """Everything ``movingtarget resilience`` measured (see :meth:`to_json`)."""
+
+    name: str
+    model: str
+    dataset: str
+    inputs: int
+    correct: int
+    methods: dict[str, str]
+    eps: dict[str, float]
+    values: dict[str, NDArray[np.float64]]
+    y: NDArray[np.int64]
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    per_class: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Summaries (not the per-input arrays) as plain JSON values."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not np.isfinite(v):
+                return None if np.isnan(v) else "inf"
+            if isinstance(v, dict):
+                return {str(k): clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+
+        return clean(
+            {
+                "name": self.name,
+                "model": self.model,
+                "dataset": self.dataset,
+                "inputs": self.inputs,
+                "correct": self.correct,
+                "methods": self.methods,
+                "eps": self.eps,
+                "groups": self.groups,
+                "per_class": self.per_class,
+                "seconds": self.seconds,
+            }
+        )
+
+
+def _method(chosen: str, norm: str, has_gradients: bool) -> str:
+    if chosen != AUTO:
+        return chosen
+    if not has_gradients:
+        return "hopskipjump"
+    return "deepfool" if norm == "2" else "fgsm"
+
+
+def _defense_judge(defense: Any) -> Callable[[NDArray[np.float32], NDArray[np.int64]], Any]:
+    # one query per fresh deployment: clipped steps can make two inputs equal, and a
+    # memory must not turn that into a repeat (this measures the boundary, not memory)
+    def judge(x_adv: NDArray[np.float32], y: NDArray[np.int64]) -> NDArray[np.bool_]:
+        labels = np.empty(len(x_adv), dtype=np.int64)
+        for i in range(len(x_adv)):
+            defense.reset()
+            labels[i] = defense.answer(x_adv[i : i + 1]).labels[0]
+        return (labels != ABSTAIN) & (labels != y)
+
+    return judge
+
+
+def run_resilience(
+    config: ExperimentConfig,
+    res: ResilienceConfig,
+    *,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> ResilienceResult:
+    """Measure resilience as the module docs say; ``on_step(description)`` reports progress."""
+    import time
+
+    from movingtarget.attacks.perturb.estimators import GRADIENTS, data_range, wrap_model
+    from movingtarget.attacks.perturb.minimal import minimal_perturbation
+    from movingtarget.datasets import load_dataset
+    from movingtarget.defenses import build_defense
+    from movingtarget.defenses.near_repeat import calibrate_defense
+    from movingtarget.models import build_model
+
+    start = time.perf_counter()
+    step = on_step or (lambda _text: None)
+    dataset = load_dataset(config.dataset.name, **config.dataset.params)
+    split = dataset.split(test_size=config.test_size, seed=config.split_seed)
+    step("training or loading the model")
+    model = build_model(
+        config.model.name,
+        split,
+        seed=config.model_seed,
+        device=device,
+        cache_dir=cache_dir,
+        **config.model.params,
+    )
+    rng = np.random.default_rng(res.seed)
+    n = min(res.inputs, len(split.y_test))
+    pick = np.sort(rng.choice(len(split.y_test), size=n, replace=False))
+    x, y = split.x_test[pick], np.asarray(split.y_test[pick], dtype=np.int64)
+    clip = data_range(split.x_train)
+    est = wrap_model(model, clip_values=clip, input_shape=split.input_shape)
+    grads = est.gives(GRADIENTS)
+    eps = {"2": res.eps_l2, "inf": res.eps_linf}
+    methods = {
+        "2": _method(res.l2_method, "2", grads),
+        "inf": _method(res.linf_method, "inf", grads),
+    }
+    values: dict[str, NDArray[np.float64]] = {}
+    correct = np.zeros(n, dtype=bool)
+    for norm, method in methods.items():
+        step(f"minimal L{'∞' if norm == 'inf' else '2'} perturbations ({method}, {n} inputs)")
+        found = minimal_perturbation(
+            est,
+            x,
+            y,
+            method=method,
+            norm=norm,
+            steps=res.steps,
+            pgd_iter=res.pgd_iter,
+            **(res.budget if method in ("deepfool", "hopskipjump") else {}),
+        )
+        values[norm] = found.values
+        correct = found.correct
+    groups: list[dict[str, Any]] = []
+    classes: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def add(group: str, norm: str, v: NDArray[np.float64], labels: NDArray[np.int64]) -> None:
+        groups.append({"group": group, "norm": norm, **summarize(v, eps=eps[norm]).row()})
+        classes[f"{group} L{norm}"] = {
+            c: s.row() for c, s in per_class(v, labels, eps=eps[norm]).items()
+        }
+
+    model_label = f"model {config.model.display}"
+    for norm in methods:
+        add(model_label, norm, values[norm][correct], y[correct])
+    calibration = split.x_train[:2000]
+    for spec in config.defenses:
+        defense = build_defense(spec.spec, model, name=spec.name, seed=0)
+        calibrate_defense(defense, calibration, None, seed=0)
+        defense.reset()
+        clean = np.asarray(defense.answer(x, np.arange(n, dtype=np.int64)).labels)
+        answered = correct & (clean != ABSTAIN)
+        for norm in methods:
+            add(f"{spec.name}: answered", norm, values[norm][answered], y[answered])
+        if grads:
+            step(f"defense {spec.name}: smallest perturbation to a wrong answer")
+            for norm in methods:
+                judged = minimal_perturbation(
+                    est,
+                    x,
+                    y,
+                    method="fgsm",
+                    norm=norm,
+                    steps=res.steps,
+                    judge=_defense_judge(defense),
+                )
+                add(f"{spec.name}: wrong answer", norm, judged.values[correct], y[correct])
+    return ResilienceResult(
+        name=config.name,
+        model=config.model.display,
+        dataset=config.dataset.display,
+        inputs=n,
+        correct=int(correct.sum()),
+        methods=methods,
+        eps=eps,
+        values=values,
+        y=y,
+        groups=groups,
+        per_class=classes,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,119 @@
+"""The resilience report: a table per group, the per-class figures, a histogram of the
+model's minimal perturbations and a per-class box plot (``resilience.md``, PNGs, JSON)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from movingtarget.experiment.resilience import ResilienceResult
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return "inf" if not np.isfinite(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _norm_label(norm: str) -> str:
+    return "L∞" if norm == "inf" else "L2"
+
+
+def summary_lines(result: ResilienceResult) -> list[str]:
+    """The Markdown table of every group (model, each defense's answered inputs and
+    wrong answers), one row per group and norm."""
+    lines = [
+        "| group | norm | inputs | median | ± s.e. | 10th percentile | share ≤ eps | eps "
+        "| none found |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in result.groups:
+        lines.append(
+            f"| {g['group']} | {_norm_label(g['norm'])} | {g['n']} | {_fmt(g['median'])} | "
+            f"{_fmt(g['median_se'])} | {_fmt(g['p10'])} | {_fmt(g['below_eps'])} | "
+            f"{_fmt(g['eps'])} | {g['not_found']} |"
+        )
+    return lines
+
+
+def _plots(result: ResilienceResult, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    names = []
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, len(result.values))
+    for ax, (norm, values) in zip(np.atleast_1d(axes), result.values.items(), strict=True):
+        finite = values[np.isfinite(values) & (values > 0)]
+        ax.hist(finite, bins=40, color="C0")
+        ax.axvline(
+            result.eps[norm], color="C3", linestyle="--", label=f"eps = {result.eps[norm]:g}"
+        )
+        ax.set_xlabel(f"minimal {_norm_label(norm)} perturbation ({result.methods[norm]})")
+        ax.set_ylabel("inputs")
+        ax.legend()
+    fig.suptitle(f"{result.name}: resilience of {result.model} on {result.dataset}")
+    fig.savefig(out / "resilience_hist.png", dpi=110)
+    names.append("resilience_hist.png")
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, len(result.values))
+    for ax, (norm, values) in zip(np.atleast_1d(axes), result.values.items(), strict=True):
+        ok = np.isfinite(values) & (values > 0)
+        classes = np.unique(result.y)
+        data = [values[ok & (result.y == c)] for c in classes]
+        ax.boxplot(data, tick_labels=[str(c) for c in classes])
+        ax.set_xlabel("true class")
+        ax.set_ylabel(f"minimal {_norm_label(norm)} perturbation")
+    fig.suptitle("minimal perturbation per true class (correctly classified inputs)")
+    fig.savefig(out / "resilience_classes.png", dpi=110)
+    names.append("resilience_classes.png")
+    return names
+
+
+def write_resilience_report(result: ResilienceResult, out: str | Path) -> Path:
+    """Write ``resilience.md``, ``resilience.json`` and the two plots into ``out``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "resilience.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    plots = _plots(result, folder)
+    lines = [
+        f"# Resilience: {result.name}",
+        "",
+        f"{result.model} on {result.dataset}: {result.inputs} held-out inputs, "
+        f"{result.correct} classified correctly. Minimal perturbation that changes the "
+        f"class (Papernot & McDaniel 2016): L2 by `{result.methods['2']}`, L∞ by "
+        f"`{result.methods['inf']}`. A defense's *answered* rows are the model's figures "
+        "over the inputs it answers; its *wrong answer* rows are the smallest step along "
+        "the FGSM ray to a wrong answer from the defense (an ABSTAIN is not one; compare with "
+        "the `deterministic` defense's row, the same ray without abstention). "
+        "`inf`: no perturbation within the data's box changed the class.",
+        "",
+        *summary_lines(result),
+        "",
+        "## Per true class",
+        "",
+    ]
+    for group, table in result.per_class.items():
+        if not group.startswith("model "):
+            continue  # the defenses' per-class figures are in resilience.json
+        lines += [f"**{group}**", "", "| class | inputs | median | 10th percentile | share ≤ eps |"]
+        lines.append("|---|---|---|---|---|")
+        for c, s in table.items():
+            lines.append(
+                f"| {c} | {s['n']} | {_fmt(s['median'])} | {_fmt(s['p10'])} | "
+                f"{_fmt(s['below_eps'])} |"
+            )
+        lines.append("")
+    lines += [f"![{name}]({name})" for name in plots]
+    lines.append(f"\n{result.seconds:.1f} s.\n")
+    path = folder / "resilience.md"
+    path.write_text("\n".join(lines))
+    return path
