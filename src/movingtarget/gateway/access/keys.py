@@ -224,7 +224,7 @@ def open_keys(url: str | None = None, *, namespace: str = "mt") -> KeyStore:
         durability = check_durability(value, f"keys store {base!r}")
     scheme = urlsplit(base).scheme
     if scheme in ("redis", "rediss", "unix"):
-        from movingtarget.gateway.keys_redis import RedisKeyStore
+        from movingtarget.gateway.access.keys_redis import RedisKeyStore
 
         return RedisKeyStore(base, namespace=namespace, durability=durability)
     if scheme == "sqlite":
@@ -239,6 +239,6 @@ def open_keys(url: str | None = None, *, namespace: str = "mt") -> KeyStore:
             f"keys store {base!r}: unknown scheme {scheme!r}; use sqlite:///PATH or "
             "redis://HOST:PORT/DB"
         )
-    from movingtarget.gateway.keys_sqlite import SQLiteKeyStore
+    from movingtarget.gateway.access.keys_sqlite import SQLiteKeyStore
 
     return SQLiteKeyStore(Path(path), url=base, durability=durability)
