@@ -38,7 +38,8 @@ import numpy as np
 
 from _common import machine
 from movingtarget.defenses import MECHANISMS
-from movingtarget.gateway.access.keys import KeyLimits, open_keys
+from movingtarget.gateway.access.base import KeyLimits
+from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.process import GatewayProcess, running
 from movingtarget.memory._redis_launcher import RedisServer
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from movingtarget.errors import ConfigError
-from movingtarget.gateway.access.keys import KeyLimits, KeyStore, open_keys, token_digest
+from movingtarget.gateway.access.base import KeyLimits, KeyStore, token_digest
+from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.access.limits import BucketState, charge
 from movingtarget.gateway.problems import Problem
 from movingtarget.gateway.server.batching import MicroBatcher

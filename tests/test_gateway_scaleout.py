@@ -68,7 +68,8 @@ def test_two_replicas_with_one_redis_catch_an_alternating_attacker(
 
 
 def new_key_redis(url: str, ns: str, name: str, **limits: float) -> str:
-    from movingtarget.gateway.access.keys import KeyLimits, open_keys
+    from movingtarget.gateway.access.base import KeyLimits
+    from movingtarget.gateway.access.keys import open_keys
 
     store = open_keys(url, namespace=ns)
     try:

@@ -262,7 +262,8 @@ def keys_create(
     namespace: Namespace = "mt",
 ) -> None:
     """Create a key; its token is printed once (only its SHA-256 is stored)."""
-    from movingtarget.gateway.access.keys import KeyLimits, open_keys
+    from movingtarget.gateway.access.base import KeyLimits
+    from movingtarget.gateway.access.keys import open_keys
 
     store = open_keys(keys_db, namespace=namespace)
     try:

@@ -11,8 +11,8 @@ Layout:
   the service behind the routes (``service``, ``batching``, ``serving``) and its
   configuration (``config``).
 * :mod:`~movingtarget.gateway.access` — who may ask, and how much: API keys
-  (``keys``: records, limits, the store protocol, :func:`open_keys`), their SQLite and
-  Redis stores, per-key rate limits and quotas, request and query ids.
+  (``base``: records, limits, the store protocol; ``keys``: :func:`open_keys`), their
+  SQLite and Redis stores, per-key rate limits and quotas, request and query ids.
 * :mod:`~movingtarget.gateway.observability` — what happened: the audit log and the
   Prometheus metrics.
 * :mod:`~movingtarget.gateway.process` — a gateway in a subprocess (``movingtarget
@@ -24,7 +24,8 @@ The client side — an HTTP client of the gateway and the arena's adversaries ag
 live gateway — lives in :mod:`movingtarget.attacks.remote`.
 """
 
-from movingtarget.gateway.access.keys import KeyLimits, KeyRecord, KeyStore, open_keys
+from movingtarget.gateway.access.base import KeyLimits, KeyRecord, KeyStore
+from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.server.app import create_app
 from movingtarget.gateway.server.config import GatewayConfig
 from movingtarget.gateway.server.service import Gateway

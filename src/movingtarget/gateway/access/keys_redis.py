@@ -21,7 +21,7 @@ from typing import Any
 
 from movingtarget._optional import require
 from movingtarget.errors import ConfigError, DataError, Unavailable
-from movingtarget.gateway.access.keys import (
+from movingtarget.gateway.access.base import (
     Grant,
     KeyLimits,
     KeyRecord,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.gateway.access.keys import (
+from movingtarget.gateway.access.base import (
     Grant,
     KeyLimits,
     KeyRecord,

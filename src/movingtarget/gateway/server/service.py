@@ -23,8 +23,9 @@ from starlette.concurrency import run_in_threadpool
 
 from movingtarget.answers import Answers
 from movingtarget.defenses import Defense, build_defense
+from movingtarget.gateway.access.base import Grant, KeyStore, token_digest
 from movingtarget.gateway.access.ids import QueryIds
-from movingtarget.gateway.access.keys import Grant, KeyStore, open_keys, token_digest
+from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.observability.audit import AuditLog, deciding_mechanisms
 from movingtarget.gateway.observability.metrics import GatewayMetrics
 from movingtarget.gateway.problems import Problem
