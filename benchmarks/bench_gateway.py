@@ -38,7 +38,8 @@ import numpy as np
 
 from _common import machine
 from movingtarget.defenses import MECHANISMS
-from movingtarget.gateway.keys import KeyLimits, open_keys
+from movingtarget.gateway.access.base import KeyLimits
+from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.process import GatewayProcess, running
 from movingtarget.memory._redis_launcher import RedisServer
 
@@ -200,9 +201,9 @@ def in_process_cost(defense: str, batch: int, n: int) -> float:
     after a few untimed requests (as the servers are warmed up)."""
     from threadpoolctl import threadpool_limits
 
-    from movingtarget.gateway.config import GatewayConfig
-    from movingtarget.gateway.service import build_served_defense
-    from movingtarget.gateway.serving import load_served_model
+    from movingtarget.gateway.server.config import GatewayConfig
+    from movingtarget.gateway.server.service import build_served_defense
+    from movingtarget.gateway.server.serving import load_served_model
 
     served = load_served_model("digits:logistic")
     d = build_served_defense(GatewayConfig(defense=defense), served)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from movingtarget.datasets import load_dataset
-from movingtarget.gateway.keys import KeyLimits, open_keys
+from movingtarget.gateway.access.base import KeyLimits
+from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.process import GatewayProcess as GatewayServer
 
 __all__ = ["GatewayServer", "auth", "classify", "digits_x", "gateway_env", "new_key"]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from movingtarget.errors import ConfigError
-from movingtarget.gateway.keys import KeyLimits, open_keys
+from movingtarget.gateway.access.base import KeyLimits
+from movingtarget.gateway.access.keys import open_keys
 from movingtarget.memory import open_store
 from movingtarget.memory._redis_launcher import RedisServer, find_redis_server
 

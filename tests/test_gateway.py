@@ -20,7 +20,7 @@ from schemathesis.checks import not_a_server_error
 
 from gateway_server import GatewayServer, auth, classify, digits_x, gateway_env, new_key
 from movingtarget.cli.main import main
-from movingtarget.gateway.keys import open_keys
+from movingtarget.gateway.access.keys import open_keys
 
 MODEL = "digits-logistic"
 __all__ = ["digits_x", "gateway_env"]  # fixtures shared with test_gateway_scaleout
@@ -457,7 +457,7 @@ def test_duplicate_json_keys_are_refused_at_any_depth(served, digits_x):
 
 def test_remote_attack_waits_out_429(served):
     # a bucket of 1 refilled at 2 queries/s: the attack must honour Retry-After to finish
-    from movingtarget.gateway.remote_attack import RemoteAttack, run_remote_attack
+    from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
 
     token = new_key(served["keys"], "throttled", rate=2, burst=1)
     result = run_remote_attack(RemoteAttack(served["url"], [token], budget=3))

@@ -117,7 +117,7 @@ def test_the_domain_is_in_the_model_metadata(refusing, digits_x):
 
 
 def test_clip_mode_answers_as_for_the_clipped_input(clipping, digits_x, gateway_env):
-    from movingtarget.gateway.serving import load_served_model
+    from movingtarget.gateway.server.serving import load_served_model
 
     url, token = clipping["url"], clipping["token"]
     model = load_served_model("digits:logistic", cache_dir=gateway_env["MOVINGTARGET_CACHE"])

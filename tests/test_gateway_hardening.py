@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway_server import GatewayServer, auth, classify, digits_x, gateway_env, new_key
-from movingtarget.gateway.client import GatewayClient, RemoteError
+from movingtarget.attacks.remote.client import GatewayClient, RemoteError
 from redis_server import running_redis
 
 __all__ = ["digits_x", "gateway_env"]

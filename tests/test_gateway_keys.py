@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from movingtarget.errors import ConfigError
-from movingtarget.gateway.batching import MicroBatcher
-from movingtarget.gateway.keys import KeyLimits, KeyStore, open_keys, token_digest
-from movingtarget.gateway.limits import BucketState, charge
+from movingtarget.gateway.access.base import KeyLimits, KeyStore, token_digest
+from movingtarget.gateway.access.keys import open_keys
+from movingtarget.gateway.access.limits import BucketState, charge
 from movingtarget.gateway.problems import Problem
+from movingtarget.gateway.server.batching import MicroBatcher
 from movingtarget.memory._redis_launcher import RedisServer
 from together import at_once
 
@@ -150,7 +151,7 @@ def test_served_model_from_a_spec_or_a_saved_file(tmp_path: Path, monkeypatch):
     import pickle
 
     from movingtarget.errors import DataError
-    from movingtarget.gateway.serving import load_served_model
+    from movingtarget.gateway.server.serving import load_served_model
 
     monkeypatch.setenv("MOVINGTARGET_CACHE", str(tmp_path / "cache"))
     served = load_served_model("digits:logistic")

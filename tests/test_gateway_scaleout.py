@@ -20,7 +20,7 @@ from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
 from movingtarget.experiment.runner import make_pools
 from movingtarget.gateway.process import running
-from movingtarget.gateway.serving import load_served_model
+from movingtarget.gateway.server.serving import load_served_model
 from movingtarget.memory._redis_launcher import RedisServer
 from movingtarget.metrics.measured import attack_metrics
 
@@ -68,7 +68,8 @@ def test_two_replicas_with_one_redis_catch_an_alternating_attacker(
 
 
 def new_key_redis(url: str, ns: str, name: str, **limits: float) -> str:
-    from movingtarget.gateway.keys import KeyLimits, open_keys
+    from movingtarget.gateway.access.base import KeyLimits
+    from movingtarget.gateway.access.keys import open_keys
 
     store = open_keys(url, namespace=ns)
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from gateway_server import GatewayServer, classify, digits_x, gateway_env, new_key
 from movingtarget.errors import ConfigError
-from movingtarget.gateway.config import GatewayConfig
+from movingtarget.gateway.server.config import GatewayConfig
 from movingtarget.memory.stores import InProcessStore
 from movingtarget.memory.tenancy import TenantMemory, TenantPolicy
 from redis_server import running_redis

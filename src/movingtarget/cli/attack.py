@@ -74,7 +74,7 @@ def attack(
     ),
 ) -> None:
     """Attack a live gateway over HTTP; the same event log, summary and report as `run`."""
-    from movingtarget.gateway.remote_attack import RemoteAttack, run_remote_attack
+    from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
     from movingtarget.report.tables import markdown_table
 
     output_folder(out)

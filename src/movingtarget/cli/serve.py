@@ -186,7 +186,7 @@ def serve(
 
     from movingtarget._threads import limit_threads
     from movingtarget.gateway import Gateway, GatewayConfig, create_app
-    from movingtarget.gateway.service import memory_banner
+    from movingtarget.gateway.server.service import memory_banner
     from movingtarget.memory.urls import redact
 
     config = GatewayConfig(
@@ -262,7 +262,8 @@ def keys_create(
     namespace: Namespace = "mt",
 ) -> None:
     """Create a key; its token is printed once (only its SHA-256 is stored)."""
-    from movingtarget.gateway.keys import KeyLimits, open_keys
+    from movingtarget.gateway.access.base import KeyLimits
+    from movingtarget.gateway.access.keys import open_keys
 
     store = open_keys(keys_db, namespace=namespace)
     try:
@@ -280,7 +281,7 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List keys with their limits (never tokens)."""
-    from movingtarget.gateway.keys import open_keys
+    from movingtarget.gateway.access.keys import open_keys
 
     store = open_keys(keys_db, namespace=namespace)
     try:
@@ -307,7 +308,7 @@ def keys_revoke(
     namespace: Namespace = "mt",
 ) -> None:
     """Revoke a key: its requests get 403 from then on."""
-    from movingtarget.gateway.keys import open_keys
+    from movingtarget.gateway.access.keys import open_keys
 
     store = open_keys(keys_db, namespace=namespace)
     try:
@@ -326,8 +327,8 @@ def audit(
     ] = True,
 ) -> None:
     """Per key: queries, coverage, abstentions by reason, error on answered queries."""
-    from movingtarget.gateway.audit import read_audit, summarize
-    from movingtarget.gateway.keys import open_keys
+    from movingtarget.gateway.access.keys import open_keys
+    from movingtarget.gateway.observability.audit import read_audit, summarize
     from movingtarget.report.tables import fmt
 
     rows = read_audit(path)

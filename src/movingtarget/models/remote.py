@@ -42,7 +42,7 @@ class RemoteModel:
     """
 
     def __init__(self, url: str, key: str, *, max_inputs: int = 256, max_wait_s: float = 600.0):
-        from movingtarget.gateway.client import GatewayClient
+        from movingtarget.attacks.remote.client import GatewayClient
 
         self.url = url
         self.max_inputs = int(max_inputs)

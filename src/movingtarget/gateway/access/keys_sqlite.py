@@ -9,8 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
-from movingtarget.gateway.limits import BucketState, charge, never_fits, over_limit, too_large
+from movingtarget.gateway.access.base import (
+    Grant,
+    KeyLimits,
+    KeyRecord,
+    mint,
+    revoked_key,
+    unknown_key,
+)
+from movingtarget.gateway.access.limits import (
+    BucketState,
+    charge,
+    never_fits,
+    over_limit,
+    too_large,
+)
 from movingtarget.memory.sqlite_store import enter_wal
 
 _SCHEMA = """

@@ -27,7 +27,9 @@ from starlette.concurrency import run_in_threadpool
 
 from movingtarget import __version__ as _pkg_version
 from movingtarget.answers import Answers
-from movingtarget.gateway.http import (
+from movingtarget.gateway.access.ids import request_id
+from movingtarget.gateway.problems import bad_request
+from movingtarget.gateway.server.http import (
     BODY_SCHEMAS,
     LatencyMiddleware,
     install_error_handlers,
@@ -35,11 +37,9 @@ from movingtarget.gateway.http import (
     read_body,
     token_of,
 )
-from movingtarget.gateway.ids import request_id
-from movingtarget.gateway.inputs import batch_from_json
-from movingtarget.gateway.kserve import router as kserve_router
-from movingtarget.gateway.problems import bad_request
-from movingtarget.gateway.schemas import (
+from movingtarget.gateway.server.inputs import batch_from_json
+from movingtarget.gateway.server.kserve import router as kserve_router
+from movingtarget.gateway.server.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     ErrorBody,
@@ -47,7 +47,7 @@ from movingtarget.gateway.schemas import (
     FeedbackResponse,
     Health,
 )
-from movingtarget.gateway.service import Gateway
+from movingtarget.gateway.server.service import Gateway
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}

@@ -21,8 +21,15 @@ from typing import Any
 
 from movingtarget._optional import require
 from movingtarget.errors import ConfigError, DataError, Unavailable
-from movingtarget.gateway.keys import Grant, KeyLimits, KeyRecord, mint, revoked_key, unknown_key
-from movingtarget.gateway.limits import over_limit, too_large
+from movingtarget.gateway.access.base import (
+    Grant,
+    KeyLimits,
+    KeyRecord,
+    mint,
+    revoked_key,
+    unknown_key,
+)
+from movingtarget.gateway.access.limits import over_limit, too_large
 from movingtarget.memory.urls import redact
 
 # The same steps as limits.charge, in Lua: quota first, then the bucket; charge both or none.

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.gateway.inputs import InputDomain
+from movingtarget.gateway.server.inputs import InputDomain
 from movingtarget.models.base import Model
 
 #: Training inputs used to calibrate approximate memories (as experiments do).

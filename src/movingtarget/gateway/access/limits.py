@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from movingtarget.gateway.keys import KeyLimits
+from movingtarget.gateway.access.base import KeyLimits
 from movingtarget.gateway.problems import Problem
 
 

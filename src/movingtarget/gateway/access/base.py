@@ -6,8 +6,10 @@ client id the defense sees — and its own limits: a token bucket (``rate`` quer
 second, ``burst`` at most) and an optional ``quota`` of queries per ``quota_window``
 seconds. One query is one input, so a batch of 64 costs 64 tokens.
 
-Stores (see :func:`open_keys`): SQLite (one machine; also the default) and Redis
-(shared by every replica, limits enforced by one atomic Lua script).
+These are the types every part of the access side shares: the stores
+(:mod:`~movingtarget.gateway.access.keys_sqlite`,
+:mod:`~movingtarget.gateway.access.keys_redis`) and the limits import them, and
+:func:`~movingtarget.gateway.access.keys.open_keys` opens a store by its URL.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import hmac
 import re
 import secrets
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from movingtarget.errors import ConfigError
 from movingtarget.gateway.problems import Problem
@@ -190,55 +190,3 @@ class KeyStore(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
-
-
-def default_keys_url() -> str:
-    """``$MOVINGTARGET_KEYS`` if set, else ``sqlite:///movingtarget-keys.db`` in the
-    working directory."""
-    import os
-
-    return os.environ.get("MOVINGTARGET_KEYS", "sqlite:///movingtarget-keys.db")
-
-
-def open_keys(url: str | None = None, *, namespace: str = "mt") -> KeyStore:
-    """The key store that ``url`` names: ``sqlite:///PATH`` (or a plain path) or
-    ``redis://HOST:PORT/DB``, optionally with ``?durability=power`` (what an acknowledged
-    charge or feedback survives: :mod:`movingtarget.memory.durability`).
-
-    >>> import tempfile, os
-    >>> store = open_keys(os.path.join(tempfile.mkdtemp(), "keys.db"))
-    >>> record, token = store.create("alice", KeyLimits())
-    >>> store.authorize(token_digest(token), 1).name
-    'alice'
-    """
-    from urllib.parse import parse_qsl
-
-    from movingtarget.memory.durability import check_durability
-
-    url = url or default_keys_url()
-    base, _, query = url.partition("?")
-    durability = "process"
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name != "durability":
-            raise ConfigError(f"keys store {base!r}: unknown option {name!r}; it takes durability")
-        durability = check_durability(value, f"keys store {base!r}")
-    scheme = urlsplit(base).scheme
-    if scheme in ("redis", "rediss", "unix"):
-        from movingtarget.gateway.keys_redis import RedisKeyStore
-
-        return RedisKeyStore(base, namespace=namespace, durability=durability)
-    if scheme == "sqlite":
-        # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute/path.db
-        path = base[len("sqlite:///") :] if base.startswith("sqlite:///") else ""
-        if not path:
-            raise ConfigError(f"keys store {base!r}: write sqlite:///PATH")
-    elif scheme == "" or len(scheme) == 1:  # a plain path (or a Windows drive letter)
-        path = base
-    else:
-        raise ConfigError(
-            f"keys store {base!r}: unknown scheme {scheme!r}; use sqlite:///PATH or "
-            "redis://HOST:PORT/DB"
-        )
-    from movingtarget.gateway.keys_sqlite import SQLiteKeyStore
-
-    return SQLiteKeyStore(Path(path), url=base, durability=durability)

@@ -23,14 +23,15 @@ from starlette.concurrency import run_in_threadpool
 
 from movingtarget.answers import Answers
 from movingtarget.defenses import Defense, build_defense
-from movingtarget.gateway.audit import AuditLog, deciding_mechanisms
-from movingtarget.gateway.batching import Arrival, Job, MicroBatcher
-from movingtarget.gateway.config import GatewayConfig
-from movingtarget.gateway.ids import QueryIds
-from movingtarget.gateway.keys import Grant, KeyStore, open_keys, token_digest
-from movingtarget.gateway.metrics import GatewayMetrics
+from movingtarget.gateway.access.base import Grant, KeyStore, token_digest
+from movingtarget.gateway.access.ids import QueryIds
+from movingtarget.gateway.access.keys import open_keys
+from movingtarget.gateway.observability.audit import AuditLog, deciding_mechanisms
+from movingtarget.gateway.observability.metrics import GatewayMetrics
 from movingtarget.gateway.problems import Problem
-from movingtarget.gateway.serving import ServedModel, load_served_model
+from movingtarget.gateway.server.batching import Arrival, Job, MicroBatcher
+from movingtarget.gateway.server.config import GatewayConfig
+from movingtarget.gateway.server.serving import ServedModel, load_served_model
 from movingtarget.memory.fingerprints import secret_from_env
 from movingtarget.memory.stores import InProcessStore, Store
 from movingtarget.memory.tenancy import TenantMemory, TenantPolicy

@@ -25,11 +25,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from movingtarget import __version__
-from movingtarget.gateway.http import json_route, read_inference_body, token_of
-from movingtarget.gateway.ids import request_id
-from movingtarget.gateway.inputs import batch_from_binary, batch_from_tensor
+from movingtarget.gateway.access.ids import request_id
 from movingtarget.gateway.problems import Problem
-from movingtarget.gateway.schemas import (
+from movingtarget.gateway.server.http import json_route, read_inference_body, token_of
+from movingtarget.gateway.server.inputs import batch_from_binary, batch_from_tensor
+from movingtarget.gateway.server.schemas import (
     ErrorBody,
     InferenceRequest,
     InferenceResponse,
@@ -38,7 +38,7 @@ from movingtarget.gateway.schemas import (
     ServerLive,
     ServerReady,
 )
-from movingtarget.gateway.service import Gateway
+from movingtarget.gateway.server.service import Gateway
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 

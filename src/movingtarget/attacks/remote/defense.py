@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 
 from movingtarget.answers import Answers
 from movingtarget.arena.arena import ADVERSARY_CLIENT
+from movingtarget.attacks.remote.client import GatewayClient
 from movingtarget.errors import ConfigError
-from movingtarget.gateway.client import GatewayClient
 
 
 @dataclass

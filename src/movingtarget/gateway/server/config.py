@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from movingtarget.errors import ConfigError
-from movingtarget.gateway.inputs import OUT_OF_DOMAIN_MODES
+from movingtarget.gateway.server.inputs import OUT_OF_DOMAIN_MODES
 
 
 @dataclass(frozen=True)

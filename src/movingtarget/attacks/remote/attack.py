@@ -1,7 +1,7 @@
 """``movingtarget attack URL``: the arena's adversaries against a live gateway.
 
 The same arena, adversaries, pools, metrics and report as a local run; only the
-defense is remote (:class:`~movingtarget.gateway.remote_defense.RemoteDefense`). The
+defense is remote (:class:`~movingtarget.attacks.remote.defense.RemoteDefense`). The
 results folder has the same files as ``movingtarget run`` — ``logs/*.csv`` (event
 log), ``summary.json``, ``runs.json``, ``experiment.json``, ``report.md`` and the plot —
 plus ``queries.csv``, which joins each event-log row (by ``t``) with the gateway's
@@ -23,6 +23,8 @@ from movingtarget.arena.arena import Arena, ArenaConfig
 from movingtarget.arena.eventlog import EventLog
 from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import build_adversary
+from movingtarget.attacks.remote.client import GatewayClient
+from movingtarget.attacks.remote.defense import RemoteDefense
 from movingtarget.datasets import load_dataset
 from movingtarget.errors import ConfigError
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
@@ -34,8 +36,6 @@ from movingtarget.experiment.runner import (
     make_pools,
     ran_out_at,
 )
-from movingtarget.gateway.client import GatewayClient
-from movingtarget.gateway.remote_defense import RemoteDefense
 from movingtarget.metrics.analytic import Prediction
 from movingtarget.metrics.measured import attack_metrics, cumulative_r_tilde, repeat_mask
 

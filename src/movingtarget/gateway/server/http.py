@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from movingtarget.errors import DataError, MovingTargetError, Unavailable
 from movingtarget.gateway.problems import Problem, bad_request, unprocessable
-from movingtarget.gateway.schemas import STRICT_ERRORS
+from movingtarget.gateway.server.schemas import STRICT_ERRORS
 
 log = logging.getLogger("movingtarget.gateway")
 M = TypeVar("M", bound=BaseModel)
