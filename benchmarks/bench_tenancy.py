@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine
 from movingtarget.answers import ABSTAIN
 from movingtarget.defenses import build_defense
-from movingtarget.gateway.config import GatewayConfig
-from movingtarget.gateway.service import build_served_defense
-from movingtarget.gateway.serving import ServedModel, load_served_model
+from movingtarget.gateway.server.config import GatewayConfig
+from movingtarget.gateway.server.service import build_served_defense
+from movingtarget.gateway.server.serving import ServedModel, load_served_model
 from movingtarget.memory.urls import open_store
 
 KEYS = 10  # accounts of the many-account attacker
