@@ -4,6 +4,12 @@ Registered names (configs and the CLI use these): ``test-set``,
 ``test-set-targeted``, ``rate-tracking``, ``noisy-repeat``. Every factory takes the
 attacker's labeled pool ``(pool_x, pool_y)``, the number of classes, a ``seed``
 and the attack's own keyword parameters.
+
+The box's families, by folder: the correlated adversaries here (test set, targeted,
+rate tracking, noisy repeats); ``perturb/``, per-input attacks from the Adversarial
+Robustness Toolbox and minimal perturbations (not imported here: ART is the
+``attacks`` extra); ``remote/``, the same adversaries against a live gateway over HTTP
+(not imported here: it needs the ``serve`` extra's httpx).
 """
 
 from __future__ import annotations
