@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,18 +11,7 @@ import pytest
 from movingtarget.errors import ConfigError
 from movingtarget.experiment import load_config
 from movingtarget.metrics.resilience import median_se, per_class, summarize
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MOVINGTARGET_CACHE": str(cwd / ".mt-cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "movingtarget", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+from test_cli import cli
 
 
 def test_summary_counts_unfound_inputs_as_most_resilient():

@@ -34,16 +34,32 @@ def _summary_table(rows: list[dict[str, object]], title: str) -> Table:
     return table
 
 
+#: Options ``run`` and ``resilience`` share.
+ConfigArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A TOML config file, or a shipped config: hello-world, synthetic, "
+        "spambase, arms-race, arms-race-fashion (`movingtarget list`). "
+        "Default: hello-world."
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config field: KEY=VALUE, e.g. dataset.path=spam.csv.",
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option(metavar="DEVICE", help="Torch device for neural models: auto, cpu, cuda.")
+]
+CacheOption = Annotated[Path | None, typer.Option(help="Where trained models are cached.")]
+
+
 @app.command()
 def run(
-    config: Annotated[
-        str | None,
-        typer.Argument(
-            help="A TOML config file, or a shipped config: hello-world, synthetic, "
-            "spambase, arms-race, arms-race-fashion (`movingtarget list`). "
-            "Default: hello-world."
-        ),
-    ] = None,
+    config: ConfigArg = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
     seeds: Annotated[
         int | None, typer.Option(help="Number of seeds (overrides the config).", min=1)
@@ -54,18 +70,9 @@ def run(
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: all cores).", min=1)
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Override a config field: KEY=VALUE, e.g. dataset.path=spam.csv.",
-        ),
-    ] = None,
-    device: Annotated[
-        str, typer.Option(metavar="DEVICE", help="Torch device for neural models: auto, cpu, cuda.")
-    ] = "auto",
-    cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
+    set_: SetOption = None,
+    device: DeviceOption = "auto",
+    cache_dir: CacheOption = None,
 ) -> None:
     """Run an experiment: every attack against every defense, for every seed."""
     from movingtarget.experiment import load_config, run_experiment
@@ -121,26 +128,14 @@ def run(
 
 @app.command()
 def resilience(
-    config: Annotated[
-        str | None,
-        typer.Argument(help="A TOML config file or a shipped config (default: hello-world)."),
-    ] = None,
+    config: ConfigArg = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("results"),
     inputs: Annotated[
         int | None, typer.Option(help="Held-out inputs to measure (overrides the config).", min=1)
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Override a config field, e.g. resilience.eps_linf=0.05.",
-        ),
-    ] = None,
-    device: Annotated[
-        str, typer.Option(metavar="DEVICE", help="Torch device for neural models: auto, cpu, cuda.")
-    ] = "auto",
-    cache_dir: Annotated[Path | None, typer.Option(help="Where trained models are cached.")] = None,
+    set_: SetOption = None,
+    device: DeviceOption = "auto",
+    cache_dir: CacheOption = None,
 ) -> None:
     """Model resilience: the smallest perturbation that changes each input's class."""
     from movingtarget.experiment import load_config
