@@ -451,9 +451,15 @@ def craft(
     *,
     target: NDArray[np.integer[Any]] | None = None,
     norm: str | float | None = None,
+    seed: int = 0,
     **budget: Any,
 ) -> Crafted:
     """Run attack ``name`` on ``x`` (any float dtype: ART gets float32).
+
+    Most of ART's random attacks (Square, SimBA, Boundary, PGD's random start) draw from
+    numpy's global generator: it is seeded with ``seed`` for the attack and restored
+    after. HopSkipJump draws its starting point from a generator of its own that ART
+    does not seed, so its examples vary from call to call.
 
     ``target``: the class each input should reach (a targeted attack); otherwise the
     attack is untargeted against ``y`` (the true classes; the clean predictions when
@@ -492,7 +498,12 @@ def craft(
     ):
         raise ConfigError(f"labels must be {len(xs)} classes in [0, {estimator.n_classes})")
     onehot = np.eye(estimator.n_classes, dtype=np.float32)[aim]
-    x_adv = estimator.from_art(attack.generate(x=estimator.to_art(xs), y=onehot))
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        x_adv = estimator.from_art(attack.generate(x=estimator.to_art(xs), y=onehot))
+    finally:
+        np.random.set_state(state)
     adv = estimator.predict_labels(x_adv)
     success = adv == aim if targeted else adv != truth
     l2, linf, l0 = distances(xs, x_adv)
