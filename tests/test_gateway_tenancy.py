@@ -216,3 +216,30 @@ def test_bad_memory_flags_are_one_line(tmp_path: Path, gateway_env) -> None:
         )
         assert out.returncode == 2, out.stderr
         assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_gateway_takes_its_shared_pools_at_start_and_lets_key_histories_grow(
+    digits_x: np.ndarray,
+) -> None:
+    """Each in-process shared pool holds the full table of its stated bound from the start
+    (serving never grows it nor faults its pages in, and the start-up line says how much
+    it holds); a key's own history starts small and grows with that key's use."""
+    from movingtarget.gateway.server.service import build_served_defense, memory_banner
+    from movingtarget.gateway.server.serving import load_served_model
+
+    config = GatewayConfig(defense="memorize-abstain", memory_capacity=10_000)
+    defense = build_served_defense(config, load_served_model("digits:logistic"))
+    memory = defense.mechanisms[0].store
+    assert isinstance(memory, TenantMemory)
+    shared = memory.shared
+    assert isinstance(shared, InProcessStore) and len(shared._keys) == 32_768
+    x = digits_x[:3]
+    defense.answer(x, np.array([7, 7, 7]), np.arange(3))
+    own = memory._own_store(7)
+    assert isinstance(own, InProcessStore) and own.nbytes == 1024 * 24
+    assert "shared pools hold 1 MiB" in memory_banner(config, TenantPolicy(), defense)
+    big = GatewayConfig(defense="memorize-abstain", memory_capacity=1_000_000)
+    banner = memory_banner(
+        big, TenantPolicy(), build_served_defense(big, load_served_model("digits:logistic"))
+    )
+    assert "shared pools hold 48 MiB in this process" in banner

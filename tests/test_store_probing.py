@@ -90,23 +90,44 @@ def test_large_batches_with_collisions_and_copies_count_exactly() -> None:
     assert again.tolist() == want
 
 
-def test_a_bounded_store_is_sized_for_its_capacity_and_does_not_grow() -> None:
-    """With a capacity, the table is allocated for it at once (a power of two within the
-    load limit), so filling the store to capacity never rebuilds it; counts stay exact,
-    and a capacity beyond the machine is a ConfigError naming the bytes."""
+def test_a_bounded_store_grows_with_what_it_holds_up_to_its_capacity_table() -> None:
+    """With a capacity, the table starts small and grows as keys land, never past the
+    table the capacity needs (a power of two within the load limit): a store holding
+    few keys holds little memory. Counts stay exact, and a capacity beyond the machine
+    is a ConfigError naming the bytes, at construction."""
     store = InProcessStore(capacity=100_000)
-    assert len(store._keys) == 262_144  # 100,000 / 0.6 rounded up to a power of two
-    keys = np.random.default_rng(3).integers(1, 2**63, 100_000, dtype=np.uint64)
-    table = store._table
-    for i in range(0, 100_000, 1_000):
-        prior = store.observe(keys[i : i + 1_000], np.full(1_000, i, np.int64))
-        assert prior.tolist() == [0] * 1_000
-    assert store._table is table and len(store) == 100_000
-    assert store.lookup(keys[::9]).tolist() == [1] * len(keys[::9])
+    assert len(store._keys) == 1024
+    store.observe(np.arange(1, 101, dtype=np.uint64), np.zeros(100, np.int64))
+    assert store.nbytes == 1024 * 24  # 100 keys: still the smallest table
+    keys = np.random.default_rng(3).integers(1, 2**63, 150_000, dtype=np.uint64)
+    for i in range(0, 150_000, 1_000):
+        store.observe(keys[i : i + 1_000], np.full(1_000, i + 1, np.int64))
+        assert len(store._keys) <= 262_144  # 100,000 / 0.6 rounded up to a power of two
+    assert len(store._keys) == 262_144 and len(store) <= 100_000
+    assert store.lookup(keys[-1_000:]).tolist() == [1] * 1_000
     store.clear()
-    assert len(store._keys) == 262_144 and len(store) == 0
+    assert len(store._keys) == 1024 and len(store) == 0
     with pytest.raises(ConfigError, match="capacity 1000000000000 needs a table of"):
         InProcessStore(capacity=10**12)
+
+
+def test_a_preallocated_store_takes_its_capacity_table_once_and_keeps_what_it_held() -> None:
+    """``preallocate`` sizes the table for the capacity with the entries already held;
+    filling it to capacity then never rebuilds it, and clearing keeps the full table."""
+    store = InProcessStore(capacity=100_000)
+    store.observe(np.array([5, 6], np.uint64), np.array([0, 1]))
+    store.preallocate()
+    table = store._table
+    assert len(store._keys) == 262_144
+    assert store.lookup(np.array([5, 6, 7], np.uint64)).tolist() == [1, 1, 0]
+    keys = np.random.default_rng(4).integers(8, 2**63, 99_000, dtype=np.uint64)
+    for i in range(0, 99_000, 1_000):
+        assert store.observe(keys[i : i + 1_000], np.full(1_000, i + 2, np.int64)).max() == 0
+    assert store._table is table and len(store) == 99_002
+    store.clear()
+    assert len(store._keys) == 262_144 and len(store) == 0
+    with pytest.raises(ConfigError, match="preallocate needs a store with a capacity"):
+        InProcessStore().preallocate()
 
 
 # keys from a pool with 64-bit extremes, 0 and keys that collide at home in small tables

@@ -109,8 +109,8 @@ def serve(
         int,
         typer.Option(
             help="Most distinct queries the shared cross-key pool remembers, oldest evicted "
-            "first (0: unbounded; in-process memories are sized for it at once: 40-80 bytes "
-            "a fingerprint key).",
+            "first (0: unbounded; in process the pool takes its full table at start-up: 40-80 "
+            "bytes a fingerprint key).",
         ),
     ] = 1_000_000,
     memory_key_capacity: Annotated[
@@ -238,7 +238,7 @@ def serve(
         f"keys {redact(gateway.keys.url)})",
         err=True,
     )
-    typer.echo(memory_banner(gateway.config, gateway.policy), err=True)
+    typer.echo(memory_banner(gateway.config, gateway.policy, gateway.defense), err=True)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     )

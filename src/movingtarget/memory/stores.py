@@ -95,9 +95,9 @@ class InProcessStore:
       with that key counts as new (count 0) and starts a fresh entry;
     * ``capacity``: when more than ``capacity`` distinct keys are stored, the entries
       with the oldest first-seen time are evicted until ``0.9 * capacity`` remain
-      (done in one pass, so eviction costs O(1) amortized per key). The table is sized
-      for the capacity at once, so the store does not stall a batch to grow; it then
-      holds 40-80 bytes per key of capacity once keys have spread over it.
+      (done in one pass, so eviction costs O(1) amortized per key). The table grows
+      with what it holds, up to the size the capacity needs (40-80 bytes per key of
+      capacity); :meth:`preallocate` takes that size at once instead.
 
     Examples
     --------
@@ -120,23 +120,39 @@ class InProcessStore:
         self.capacity = capacity
         _table_loops()  # load (or compile) them now, not on the first query
         self._clock = np.iinfo(np.int64).min
-        # a bounded store is sized for its capacity at once, so it does not stall a batch
-        # to grow (unless one batch overshoots the capacity by more than the load's
-        # slack); the operating system maps the memory as keys land
-        slots = _MIN_SLOTS if capacity is None else _slots_for(capacity)
-        try:
-            self._allocate(slots)
-        except MemoryError:
-            raise ConfigError(
-                f"store capacity {capacity} needs a table of {24 * slots:,} bytes, more than "
-                "this machine can allocate"
-            ) from None
+        # a bounded store grows like an unbounded one, up to the table its capacity needs:
+        # its memory follows what it holds (many small per-key memories stay small); the
+        # whole table is asked for once here so a capacity this machine cannot hold is a
+        # configuration error now, not a failure mid-batch (untouched, it costs nothing)
+        self._max_slots = None if capacity is None else _slots_for(capacity)
+        self._preallocated = False
+        if self._max_slots is not None:
+            try:
+                np.zeros((self._max_slots, 3), dtype=np.int64)
+            except MemoryError:
+                raise ConfigError(
+                    f"store capacity {capacity} needs a table of {24 * self._max_slots:,} "
+                    "bytes, more than this machine can allocate"
+                ) from None
+        self._allocate(_MIN_SLOTS)
+
+    def preallocate(self) -> None:
+        """Size the table for the capacity now and touch all of it, so the store never
+        grows (no stall on a batch) nor takes fresh memory while it serves (no page
+        faults as keys land): for one long-lived memory, such as a gateway's shared pool,
+        whose bound is then also what it holds from the start."""
+        if self._max_slots is None:
+            raise ConfigError("preallocate needs a store with a capacity")
+        self._preallocated = True
+        self._rebuild(self._max_slots, np.flatnonzero(self._keys != 0))
 
     def _allocate(self, slots: int) -> None:
         self._bits = int(slots).bit_length() - 1
         # one row per slot (key, count, first-seen): a key's count and time share its
         # cache line, so a random key costs one memory access instead of three
         self._table = np.zeros((slots, 3), dtype=np.int64)
+        if self._preallocated:
+            self._table.fill(0)  # fault every page in now, not as keys land
         self._keys = self._table[:, 0].view(np.uint64)  # 0 marks an empty slot
         self._counts = self._table[:, 1]
         self._first = self._table[:, 2]
@@ -165,6 +181,9 @@ class InProcessStore:
         live = self._live(oldest)
         while (len(live) + extra) > _MAX_LOAD * slots:
             slots = _grown(slots)
+        if self._max_slots is not None:
+            # no larger than the capacity needs, unless one batch overshoots it
+            slots = max(min(slots, self._max_slots), _slots_for(len(live) + extra))
         self._rebuild(slots, live)
 
     def _evict(self) -> None:
@@ -216,7 +235,7 @@ class InProcessStore:
         return int(self._first[slot])
 
     def clear(self) -> None:
-        self._allocate(_MIN_SLOTS if self.capacity is None else _slots_for(self.capacity))
+        self._allocate(self._max_slots if self._preallocated else _MIN_SLOTS)
 
     def __len__(self) -> int:
         return self._used if self.ttl is None else len(self._live())

@@ -86,14 +86,23 @@ def build_served_defense(
         def opener(
             part: str, capacity: int | None, i: int = i, name: str = name, per: int = per
         ) -> Store:
-            return open_store(
+            store = open_store(
                 config.store,
                 namespace=_space(config.namespace, served.name, i, name, part),
                 ttl=config.ttl_ms,
                 capacity=None if capacity is None else capacity * per,
             )
+            # the shared pool lives as long as the process and its bound is stated at
+            # start-up: take that memory now, so serving never stalls to grow it nor
+            # faults its pages in; own histories grow with their key's use
+            if part == "shared" and isinstance(store, InProcessStore) and capacity:
+                store.preallocate()
+            return store
 
-        mech.store = TenantMemory(opener, policy)  # type: ignore[attr-defined]
+        memory = TenantMemory(opener, policy)
+        if isinstance(open_store(config.store), InProcessStore):
+            memory.shared  # noqa: B018 -- opened (and preallocated) before the first query
+        mech.store = memory  # type: ignore[attr-defined]
     return defense
 
 
@@ -107,16 +116,28 @@ def tenant_policy(config: GatewayConfig) -> TenantPolicy:
     )
 
 
-def memory_banner(config: GatewayConfig, policy: TenantPolicy) -> str:
-    """What the memory keeps and for how long, for the start-up line."""
+def memory_banner(
+    config: GatewayConfig, policy: TenantPolicy, defense: Defense | None = None
+) -> str:
+    """What the memory keeps, for how long and (in this process) in how much memory, for
+    the start-up line."""
     kept = (
         "forever (no --memory-ttl)"
         if config.ttl_ms is None
         else f"for {config.memory_ttl_s:g} s after first seen"
     )
     trusted = len(config.trusted_keys)
+    held = ""
+    pools = [
+        m.store.shared
+        for m in (defense.mechanisms if defense is not None else [])
+        if isinstance(getattr(m, "store", None), TenantMemory)
+    ]
+    sizes = [p.nbytes for p in pools if isinstance(p, InProcessStore)]
+    if sizes:
+        held = f"; shared pools hold {sum(sizes) / 2**20:,.0f} MiB in this process"
     return (
-        f"memory policy: {policy.describe()}; queries kept {kept}; "
+        f"memory policy: {policy.describe()}; queries kept {kept}{held}; "
         f"{trusted} trusted key name(s), held to their own history and never shown to others"
     )
 
