@@ -185,9 +185,9 @@ def _pgd_perturb(
     """``make_perturb`` for Madry-style training: L∞ PGD (random start) on a share of
     each batch, through ART's ``ProjectedGradientDescent`` on a ``PyTorchClassifier``."""
     eps = _fraction(name, "eps", eps, low=0.0, high=math.inf)
-    step = 2.5 * eps / max_iter if eps_step is None else eps_step
-    step = _fraction(name, "eps_step", step, low=0.0, high=math.inf)
     iters = _positive_int(name, "max_iter", max_iter)
+    step = 2.5 * eps / iters if eps_step is None else eps_step
+    step = _fraction(name, "eps_step", step, low=0.0, high=math.inf)
     share = _fraction(name, "ratio", ratio, low=0.0, high=1.0)
     # ART 1.20 imports ``packaging`` without declaring it; it comes with pip's tooling.
     require("art", f"model {name!r} (adversarial training with ART)")
