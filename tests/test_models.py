@@ -43,6 +43,10 @@ FAST: dict[str, dict[str, Any]] = {
     "mlp": {"max_iter": 20},
     "cnn": {"epochs": 2, "max_train": 1000, "lr": 3e-3, "batch_size": 32},
     "synthetic": {},
+    "torch-mlp": {"epochs": 5},
+    "adv-mlp": {"epochs": 2, "max_iter": 2},
+    "adv-cnn": {"epochs": 2, "max_train": 1000, "lr": 3e-3, "batch_size": 32, "max_iter": 2},
+    "noise-mlp": {"epochs": 5},
 }
 
 
@@ -67,7 +71,7 @@ def spambase() -> Split:
 
 
 def split_for(name: str, digits: Split, fashion: Split) -> Split:
-    return fashion if name == "cnn" else digits
+    return fashion if name in ("cnn", "adv-cnn") else digits
 
 
 # --------------------------------------------------------------------------- registry

@@ -2,6 +2,10 @@
 
 Every model is a factory ``factory(split, *, seed=0, **params) -> Model`` registered
 in :data:`MODELS`; :func:`build_model` trains it, or loads it from the cache.
+Reference models: ``logistic``, ``mlp`` (scikit-learn), ``cnn`` (PyTorch); the
+boundary-smoothing baselines ``torch-mlp``, ``adv-mlp``, ``adv-cnn`` (adversarial
+training, ART) and ``noise-mlp`` (Gaussian-noise training), see
+:mod:`movingtarget.models.smoothing`; the ``synthetic`` classifier with a chosen ``r``.
 torch is optional: this package imports it only when a torch model is built.
 
 Examples
@@ -38,6 +42,7 @@ from movingtarget.models.base import Model, OnlineModel
 from movingtarget.models.checks import check_model, check_online_model
 from movingtarget.models.reference import cnn, logistic, mlp
 from movingtarget.models.sklearn import SklearnModel
+from movingtarget.models.smoothing import adv_cnn, adv_mlp, noise_mlp, torch_mlp
 from movingtarget.models.synthetic import SyntheticClassifier, synthetic
 from movingtarget.models.torch import TorchModel
 from movingtarget.registry import Registry
@@ -64,6 +69,10 @@ MODELS.register("logistic")(logistic)
 MODELS.register("mlp")(mlp)
 MODELS.register("cnn")(cnn)
 MODELS.register("synthetic")(synthetic)
+MODELS.register("torch-mlp")(torch_mlp)
+MODELS.register("adv-mlp")(adv_mlp)
+MODELS.register("adv-cnn")(adv_cnn)
+MODELS.register("noise-mlp")(noise_mlp)
 
 #: Bump when the cache format changes: older entries are then ignored.
 CACHE_FORMAT = 1

@@ -7,7 +7,7 @@ is registered in :data:`movingtarget.models.MODELS`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from movingtarget.errors import ConfigError
 from movingtarget.models.sklearn import SklearnModel
 from movingtarget.models.torch import TorchModel, require_torch, resolve_device
 
-__all__ = ["cnn", "logistic", "mlp", "subsample"]
+__all__ = ["cnn", "cnn_module", "logistic", "mlp", "subsample"]
 
 
 def subsample(
@@ -132,42 +132,95 @@ def cnn(
     (1, 28, 28)
     """
     torch = require_torch()
+    _check_training("cnn", epochs=epochs, batch_size=batch_size, lr=lr)
+    dev = resolve_device(device)
+    x, y = subsample(split.x_train, split.y_train, max_train, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = cnn_module(split, channels, name="cnn").to(dev)
+        _train_torch(module, x, y, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr)
+    return TorchModel(module, split.n_classes, input_shape=split.input_shape, device=dev)
+
+
+def _positive_int(name: str, param: str, value: Any) -> int:
+    """``value`` as an int >= 1, else a ConfigError naming ``param`` of model ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"model {name!r}: {param} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_training(name: str, *, epochs: Any, batch_size: Any, lr: Any) -> None:
+    """ConfigError naming the first of ``epochs``, ``batch_size``, ``lr`` that is invalid."""
+    _positive_int(name, "epochs", epochs)
+    _positive_int(name, "batch_size", batch_size)
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
+        raise ConfigError(f"model {name!r}: lr must be a positive number, got {lr!r}")
+
+
+def cnn_module(split: Split, channels: Sequence[int], *, name: str) -> Any:
+    """The untrained network of ``cnn`` for ``split`` (ConfigError unless it has images)."""
+    torch = require_torch()
     shape = split.input_shape
     if len(shape) != 3 or shape[1] < 4 or shape[2] < 4:
         raise ConfigError(
-            f"model 'cnn' needs image inputs (n, C, H, W) with H, W >= 4; dataset "
+            f"model {name!r} needs image inputs (n, C, H, W) with H, W >= 4; dataset "
             f"{split.name!r} has inputs of shape {shape} (use 'logistic' or 'mlp')"
         )
-    if epochs < 1 or batch_size < 1:
-        raise ConfigError("model 'cnn': epochs and batch_size must be positive")
-    c1, c2 = (int(c) for c in channels)
-    dev = resolve_device(device)
-    x, y = subsample(split.x_train, split.y_train, max_train, seed)
+    c1, c2 = (_positive_int(name, "channels", c) for c in channels)
     nn = torch.nn
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = nn.Sequential(
-            nn.Conv2d(shape[0], c1, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(c2 * (shape[1] // 4) * (shape[2] // 4), split.n_classes),
-        ).to(dev)
+    return nn.Sequential(
+        nn.Conv2d(shape[0], c1, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * (shape[1] // 4) * (shape[2] // 4), split.n_classes),
+    )
+
+
+#: ``perturb(x_batch, y_batch) -> x_batch``: what a training batch becomes before the
+#: step (Gaussian noise, adversarial examples); called with the module in train mode.
+Perturb = Callable[[Any, Any], Any]
+
+
+def _train_torch(
+    module: Any,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    *,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    label_smoothing: float = 0.0,
+    perturb: Perturb | None = None,
+) -> None:
+    """Train ``module`` (logits out) in place with Adam and cross-entropy.
+
+    The batch order comes from ``numpy.random.default_rng(seed)``; the caller seeds
+    torch (weights, noise) inside ``torch.random.fork_rng``. Tensors live on the
+    module's device. ``perturb`` may replace each batch's inputs before its step.
+    """
+    torch = require_torch()
+    dev = next(module.parameters()).device
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-    yt = torch.from_numpy(y.astype(np.int64)).to(dev)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
     rng = np.random.default_rng(seed)
-    module.train()
     for _ in range(epochs):
-        order = torch.from_numpy(rng.permutation(len(y))).to(dev)
-        for start in range(0, len(y), batch_size):
+        order = torch.from_numpy(rng.permutation(len(yt))).to(dev)
+        for start in range(0, len(yt), batch_size):
             idx = order[start : start + batch_size]
+            xb, yb = xt[idx], yt[idx]
+            if perturb is not None:
+                xb = perturb(xb, yb)
+            module.train()
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx])
+            loss = torch.nn.functional.cross_entropy(
+                module(xb), yb, label_smoothing=label_smoothing
+            )
             loss.backward()
             opt.step()
     module.eval()
-    return TorchModel(module, split.n_classes, input_shape=shape, device=dev)
