@@ -391,3 +391,20 @@ def test_only_model_answers_are_filtered(digits, mlp, attacked):
     assert (again.reasons == Reason.REPEAT).all()  # the gate's decision stays
     defense.reset()  # calibration survives a new deployment
     assert (defense.answer(attacked[flagged[:5]]).reasons == Reason.ADVERSARIAL_LIKELIHOOD).all()
+
+
+def test_gateway_calibrates_the_detector_or_refuses_to_start(digits, mlp):
+    from movingtarget.gateway.config import GatewayConfig
+    from movingtarget.gateway.service import build_served_defense
+    from movingtarget.gateway.serving import ServedModel
+
+    split, _, cal = digits
+    config = GatewayConfig(model="digits:mlp", defense="centroid-abstain")
+    served = ServedModel(mlp, "digits-mlp", "v", (64,), 10, "digits:mlp", split.x_train[cal])
+    defense = build_served_defense(config, served)
+    (detector,) = [m for m in defense.mechanisms if isinstance(m, CentroidDetector)]
+    assert detector.calibration is not None and detector.calibration.n_calibration == len(cal)
+    assert len(defense.answer(split.x_test[:4])) == 4
+    saved = ServedModel(mlp, "digits-mlp", "v", (64,), 10, "model.pkl", None)
+    with pytest.raises(ConfigError, match="centroid"):
+        build_served_defense(config, saved)

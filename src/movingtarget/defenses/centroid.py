@@ -184,6 +184,8 @@ class CentroidDetector:
     """
 
     role = "filter"
+    #: It cannot answer before :meth:`calibrate` (the gateway refuses to start without).
+    requires_calibration = True
 
     def __init__(self, false_alarm: float = TARGET_RATE) -> None:
         if isinstance(false_alarm, bool) or not isinstance(false_alarm, (int, float)):
