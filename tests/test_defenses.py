@@ -17,6 +17,7 @@ from movingtarget.defenses import (
     build_defense,
     parse_mechanism,
 )
+from movingtarget.defenses.near_repeat import calibrate_defense
 
 
 class FixedProba:
@@ -127,6 +128,8 @@ def test_rate_limit_decides_before_memorize() -> None:
 def test_every_named_composition_builds_and_answers(name: str) -> None:
     d = build_defense(name, MODEL, seed=0)
     assert d.name == name
+    # what experiments and the gateway do first (a no-op for uncalibrated mechanisms)
+    calibrate_defense(d, queries([0, 1, 2] * 5, salt=np.random.default_rng(0).random()))
     a = d.answer(queries([0, 1, 2, 0]))
     assert len(a) == 4
     assert set(a.labels.tolist()) <= {ABSTAIN, 0, 1, 2}

@@ -33,6 +33,7 @@ class Reason(IntEnum):
     RATE_LIMITED = 7  # abstained: the client sent too many queries
     DISAGREEMENT = 8  # abstained: members of a model pool disagree
     CORRECTED = 9  # answered from a correction memory (a label given as feedback)
+    ADVERSARIAL_LIKELIHOOD = 10  # abstained: the input looks adversarial (centroid score)
 
     @property
     def label(self) -> str:

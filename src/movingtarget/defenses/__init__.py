@@ -12,6 +12,7 @@ threshold-abstain     argmax > threshold(min_confidence=0.9)
 memorize-abstain      memorize(on_repeat=abstain) > argmax
 memorize-random       memorize(on_repeat=random) > argmax
 near-repeat-abstain   memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
+centroid-abstain      argmax > centroid(false_alarm=0.001)
 ====================  =========================================
 
 A name means one composition: a config that gives a registered name other mechanisms
@@ -29,6 +30,7 @@ from typing import Any
 
 from movingtarget.defenses.abstain import ConfidenceThreshold
 from movingtarget.defenses.base import Context, Defense, Mechanism, validate_queries
+from movingtarget.defenses.centroid import CentroidDetector
 from movingtarget.defenses.decision import Argmax, Sample
 from movingtarget.defenses.memorize import Memorize
 from movingtarget.defenses.near_repeat import NearRepeat
@@ -44,6 +46,7 @@ MECHANISMS.register("threshold")(ConfidenceThreshold)
 MECHANISMS.register("memorize")(Memorize)
 MECHANISMS.register("rate-limit")(RateLimit)
 MECHANISMS.register("near-repeat")(NearRepeat)
+MECHANISMS.register("centroid")(CentroidDetector)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -53,6 +56,7 @@ COMPOSITIONS: dict[str, str] = {
     "memorize-abstain": "memorize(on_repeat=abstain) > argmax",
     "memorize-random": "memorize(on_repeat=random) > argmax",
     "near-repeat-abstain": "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax",
+    "centroid-abstain": "argmax > centroid(false_alarm=0.001)",
 }
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -178,6 +182,7 @@ __all__ = [
     "COMPOSITIONS",
     "MECHANISMS",
     "Argmax",
+    "CentroidDetector",
     "ConfidenceThreshold",
     "Context",
     "Defense",

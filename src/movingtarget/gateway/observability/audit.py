@@ -32,6 +32,7 @@ _SETS = {
     Reason.RATE_LIMITED: ("rate-limit",),
     Reason.DISAGREEMENT: ("moving-target", "pool"),
     Reason.CORRECTED: ("correct", "active-learning"),
+    Reason.ADVERSARIAL_LIKELIHOOD: ("centroid",),
 }
 
 

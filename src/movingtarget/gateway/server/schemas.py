@@ -69,7 +69,9 @@ class Answer(BaseModel):
     query_id: str = Field(description="Quote it in /v1/feedback.")
     label: int | None = Field(description="The class, or null when the gateway abstained.")
     abstained: bool
-    reason: str = Field(description="model, repeat, near-repeat, low-confidence, ...")
+    reason: str = Field(
+        description="model, repeat, near-repeat, low-confidence, adversarial-likelihood, ..."
+    )
 
 
 class ClassifyResponse(BaseModel):

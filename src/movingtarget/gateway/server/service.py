@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from movingtarget.answers import Answers
 from movingtarget.defenses import Defense, build_defense
+from movingtarget.errors import ConfigError
 from movingtarget.gateway.access.base import Grant, KeyStore, token_digest
 from movingtarget.gateway.access.ids import QueryIds
 from movingtarget.gateway.access.keys import open_keys
@@ -76,6 +77,12 @@ def build_served_defense(
         from movingtarget.defenses.near_repeat import calibrate_defense
 
         calibrate_defense(defense, served.calibration_x, seed=config.seed)
+    for mech in defense.mechanisms:
+        if getattr(mech, "requires_calibration", False) and getattr(mech, "calibration", 0) is None:
+            raise ConfigError(
+                f"{mech.describe()} is calibrated on benign training inputs, and the served "
+                "model has none (a saved file): serve DATASET:MODEL, or drop the mechanism"
+            )
     policy = policy if policy is not None else tenant_policy(config)
     for i, mech in enumerate(defense.mechanisms):
         if not isinstance(getattr(mech, "store", None), InProcessStore):
