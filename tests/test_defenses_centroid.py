@@ -394,9 +394,9 @@ def test_only_model_answers_are_filtered(digits, mlp, attacked):
 
 
 def test_gateway_calibrates_the_detector_or_refuses_to_start(digits, mlp):
-    from movingtarget.gateway.config import GatewayConfig
-    from movingtarget.gateway.service import build_served_defense
-    from movingtarget.gateway.serving import ServedModel
+    from movingtarget.gateway.server.config import GatewayConfig
+    from movingtarget.gateway.server.service import build_served_defense
+    from movingtarget.gateway.server.serving import ServedModel
 
     split, _, cal = digits
     config = GatewayConfig(model="digits:mlp", defense="centroid-abstain")
