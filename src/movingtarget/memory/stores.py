@@ -235,7 +235,7 @@ class InProcessStore:
         return int(self._first[slot])
 
     def clear(self) -> None:
-        self._allocate(self._max_slots if self._preallocated else _MIN_SLOTS)
+        self._allocate(self._max_slots if self._max_slots and self._preallocated else _MIN_SLOTS)
 
     def __len__(self) -> int:
         return self._used if self.ttl is None else len(self._live())

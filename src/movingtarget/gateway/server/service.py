@@ -135,11 +135,9 @@ def memory_banner(
     )
     trusted = len(config.trusted_keys)
     held = ""
-    pools = [
-        m.store.shared
-        for m in (defense.mechanisms if defense is not None else [])
-        if isinstance(getattr(m, "store", None), TenantMemory)
-    ]
+    mechanisms = defense.mechanisms if defense is not None else []
+    memories = [getattr(m, "store", None) for m in mechanisms]
+    pools = [m.shared for m in memories if isinstance(m, TenantMemory)]
     sizes = [p.nbytes for p in pools if isinstance(p, InProcessStore)]
     if sizes:
         held = f"; shared pools hold {sum(sizes) / 2**20:,.0f} MiB in this process"
