@@ -241,6 +241,21 @@ def _pgd_perturb(
     return make
 
 
+def _adversarial(
+    name: str,
+    split: Split,
+    build: Callable[[], Any],
+    *,
+    seed: int,
+    pgd: dict[str, Any],
+    train: dict[str, Any],
+    device: str,
+) -> TorchModel:
+    """Train ``build()`` on PGD examples of itself (the adv-* models' shared recipe)."""
+    make_perturb = _pgd_perturb(name, split, seed=seed, **pgd)
+    return _fit(name, split, build, seed=seed, device=device, make_perturb=make_perturb, **train)
+
+
 def adv_mlp(
     split: Split,
     *,
@@ -288,26 +303,14 @@ def adv_mlp(
     ...
     movingtarget.errors.ConfigError: model 'adv-mlp': eps must be positive, got -0.1
     """
-    make_perturb = _pgd_perturb(
-        "adv-mlp",
-        split,
-        seed=seed,
-        eps=eps,
-        eps_step=eps_step,
-        max_iter=max_iter,
-        ratio=ratio,
-    )
-    return _fit(
+    return _adversarial(
         "adv-mlp",
         split,
         lambda: mlp_module(split, hidden, name="adv-mlp"),
         seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        max_train=max_train,
+        pgd=dict(eps=eps, eps_step=eps_step, max_iter=max_iter, ratio=ratio),
+        train=dict(epochs=epochs, batch_size=batch_size, lr=lr, max_train=max_train),
         device=device,
-        make_perturb=make_perturb,
     )
 
 
@@ -338,26 +341,14 @@ def adv_cnn(
     >>> adv_cnn(split, epochs=1).input_shape  # doctest: +SKIP
     (1, 28, 28)
     """
-    make_perturb = _pgd_perturb(
-        "adv-cnn",
-        split,
-        seed=seed,
-        eps=eps,
-        eps_step=eps_step,
-        max_iter=max_iter,
-        ratio=ratio,
-    )
-    return _fit(
+    return _adversarial(
         "adv-cnn",
         split,
         lambda: cnn_module(split, channels, name="adv-cnn"),
         seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        max_train=max_train,
+        pgd=dict(eps=eps, eps_step=eps_step, max_iter=max_iter, ratio=ratio),
+        train=dict(epochs=epochs, batch_size=batch_size, lr=lr, max_train=max_train),
         device=device,
-        make_perturb=make_perturb,
     )
 
 
