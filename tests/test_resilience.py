@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -47,6 +48,7 @@ def test_resilience_config_fields_are_checked():
         ("resilience.linf_method=deepfool", "deepfool measures L2 only"),
         ("resilience.inputs=0", "inputs must be an integer >= 1"),
         ("resilience.stepz=3", "unknown field resilience.'stepz'"),
+        ("resilience.thresholds=[0.5, 1.5]", "thresholds must be a list of numbers in [0, 1)"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config("hello-world", [bad])
@@ -63,9 +65,12 @@ def test_resilience_command_prints_the_distribution_and_writes_the_report(tmp_pa
         "resilience.json",
         "resilience_hist.png",
         "resilience_classes.png",
+        "resilience_sweep.png",
     ):
         assert (out / name).stat().st_size > 0, name
+    assert "## Confidence threshold" in (out / "resilience.md").read_text()
     data = json.loads((out / "resilience.json").read_text())
+    assert [row["min_confidence"] for row in data["sweep"]] == [0.0, 0.5, 0.7, 0.9, 0.95, 0.99]
     groups = {(g["group"], g["norm"]): g for g in data["groups"]}
     model = groups[("model logistic", "inf")]
     assert 0 < model["median"] < 0.5 and model["p10"] <= model["median"]
@@ -99,3 +104,40 @@ def test_list_shows_the_per_input_attacks(tmp_path):
     assert p.returncode == 0, p.stderr
     for name in ("fgsm", "pgd", "jsma", "carlini-wagner", "deepfool", "hopskipjump", "square"):
         assert name in p.stdout
+
+
+def test_threshold_sweep_trades_coverage_for_accuracy_and_the_test_set_attack_still_wins():
+    """The sweep on digits (logistic, 600 held-out inputs): coverage cannot rise with
+    ``min_confidence`` (a higher threshold answers a subset); accuracy on answered inputs
+    and FGSM's success move as Papernot & McDaniel say, outside 3 binomial s.e.; and the
+    test set attack's measured ``r~`` agrees with its prediction wherever ``r > 0``."""
+    from movingtarget.attacks.perturb.estimators import data_range, wrap_model
+    from movingtarget.datasets import load_dataset
+    from movingtarget.experiment.config import ResilienceConfig
+    from movingtarget.experiment.resilience import threshold_sweep
+    from movingtarget.models import build_model
+
+    split = load_dataset("digits").split(test_size=0.4, seed=0)
+    model = build_model("logistic", split, seed=0)
+    x, y = split.x_test[:600], np.asarray(split.y_test[:600], dtype=np.int64)
+    est = wrap_model(model, clip_values=data_range(split.x_train), input_shape=split.input_shape)
+    correct = model.predict_proba(x).argmax(axis=1) == y
+    res = ResilienceConfig(thresholds=(0.0, 0.5, 0.8, 0.95), eps_linf=0.1)
+    rows = threshold_sweep(model, est, x, y, np.ones(len(y)), correct, res)
+    cover = [r["coverage"] for r in rows]
+    assert cover[0] == 1.0 and all(a >= b for a, b in itertools.pairwise(cover))
+    lo, hi = rows[0], rows[-1]
+
+    def se(p: float, n: int) -> float:
+        return float(np.sqrt(max(p * (1 - p), 1 / n) / n))
+
+    gap = hi["accuracy_answered"] - lo["accuracy_answered"]
+    assert gap > 3 * np.hypot(
+        se(lo["accuracy_answered"], lo["answered"]), se(hi["accuracy_answered"], hi["answered"])
+    )
+    n = int(correct.sum())
+    drop = lo["fgsm_success"] - hi["fgsm_success"]
+    assert drop > 3 * np.hypot(se(lo["fgsm_success"], n), se(hi["fgsm_success"], n))
+    assert lo["pgd_success"] >= lo["fgsm_success"] - 3 * se(lo["fgsm_success"], n)
+    assert lo["r"] > 0 and lo["r_tilde_measured"] > 0.5
+    assert all(r["r_tilde_agrees"] for r in rows if r["r"] > 0)

@@ -70,6 +70,10 @@ class ResilienceConfig:
         PGD iterations per bisection step.
     seed:
         Seeds the sample of inputs.
+    thresholds:
+        ``min_confidence`` values of the confidence-threshold sweep (empty: no sweep).
+    sweep_queries:
+        Queries ``m`` of the test set attack the sweep predicts and measures at each value.
 
     Examples
     --------
@@ -86,6 +90,8 @@ class ResilienceConfig:
     pgd_iter: int = 10
     seed: int = 0
     budget: dict[str, Any] = field(default_factory=dict)
+    thresholds: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)
+    sweep_queries: int = 1000
 
 
 def parse_resilience(raw: object) -> ResilienceConfig:
@@ -105,6 +111,15 @@ def parse_resilience(raw: object) -> ResilienceConfig:
         if key == "budget":
             if not isinstance(value, dict):
                 raise ConfigError(f"resilience.budget must be a table, got {value!r}")
+        elif key == "thresholds":
+            if not isinstance(value, list) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1
+                for t in value
+            ):
+                raise ConfigError(
+                    f"resilience.thresholds must be a list of numbers in [0, 1), got {value!r}"
+                )
+            value = tuple(sorted(float(t) for t in value))
         elif isinstance(default, str):
             if value not in (AUTO, *METHODS):
                 raise ConfigError(
@@ -119,7 +134,9 @@ def parse_resilience(raw: object) -> ResilienceConfig:
         elif isinstance(default, float) and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"resilience.{key} must be a number > 0, got {value!r}")
         args[key] = (
-            int(value) if isinstance(default, int) and not isinstance(value, dict) else value
+            int(value)
+            if isinstance(default, int) and not isinstance(value, (dict, tuple))
+            else value
         )
     if args.get("linf_method") == "deepfool":
         raise ConfigError("resilience.linf_method: deepfool measures L2 only")

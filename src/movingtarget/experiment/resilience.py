@@ -16,6 +16,7 @@ gradients, HopSkipJump otherwise). Then, for each defense of the config:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class ResilienceResult:
     y: NDArray[np.int64]
     groups: list[dict[str, Any]] = field(default_factory=list)
     per_class: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    sweep: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +71,7 @@ class ResilienceResult:
                 "eps": self.eps,
                 "groups": self.groups,
                 "per_class": self.per_class,
+                "sweep": self.sweep,
                 "seconds": self.seconds,
             }
         )
@@ -93,6 +96,74 @@ def _defense_judge(defense: Any) -> Callable[[NDArray[np.float32], NDArray[np.in
         return (labels != ABSTAIN) & (labels != y)
 
     return judge
+
+
+def _test_set_attack(mistake: NDArray[np.bool_], m: int, rng: np.random.Generator) -> float:
+    """Measured ``r~`` of the deterministic test set attack against a fixed defense: the
+    attacker sends the pool in a seeded random order until the first wrong answer, then
+    repeats that input for the rest of its ``m`` queries (a fixed defense answers it the
+    same every time). Inputs are drawn with replacement, as in the prediction."""
+    order = rng.integers(0, len(mistake), size=m)
+    hits = np.flatnonzero(mistake[order])
+    return 0.0 if len(hits) == 0 else (m - int(hits[0])) / m
+
+
+def threshold_sweep(
+    model: Any,
+    est: Any,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    linf: NDArray[np.float64],
+    correct: NDArray[np.bool_],
+    res: ResilienceConfig,
+) -> list[dict[str, Any]]:
+    """The confidence trade-off (Papernot & McDaniel 2016): for each ``min_confidence``
+    of ``res.thresholds``, the ``argmax > threshold(...)`` defense's coverage (answered
+    share), accuracy on answered inputs, median minimal L∞ perturbation of answered
+    correct inputs, FGSM and PGD success (a *wrong answer*; an ABSTAIN is not one) at
+    ``res.eps_linf``, and the test set attack's predicted and measured ``r~`` over
+    ``res.sweep_queries`` queries, with ``r`` the share of benign inputs answered wrongly."""
+    from movingtarget.attacks.perturb.registry import craft
+    from movingtarget.defenses import build_defense
+    from movingtarget.metrics.analytic import test_set_prediction
+
+    adv = {
+        name: craft(name, est, x, y, norm="inf", eps=res.eps_linf, seed=res.seed).x_adv
+        for name in ("fgsm", "pgd")
+    }
+    rows = []
+    for t in res.thresholds:
+        defense = build_defense(f"argmax > threshold(min_confidence={t!r})", model)
+        labels = np.asarray(defense.answer(x).labels)
+        answered = labels != ABSTAIN
+        wrong = answered & (labels != y)
+        r = float(wrong.mean())
+        row: dict[str, Any] = {
+            "min_confidence": t,
+            "coverage": float(answered.mean()),
+            "accuracy_answered": float((labels[answered] == y[answered]).mean())
+            if answered.any()
+            else float("nan"),
+            "answered": int(answered.sum()),
+            "median_linf_answered": summarize(linf[answered & correct], eps=res.eps_linf).median,
+        }
+        for name, x_adv in adv.items():
+            got = np.asarray(defense.answer(x_adv).labels)
+            row[f"{name}_success"] = float(((got != ABSTAIN) & (got != y))[correct].mean())
+        row["r"] = r
+        row["r_tilde_predicted"] = test_set_prediction(r, res.sweep_queries)
+        row["r_tilde_measured"] = _test_set_attack(
+            wrong, res.sweep_queries, np.random.default_rng(res.seed)
+        )
+        # the first mistake T is geometric: sd(T) = sqrt(1 - r) / r, and r~ = (m - T + 1) / m
+        se = math.sqrt(1 - r) / (r * res.sweep_queries) if r > 0 else 0.0
+        row["r_tilde_se"] = se
+        row["r_tilde_agrees"] = bool(
+            abs(row["r_tilde_measured"] - row["r_tilde_predicted"])
+            <= 3 * se + 1 / res.sweep_queries
+        )
+        rows.append(row)
+    return rows
 
 
 def run_resilience(
@@ -163,6 +234,10 @@ def run_resilience(
             c: s.row() for c, s in per_class(v, labels, eps=eps[norm]).items()
         }
 
+    sweep: list[dict[str, Any]] = []
+    if res.thresholds and grads:
+        step(f"confidence-threshold sweep ({len(res.thresholds)} values)")
+        sweep = threshold_sweep(model, est, x, y, values["inf"], correct, res)
     model_label = f"model {config.model.display}"
     for norm in methods:
         add(model_label, norm, values[norm][correct], y[correct])
@@ -200,5 +275,6 @@ def run_resilience(
         y=y,
         groups=groups,
         per_class=classes,
+        sweep=sweep,
         seconds=time.perf_counter() - start,
     )
