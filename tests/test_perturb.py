@@ -235,3 +235,18 @@ def test_minimal_perturbation_input_errors(split, est):
         minimal_perturbation(est, split.x_test[:2], split.y_test[:2], method="cw")
     with pytest.raises(ConfigError, match="norm 2"):
         minimal_perturbation(est, split.x_test[:2], split.y_test[:2], method="deepfool", norm="inf")
+
+
+def test_jsma_matrix_counts_each_source_target_pair(split, mlp, est):
+    """The report's source × target matrix: 3 correct inputs per class sent to each of
+    the 9 other classes (270 pairs); every off-diagonal cell holds the same number of
+    pairs, so their mean is the overall success, which clears 0.9 as above."""
+    from movingtarget.experiment.resilience import jsma_matrix
+
+    x, y = split.x_test, np.asarray(split.y_test, dtype=np.int64)
+    correct = mlp.predict_proba(x).argmax(axis=1) == y
+    out = jsma_matrix(est, x, y, correct, 10, per_class=3)
+    hits = np.array(out["success"], dtype=float)
+    assert out["pairs"] == 270 and np.isnan(np.diag(hits)).all()
+    assert np.isclose(np.nanmean(hits), out["success_rate"])
+    assert out["success_rate"] >= 0.9 and out["features_changed"] < 0.15

@@ -66,11 +66,18 @@ def test_resilience_command_prints_the_distribution_and_writes_the_report(tmp_pa
         "resilience_hist.png",
         "resilience_classes.png",
         "resilience_sweep.png",
+        "resilience_jsma.png",
     ):
         assert (out / name).stat().st_size > 0, name
     assert "## Confidence threshold" in (out / "resilience.md").read_text()
     data = json.loads((out / "resilience.json").read_text())
     assert [row["min_confidence"] for row in data["sweep"]] == [0.0, 0.5, 0.7, 0.9, 0.95, 0.99]
+    hits = np.array(data["jsma"]["success"], dtype=float)
+    assert hits.shape == (10, 10) and np.isnan(np.diag(hits)).all()
+    assert (
+        data["jsma"]["pairs"] > 0
+        and "## JSMA: source × target" in (out / "resilience.md").read_text()
+    )
     groups = {(g["group"], g["norm"]): g for g in data["groups"]}
     model = groups[("model logistic", "inf")]
     assert 0 < model["median"] < 0.5 and model["p10"] <= model["median"]

@@ -74,6 +74,9 @@ class ResilienceConfig:
         ``min_confidence`` values of the confidence-threshold sweep (empty: no sweep).
     sweep_queries:
         Queries ``m`` of the test set attack the sweep predicts and measures at each value.
+    jsma_per_class:
+        Correctly classified inputs per source class sent by JSMA to every other class
+        for the source × target success matrix (0: none).
 
     Examples
     --------
@@ -92,6 +95,7 @@ class ResilienceConfig:
     budget: dict[str, Any] = field(default_factory=dict)
     thresholds: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)
     sweep_queries: int = 1000
+    jsma_per_class: int = 5
 
 
 def parse_resilience(raw: object) -> ResilienceConfig:
@@ -128,7 +132,7 @@ def parse_resilience(raw: object) -> ResilienceConfig:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"resilience.{key} must be a number, got {value!r}")
         elif isinstance(default, int) and (
-            value != int(value) or value < (0 if key == "seed" else 1)
+            value != int(value) or value < (0 if key in ("seed", "jsma_per_class") else 1)
         ):
             raise ConfigError(f"resilience.{key} must be an integer >= 1, got {value!r}")
         elif isinstance(default, float) and not (math.isfinite(value) and value > 0):

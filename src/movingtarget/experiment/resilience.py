@@ -46,6 +46,7 @@ class ResilienceResult:
     groups: list[dict[str, Any]] = field(default_factory=list)
     per_class: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
+    jsma: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class ResilienceResult:
                 "groups": self.groups,
                 "per_class": self.per_class,
                 "sweep": self.sweep,
+                "jsma": self.jsma,
                 "seconds": self.seconds,
             }
         )
@@ -166,6 +168,42 @@ def threshold_sweep(
     return rows
 
 
+def jsma_matrix(
+    est: Any,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    correct: NDArray[np.bool_],
+    k: int,
+    per_class: int,
+) -> dict[str, Any]:
+    """JSMA's targeted success from each source class to each target class (Papernot et
+    al. 2016, *The limitations of deep learning in adversarial settings*): the first
+    ``per_class`` correctly classified inputs of each class, each sent to every other
+    class. ``success[s][t]`` is the share that reached ``t`` (the diagonal is NaN);
+    ``features_changed`` the mean share of features changed on successful pairs."""
+    from movingtarget.attacks.perturb.registry import craft
+
+    picks = [np.flatnonzero(correct & (y == c))[:per_class] for c in range(k)]
+    src = np.concatenate([np.repeat(p, k - 1) for p in picks]).astype(np.int64)
+    tgt = np.concatenate(
+        [np.tile([t for t in range(k) if t != c], len(p)) for c, p in enumerate(picks)]
+    ).astype(np.int64)
+    out = craft("jsma", est, x[src], y[src], target=tgt)
+    hits = np.full((k, k), np.nan)
+    for s_ in range(k):
+        for t in range(k):
+            at = (y[src] == s_) & (tgt == t)
+            if s_ != t and at.any():
+                hits[s_, t] = float(out.success[at].mean())
+    changed = out.l0[out.success]  # already a share of the features
+    return {
+        "pairs": len(src),
+        "success_rate": out.success_rate,
+        "features_changed": float(changed.mean()) if len(changed) else float("nan"),
+        "success": hits.tolist(),
+    }
+
+
 def run_resilience(
     config: ExperimentConfig,
     res: ResilienceConfig,
@@ -238,6 +276,10 @@ def run_resilience(
     if res.thresholds and grads:
         step(f"confidence-threshold sweep ({len(res.thresholds)} values)")
         sweep = threshold_sweep(model, est, x, y, values["inf"], correct, res)
+    jsma: dict[str, Any] = {}
+    if res.jsma_per_class and grads:
+        step(f"JSMA source × target matrix ({res.jsma_per_class} inputs per class)")
+        jsma = jsma_matrix(est, x, y, correct, int(model.n_classes), res.jsma_per_class)
     model_label = f"model {config.model.display}"
     for norm in methods:
         add(model_label, norm, values[norm][correct], y[correct])
@@ -276,5 +318,6 @@ def run_resilience(
         groups=groups,
         per_class=classes,
         sweep=sweep,
+        jsma=jsma,
         seconds=time.perf_counter() - start,
     )
