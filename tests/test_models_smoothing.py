@@ -262,3 +262,41 @@ def test_missing_art_names_the_extra(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "pip install 'movingtarget[attacks]'" in out.stdout
+
+
+def test_adversarial_training_raises_resilience_but_the_test_set_attack_still_wins(
+    digits: Split, standard_short: TorchModel, adversarial: TorchModel
+) -> None:
+    """Papernot & McDaniel: smoothing raises resilience; Goodfellow: it does not stop
+    the test set attack. The adversarially trained model's median minimal L∞
+    perturbation (bisection along the FGSM ray) exceeds the standard model's by more
+    than 3 standard errors of the difference (distribution-free median s.e.); the test
+    set attack against it still gets the r~ its natural r predicts, within 3 s.e. of
+    the geometric first mistake (plus 1/m)."""
+    from movingtarget.attacks.perturb.estimators import wrap_model
+    from movingtarget.attacks.perturb.minimal import minimal_perturbation
+    from movingtarget.experiment.resilience import _test_set_attack
+    from movingtarget.metrics.analytic import test_set_prediction
+    from movingtarget.metrics.resilience import summarize
+
+    x, y = digits.x_test[:300], np.asarray(digits.y_test[:300], dtype=np.int64)
+    medians = []
+    for model in (standard_short, adversarial):
+        found = minimal_perturbation(
+            wrap_model(model, clip_values=(0.0, 1.0)), x, y, method="fgsm", norm="inf"
+        )
+        s = summarize(found.values[found.correct], eps=0.1)
+        medians.append((s.median, s.median_se))
+    (m_std, se_std), (m_adv, se_adv) = medians
+    print(
+        f"\nmedian minimal L-inf: torch-mlp {m_std:.4f} ± {se_std:.4f}, "
+        f"adv-mlp {m_adv:.4f} ± {se_adv:.4f}"
+    )
+    assert m_adv - m_std > 3 * math.hypot(se_std, se_adv), medians
+    wrong = adversarial.predict_proba(digits.x_test).argmax(axis=1) != digits.y_test
+    r, m = float(wrong.mean()), 1000
+    measured = _test_set_attack(wrong, m, np.random.default_rng(0))
+    spread = math.sqrt(1 - r) / (r * m)
+    predicted = test_set_prediction(r, m)
+    print(f"adv-mlp: r {r:.4f}, test set r~ predicted {predicted:.3f}, measured {measured:.3f}")
+    assert abs(measured - predicted) <= 3 * spread + 1 / m, (measured, r)
