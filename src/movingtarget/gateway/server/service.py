@@ -107,8 +107,10 @@ def build_served_defense(
             return store
 
         memory = TenantMemory(opener, policy)
-        if isinstance(open_store(config.store), InProcessStore):
-            memory.shared  # noqa: B018 -- opened (and preallocated) before the first query
+        if config.store.strip().startswith("memory:"):
+            # in process: open (and preallocate) the pool before the first query; a
+            # shared back end is opened on first use, so nothing is opened twice here
+            memory.shared  # noqa: B018
         mech.store = memory  # type: ignore[attr-defined]
     return defense
 
