@@ -12,7 +12,10 @@ Measures, with real ``movingtarget serve`` processes and an asyncio load generat
    32 concurrent clients (ten rounds alternating between the servers, in forward and
    reverse order; the ratio to the undefended server is reported pooled and per
    round), latency with one client (requests interleaved across the servers, so noise
-   hits all alike), and the defense's own time per request in process;
+   hits all alike), and the defense's own time per request in process. A second
+   undefended server (``undefended (A/A)``) runs beside the others as a control: its
+   "added" figures are pure measurement noise, and every added p50/p99 comes with a
+   bootstrap 95 % interval;
 2. that under 200 concurrent clients no request is lost or answered twice (every
    request gets one answer per input, and the audit log holds each query exactly once);
 3. throughput with 1, 2 and 4 replicas sharing one Redis (memory and keys), clients
@@ -218,29 +221,48 @@ def in_process_cost(defense: str, batch: int, n: int) -> float:
         return (time.perf_counter() - t0) / n * 1e6
 
 
+def added_ci(
+    lat: list[float], base: list[float], q: float, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap 95 % interval (ms) of ``percentile(lat, q) - percentile(base, q)``:
+    both samples resampled with replacement, independently."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(lat) * 1000, np.asarray(base) * 1000
+    ia = rng.integers(0, len(a), (n_boot, len(a)))
+    ib = rng.integers(0, len(b), (n_boot, len(b)))
+    diff = np.percentile(a[ia], q, axis=1) - np.percentile(b[ib], q, axis=1)
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, object]]:
-    defenses = [("undefended", "deterministic"), ("exact-memorize", "memorize-abstain")]
+    # the A/A control: a second undefended server, whose "added" latency is pure noise
+    defenses = [
+        ("undefended", "deterministic"),
+        ("undefended (A/A)", "deterministic"),
+        ("exact-memorize", "memorize-abstain"),
+    ]
     if "near-repeat" in MECHANISMS:
         defenses.append(("near-repeat", "near-repeat-abstain"))
-    sizes = (1500, 300, 300) if quick else (6000, 1500, 1000)
+    sizes = (1500, 300, 500) if quick else (6000, 1500, 2000)
     n_single, n_batch, n_latency = (max(int(s * scale), 10) for s in sizes)
     # throughput runs alternate between the servers in many short rounds, in forward
     # then reverse order, so drift and other jobs on the machine hit all alike; each
     # round also gives one ratio to the undefended server, whose spread is reported
     rounds = 4 if quick else 10
     servers, tokens = [], []
-    for label, defense in defenses:
-        keys = f"sqlite:///{root / f'keys-{label}.db'}"
+    for i, (_, defense) in enumerate(defenses):
+        keys = f"sqlite:///{root / f'keys-{i}.db'}"
         tokens.append(new_token(keys, "bench"))
-        servers.append(serve(root, label, "--defense", defense, "--keys-db", keys))
+        servers.append(serve(root, f"server-{i}", "--defense", defense, "--keys-db", keys))
     rows = []
     with running(*servers):
         for i, gw in enumerate(servers):
             asyncio.run(load([gw.url], tokens[i], make_requests(100, 1, 1000 + i, f"w{i}"), 8, 30))
         for kind, batch, n in (("single", 1, n_single), ("batch-64", 64, n_batch)):
             reqs = [
-                make_requests(n + n_latency, batch, 10 * i + batch, f"{label}-{kind}")
-                for i, (label, _) in enumerate(defenses)
+                make_requests(n + n_latency, batch, 10 * i + batch, f"s{i}-{kind}")
+                for i in range(len(defenses))
             ]
             done = [0] * len(defenses)
             secs = [0.0] * len(defenses)
@@ -280,6 +302,8 @@ def defense_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
                         "p50_ms": float(np.percentile(lat[i], 50) * 1000),
                         "p99_ms": float(np.percentile(lat[i], 99) * 1000),
                         "p99_ms_c32": float(np.percentile(c32[i], 99) * 1000),
+                        "added_p50_ci": added_ci(lat[i], lat[0], 50),
+                        "added_p99_ci": added_ci(lat[i], lat[0], 99),
                         "errors": errors[i],
                         "defense_us": in_process_cost(defense, batch, 300 if batch == 1 else 60),
                     }
@@ -351,6 +375,11 @@ def replica_rows(root: Path, quick: bool, scale: float = 1.0) -> list[dict[str, 
     return rows
 
 
+def ci(bounds: object) -> str:
+    lo, hi = bounds  # type: ignore[misc]
+    return f"{lo:+.2f} to {hi:+.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests")
@@ -382,7 +411,7 @@ def main() -> None:
     base = {r["request"]: r for r in rows if r["defense"] == "undefended"}
     print(
         "\n| defense | request | throughput vs undefended | per round: median (range) "
-        "| added p50 ms | added p99 ms (1 client) | added defense time ms |"
+        "| added p50 ms (95 % CI) | added p99 ms, 1 client (95 % CI) | added defense time ms |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -393,8 +422,8 @@ def main() -> None:
         print(
             f"| {r['defense']} | {r['request']} | {float(r['rps']) / float(b['rps']):.0%} | "
             f"{np.median(per_round):.0%} ({per_round.min():.0%}–{per_round.max():.0%}) | "
-            f"{float(r['p50_ms']) - float(b['p50_ms']):+.2f} | "
-            f"{float(r['p99_ms']) - float(b['p99_ms']):+.2f} | "
+            f"{float(r['p50_ms']) - float(b['p50_ms']):+.2f} ({ci(r['added_p50_ci'])}) | "
+            f"{float(r['p99_ms']) - float(b['p99_ms']):+.2f} ({ci(r['added_p99_ci'])}) | "
             f"{(float(r['defense_us']) - float(b['defense_us'])) / 1000:+.3f} |"
         )
     print(

@@ -296,6 +296,27 @@ def test_benign_false_alarms_on_held_out_data(digits, mlp):
           f"false alarms {own.heldout_rate:.4f} of {own.n_heldout}")  # fmt: skip
 
 
+def test_reference_fits_the_centroids_and_the_threshold_holds_on_held_out_data(digits, mlp):
+    """With ``reference=`` the model's own training inputs, the centroids are their
+    class means (argmax classes) and only the threshold comes from the unseen
+    calibration half; the held-out alarm rate then holds within 3 s.e., as the
+    runner and the gateway calibrate."""
+    split, fit, cal = digits
+    det = CentroidDetector(FALSE_ALARM)
+    c = det.calibrate(split.x_train[cal], split.x_test, model=mlp, reference=split.x_train[fit])
+    feats = PenultimateFeatures(mlp)(split.x_train[fit])
+    cls = mlp.predict_proba(split.x_train[fit]).argmax(1)
+    assert det.centroids is not None
+    np.testing.assert_allclose(det.centroids[3], feats[cls == 3].mean(axis=0), rtol=1e-9)
+    assert c.n_calibration == len(cal) and c.calibration_rate <= FALSE_ALARM
+    se = _far_se(FALSE_ALARM, c.n_calibration, c.n_heldout)
+    print(f"\ncentroid mlp, training-input centroids: held-out false alarms "
+          f"{c.heldout_rate:.4f} (target {FALSE_ALARM}, s.e. {se:.4f})")  # fmt: skip
+    assert abs(c.heldout_rate - FALSE_ALARM) <= 3 * se
+    with pytest.raises(ConfigError, match="reference needs at least 2"):
+        det.calibrate(split.x_train[cal], model=mlp, reference=split.x_train[:1])
+
+
 def test_auc_against_fgsm_mlp(digits, mlp, attacked):
     split, _, cal = digits
     det = CentroidDetector(FALSE_ALARM)
@@ -408,3 +429,61 @@ def test_gateway_calibrates_the_detector_or_refuses_to_start(digits, mlp):
     saved = ServedModel(mlp, "digits-mlp", "v", (64,), 10, "model.pkl", None)
     with pytest.raises(ConfigError, match="centroid"):
         build_served_defense(config, saved)
+
+
+def _rows_in(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` are byte-identical to some row of ``pool``."""
+    seen = {r.tobytes() for r in np.ascontiguousarray(pool)}
+    return np.array([r.tobytes() in seen for r in np.ascontiguousarray(rows)])
+
+
+def test_experiments_calibrate_the_detector_on_unseen_benign_inputs():
+    """The runner calibrates a mechanism with ``calibrate_on = "unseen"`` on one half of
+    the benign pool (inputs the model never trained on) and reports its alarm rate on
+    the other half; other mechanisms keep the training inputs."""
+    from movingtarget.datasets import load_dataset
+    from movingtarget.experiment import load_config
+    from movingtarget.experiment.runner import calibrate_task, prepare
+
+    cfg = load_config("hello-world", ["seeds=1"])
+    prepared = prepare(cfg, cfg.split_seed)
+    assert prepared.unseen is not None
+    cal, held = prepared.unseen
+    pool = prepared.pools.benign_x
+    assert len(cal) + len(held) == len(pool) and len(cal) == len(pool) // 2
+    assert _rows_in(cal, pool).all() and _rows_in(held, pool).all()
+    assert not _rows_in(cal, held).any()
+    split = load_dataset("digits").split(test_size=cfg.test_size, seed=cfg.split_seed)
+    assert not _rows_in(cal, split.x_train).any()  # the model never trained on them
+    defense = build_defense(
+        f"near-repeat > argmax > centroid(false_alarm={FALSE_ALARM})", prepared.model
+    )
+    by_kind = {c.kind: c for c in calibrate_task(defense, prepared, seed=0)}
+    c = by_kind["centroid"]
+    assert (c.n_calibration, c.n_heldout) == (len(cal), len(held))
+    assert by_kind["centroid"] is not None and len(by_kind) == 2
+    near = next(v for k, v in by_kind.items() if k != "centroid")
+    assert near.n_calibration == len(prepared.calibration_x)  # training inputs, as before
+    se = _far_se(FALSE_ALARM, c.n_calibration, c.n_heldout)
+    assert abs(c.heldout_rate - FALSE_ALARM) <= 3 * se
+
+
+def test_gateway_calibrates_the_detector_on_the_served_test_split():
+    from movingtarget.datasets import load_dataset
+    from movingtarget.gateway.server.config import GatewayConfig
+    from movingtarget.gateway.server.service import build_served_defense
+    from movingtarget.gateway.server.serving import load_served_model
+
+    served = load_served_model("digits:logistic")
+    assert served.unseen is not None
+    split = load_dataset("digits").split(test_size=0.3, seed=0)
+    cal, held = served.unseen
+    assert _rows_in(cal, split.x_test).all() and _rows_in(held, split.x_test).all()
+    assert not _rows_in(cal, split.x_train).any()
+    config = GatewayConfig(
+        model="digits:logistic", defense=f"argmax > centroid(false_alarm={FALSE_ALARM})"
+    )
+    defense = build_served_defense(config, served)
+    (detector,) = [m for m in defense.mechanisms if isinstance(m, CentroidDetector)]
+    c = detector.calibration
+    assert c is not None and (c.n_calibration, c.n_heldout) == (len(cal), len(held))

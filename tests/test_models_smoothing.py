@@ -275,28 +275,38 @@ def test_adversarial_training_raises_resilience_but_the_test_set_attack_still_wi
     the geometric first mistake (plus 1/m)."""
     from movingtarget.attacks.perturb.estimators import wrap_model
     from movingtarget.attacks.perturb.minimal import minimal_perturbation
-    from movingtarget.experiment.resilience import _test_set_attack
-    from movingtarget.metrics.analytic import test_set_prediction
-    from movingtarget.metrics.resilience import summarize
+    from movingtarget.experiment.config import ResilienceConfig
+    from movingtarget.experiment.resilience import comparison_row
 
+    # the rows of the resilience report's smoothing table
     x, y = digits.x_test[:300], np.asarray(digits.y_test[:300], dtype=np.int64)
-    medians = []
-    for model in (standard_short, adversarial):
+    y_test = np.asarray(digits.y_test, dtype=np.int64)
+    res = ResilienceConfig(sweep_queries=1000)
+    rows = []
+    for label, model in (("torch-mlp", standard_short), ("adv-mlp", adversarial)):
         found = minimal_perturbation(
             wrap_model(model, clip_values=(0.0, 1.0)), x, y, method="fgsm", norm="inf"
         )
-        s = summarize(found.values[found.correct], eps=0.1)
-        medians.append((s.median, s.median_se))
-    (m_std, se_std), (m_adv, se_adv) = medians
+        values = {"inf": found.values}
+        rows.append(comparison_row(label, model, digits.x_test, y_test, values, found.correct, res))
+    std, adv = rows
     print(
-        f"\nmedian minimal L-inf: torch-mlp {m_std:.4f} ± {se_std:.4f}, "
-        f"adv-mlp {m_adv:.4f} ± {se_adv:.4f}"
+        f"\nmedian minimal L-inf: torch-mlp {std['median_linf']:.4f} ± "
+        f"{std['median_linf_se']:.4f}, adv-mlp {adv['median_linf']:.4f} ± "
+        f"{adv['median_linf_se']:.4f}"
     )
-    assert m_adv - m_std > 3 * math.hypot(se_std, se_adv), medians
+    gap = adv["median_linf"] - std["median_linf"]
+    assert gap > 3 * math.hypot(std["median_linf_se"], adv["median_linf_se"]), rows
+    # the same natural r as the fixture-level check, from the table's own columns
+    assert adv["r"] >= std["r"] - 3 * math.hypot(std["r_se"], adv["r_se"])
     wrong = adversarial.predict_proba(digits.x_test).argmax(axis=1) != digits.y_test
-    r, m = float(wrong.mean()), 1000
-    measured = _test_set_attack(wrong, m, np.random.default_rng(0))
+    assert adv["r"] == float(wrong.mean()) and adv["test_inputs"] == len(y_test)
+    print(
+        f"adv-mlp: r {adv['r']:.4f}, test set r~ predicted {adv['r_tilde_predicted']:.3f}, "
+        f"measured {adv['r_tilde_measured']:.3f}"
+    )
+    # measured within 3 s.e. of the geometric first mistake (plus 1/m) of its prediction
+    assert adv["r_tilde_agrees"], adv
+    r, m = adv["r"], 1000
     spread = math.sqrt(1 - r) / (r * m)
-    predicted = test_set_prediction(r, m)
-    print(f"adv-mlp: r {r:.4f}, test set r~ predicted {predicted:.3f}, measured {measured:.3f}")
-    assert abs(measured - predicted) <= 3 * spread + 1 / m, (measured, r)
+    assert abs(adv["r_tilde_measured"] - adv["r_tilde_predicted"]) <= 3 * spread + 1 / m

@@ -140,7 +140,12 @@ def resilience(
     """Model resilience: the smallest perturbation that changes each input's class."""
     from movingtarget.experiment import load_config
     from movingtarget.experiment.resilience import run_resilience
-    from movingtarget.report.resilience import summary_lines, write_resilience_report
+    from movingtarget.report.resilience import (
+        comparison_lines,
+        detection_lines,
+        summary_lines,
+        write_resilience_report,
+    )
 
     overrides = list(set_ or [])
     if inputs is not None:
@@ -161,6 +166,12 @@ def resilience(
         f"{result.correct} correct\n"
     )
     print("\n".join(summary_lines(result)))
+    for title, table in (
+        ("centroid detector (AUC against clean inputs)", detection_lines(result)),
+        ("models compared", comparison_lines(result)),
+    ):
+        if table:
+            print(f"\n{title}:\n" + "\n".join(table))
     print(f"\nreport: {path} ({result.seconds:.1f} s)")
 
 

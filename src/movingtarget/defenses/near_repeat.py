@@ -15,7 +15,7 @@ ABSTAINs (``on_repeat="abstain"``) or answers a uniformly random class
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -290,27 +290,60 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+_G = TypeVar("_G", bound=np.generic)
+
+
 def calibrate_defense(
     defense: Any,
     x_benign: NDArray[np.generic] | None,
     x_heldout: NDArray[np.generic] | None = None,
     *,
     seed: int = 0,
+    unseen: tuple[NDArray[np.generic], NDArray[np.generic] | None] | None = None,
 ) -> list[Calibration]:
     """Calibrate every mechanism of ``defense`` that can be (``calibrate``) on benign
     queries; returns their calibrations (empty when there is nothing to calibrate).
+
+    ``x_benign`` are benign inputs such as the model's training inputs, ``x_heldout``
+    benign inputs the reported alarm rate is measured on. A mechanism whose
+    ``calibrate_on`` is ``"unseen"`` (its scores are lower on the model's own training
+    inputs than on new ones, as the centroid detector's) is calibrated on
+    ``unseen = (x_calibration, x_heldout)`` instead, benign inputs the model did not
+    train on, where given, with ``reference=x_benign`` (what it fits beside the
+    threshold, such as centroids); without them it falls back to ``x_benign``.
 
     >>> calibrate_defense(object(), None)
     []
     """
     out: list[Calibration] = []
-    if x_benign is None:
-        return out
     for mechanism in getattr(defense, "mechanisms", []):
         calibrate = getattr(mechanism, "calibrate", None)
-        if callable(calibrate):
+        if not callable(calibrate):
+            continue
+        if getattr(mechanism, "calibrate_on", "training") == "unseen" and unseen is not None:
+            # the benign inputs fit its reference points, the unseen ones its threshold
+            out.append(calibrate(*unseen, model=defense.model, seed=seed, reference=x_benign))
+        elif x_benign is not None:
             out.append(calibrate(x_benign, x_heldout, model=defense.model, seed=seed))
     return out
+
+
+def split_unseen(
+    x: NDArray[_G], seed: int | list[int], size: int | None = None
+) -> tuple[NDArray[_G], NDArray[_G]]:
+    """A seeded half of ``x`` to calibrate on (at most ``size`` rows) and the other half
+    to check the calibration on: the ``unseen`` argument of :func:`calibrate_defense`.
+
+    >>> cal, held = split_unseen(np.arange(10)[:, None], seed=0)
+    >>> len(cal), len(held), sorted(np.concatenate([cal, held]).ravel().tolist()) == list(range(10))
+    (5, 5, True)
+    """
+    order = np.random.default_rng(seed).permutation(len(x))
+    half = len(x) // 2
+    cal, held = np.sort(order[:half]), np.sort(order[half:])
+    if size is not None:
+        cal = cal[:size]
+    return x[cal], x[held]
 
 
 def _open(store: Store | str | None) -> Store:

@@ -77,6 +77,18 @@ class ResilienceConfig:
     jsma_per_class:
         Correctly classified inputs per source class sent by JSMA to every other class
         for the source × target success matrix (0: none).
+    detection_inputs:
+        Correctly classified inputs each attack (FGSM, PGD, DeepFool, JSMA) crafts from
+        to score the centroid detector against (0: no detection table).
+    detection_false_alarm:
+        Benign false-alarm rate the detector's threshold is calibrated for there, in
+        (0, 1).
+    near_duplicate_noise:
+        Half-width of the uniform noise that makes benign near-duplicates.
+    compare_models:
+        Registered models (e.g. the smoothing baselines ``adv-mlp``, ``noise-mlp``)
+        measured beside the config's model in one table: natural ``r``, median minimal
+        perturbations with their standard errors, and the test set attack's ``r~``.
 
     Examples
     --------
@@ -96,6 +108,32 @@ class ResilienceConfig:
     thresholds: tuple[float, ...] = (0.0, 0.5, 0.7, 0.9, 0.95, 0.99)
     sweep_queries: int = 1000
     jsma_per_class: int = 5
+    detection_inputs: int = 200
+    detection_false_alarm: float = 0.05
+    near_duplicate_noise: float = 0.02
+    compare_models: tuple[str, ...] = ()
+
+
+#: Integer fields of ``[resilience]`` where 0 is allowed (0: that part is skipped).
+_MAY_BE_ZERO = ("seed", "jsma_per_class", "detection_inputs")
+
+
+def _least(key: str) -> int:
+    return 0 if key in _MAY_BE_ZERO else 1
+
+
+def _model_names(value: object) -> tuple[str, ...]:
+    from movingtarget.models import MODELS
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"resilience.compare_models must be a list of model names, got {value!r}")
+    for name in value:
+        if name not in MODELS:
+            raise ConfigError(
+                f"resilience.compare_models: unknown model {name!r}; registered: "
+                + ", ".join(sorted(MODELS))
+            )
+    return tuple(value)
 
 
 def parse_resilience(raw: object) -> ResilienceConfig:
@@ -124,6 +162,14 @@ def parse_resilience(raw: object) -> ResilienceConfig:
                     f"resilience.thresholds must be a list of numbers in [0, 1), got {value!r}"
                 )
             value = tuple(sorted(float(t) for t in value))
+        elif key == "compare_models":
+            value = _model_names(value)
+        elif key == "detection_false_alarm" and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1
+        ):
+            raise ConfigError(
+                f"resilience.detection_false_alarm must be a number in (0, 1), got {value!r}"
+            )
         elif isinstance(default, str):
             if value not in (AUTO, *METHODS):
                 raise ConfigError(
@@ -131,10 +177,10 @@ def parse_resilience(raw: object) -> ResilienceConfig:
                 )
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"resilience.{key} must be a number, got {value!r}")
-        elif isinstance(default, int) and (
-            value != int(value) or value < (0 if key in ("seed", "jsma_per_class") else 1)
-        ):
-            raise ConfigError(f"resilience.{key} must be an integer >= 1, got {value!r}")
+        elif isinstance(default, int) and (value != int(value) or value < _least(key)):
+            raise ConfigError(
+                f"resilience.{key} must be an integer >= {_least(key)}, got {value!r}"
+            )
         elif isinstance(default, float) and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"resilience.{key} must be a number > 0, got {value!r}")
         args[key] = (

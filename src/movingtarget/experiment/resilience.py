@@ -47,6 +47,8 @@ class ResilienceResult:
     per_class: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     jsma: dict[str, Any] = field(default_factory=dict)
+    detection: dict[str, Any] = field(default_factory=dict)
+    comparison: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -74,6 +76,8 @@ class ResilienceResult:
                 "per_class": self.per_class,
                 "sweep": self.sweep,
                 "jsma": self.jsma,
+                "detection": self.detection,
+                "comparison": self.comparison,
                 "seconds": self.seconds,
             }
         )
@@ -108,6 +112,76 @@ def _test_set_attack(mistake: NDArray[np.bool_], m: int, rng: np.random.Generato
     order = rng.integers(0, len(mistake), size=m)
     hits = np.flatnonzero(mistake[order])
     return 0.0 if len(hits) == 0 else (m - int(hits[0])) / m
+
+
+def _minimal(
+    est: Any,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    methods: dict[str, str],
+    res: ResilienceConfig,
+    step: Callable[[str], None],
+) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.bool_]]:
+    """Per-input minimal perturbations in each norm of ``methods``, and which inputs
+    the model classifies correctly."""
+    from movingtarget.attacks.perturb.minimal import minimal_perturbation
+
+    values: dict[str, NDArray[np.float64]] = {}
+    correct = np.zeros(len(x), dtype=bool)
+    for norm, method in methods.items():
+        step(f"minimal L{'∞' if norm == 'inf' else '2'} perturbations ({method}, {len(x)} inputs)")
+        found = minimal_perturbation(
+            est,
+            x,
+            y,
+            method=method,
+            norm=norm,
+            steps=res.steps,
+            pgd_iter=res.pgd_iter,
+            **(res.budget if method in ("deepfool", "hopskipjump") else {}),
+        )
+        values[norm] = found.values
+        correct = found.correct
+    return values, correct
+
+
+def comparison_row(
+    label: str,
+    model: Any,
+    x_test: NDArray[np.float32],
+    y_test: NDArray[np.int64],
+    values: dict[str, NDArray[np.float64]],
+    correct: NDArray[np.bool_],
+    res: ResilienceConfig,
+) -> dict[str, Any]:
+    """One model's row of the smoothing comparison: natural ``r`` on the whole test
+    split (with its binomial s.e.), the median minimal perturbations of its correctly
+    classified sample inputs (with their s.e.), and the test set attack's predicted and
+    measured ``r~`` over ``res.sweep_queries`` queries on the test split."""
+    from movingtarget.metrics.analytic import test_set_prediction
+
+    mistake = np.asarray(model.predict_proba(x_test)).argmax(axis=1) != y_test
+    r = float(mistake.mean())
+    m = res.sweep_queries
+    row: dict[str, Any] = {
+        "model": label,
+        "r": r,
+        "r_se": math.sqrt(r * (1 - r) / len(y_test)),
+        "test_inputs": len(y_test),
+        "queries": m,
+    }
+    for norm, eps in (("2", res.eps_l2), ("inf", res.eps_linf)):
+        if norm in values:
+            s = summarize(values[norm][correct], eps=eps)
+            row[f"median_l{norm}"], row[f"median_l{norm}_se"] = s.median, s.median_se
+            row[f"below_eps_l{norm}"] = s.below_eps
+    row["r_tilde_predicted"] = test_set_prediction(r, m)
+    row["r_tilde_measured"] = _test_set_attack(mistake, m, np.random.default_rng(res.seed))
+    se = math.sqrt(1 - r) / (r * m) if r > 0 else 0.0
+    row["r_tilde_agrees"] = bool(
+        abs(row["r_tilde_measured"] - row["r_tilde_predicted"]) <= 3 * se + 1 / m
+    )
+    return row
 
 
 def threshold_sweep(
@@ -219,7 +293,7 @@ def run_resilience(
     from movingtarget.attacks.perturb.minimal import minimal_perturbation
     from movingtarget.datasets import load_dataset
     from movingtarget.defenses import build_defense
-    from movingtarget.defenses.near_repeat import calibrate_defense
+    from movingtarget.defenses.near_repeat import calibrate_defense, split_unseen
     from movingtarget.models import build_model
 
     start = time.perf_counter()
@@ -247,22 +321,7 @@ def run_resilience(
         "2": _method(res.l2_method, "2", grads),
         "inf": _method(res.linf_method, "inf", grads),
     }
-    values: dict[str, NDArray[np.float64]] = {}
-    correct = np.zeros(n, dtype=bool)
-    for norm, method in methods.items():
-        step(f"minimal L{'∞' if norm == 'inf' else '2'} perturbations ({method}, {n} inputs)")
-        found = minimal_perturbation(
-            est,
-            x,
-            y,
-            method=method,
-            norm=norm,
-            steps=res.steps,
-            pgd_iter=res.pgd_iter,
-            **(res.budget if method in ("deepfool", "hopskipjump") else {}),
-        )
-        values[norm] = found.values
-        correct = found.correct
+    values, correct = _minimal(est, x, y, methods, res, step)
     groups: list[dict[str, Any]] = []
     classes: dict[str, dict[int, dict[str, Any]]] = {}
 
@@ -280,13 +339,41 @@ def run_resilience(
     if res.jsma_per_class and grads:
         step(f"JSMA source × target matrix ({res.jsma_per_class} inputs per class)")
         jsma = jsma_matrix(est, x, y, correct, int(model.n_classes), res.jsma_per_class)
+    # detectors calibrated on unseen inputs: test inputs outside the measured sample
+    rest = np.setdiff1d(np.arange(len(split.y_test)), pick)
+    unseen = split_unseen(split.x_test[rest], res.seed, 2000) if len(rest) >= 4 else None
+    detection: dict[str, Any] = {}
+    if res.detection_inputs and grads:
+        from movingtarget.experiment.detection import centroid_detection
+
+        step(f"centroid detector against FGSM, PGD, DeepFool, JSMA ({res.detection_inputs} each)")
+        detection = centroid_detection(
+            model, est, x, y, correct, unseen, clip, res, reference=split.x_train[:2000]
+        )
+    y_test = np.asarray(split.y_test, dtype=np.int64)
+    comparison = [
+        comparison_row(config.model.display, model, split.x_test, y_test, values, correct, res)
+    ]
+    for other in res.compare_models:
+        step(f"comparison model {other}: training or loading, minimal perturbations")
+        alt = build_model(other, split, seed=config.model_seed, device=device, cache_dir=cache_dir)
+        alt_est = wrap_model(alt, clip_values=clip, input_shape=split.input_shape)
+        alt_grads = alt_est.gives(GRADIENTS)
+        alt_methods = {
+            "2": _method(res.l2_method, "2", alt_grads),
+            "inf": _method(res.linf_method, "inf", alt_grads),
+        }
+        alt_values, alt_correct = _minimal(alt_est, x, y, alt_methods, res, step)
+        comparison.append(
+            comparison_row(other, alt, split.x_test, y_test, alt_values, alt_correct, res)
+        )
     model_label = f"model {config.model.display}"
     for norm in methods:
         add(model_label, norm, values[norm][correct], y[correct])
     calibration = split.x_train[:2000]
     for spec in config.defenses:
         defense = build_defense(spec.spec, model, name=spec.name, seed=0)
-        calibrate_defense(defense, calibration, None, seed=0)
+        calibrate_defense(defense, calibration, None, seed=0, unseen=unseen)
         defense.reset()
         clean = np.asarray(defense.answer(x, np.arange(n, dtype=np.int64)).labels)
         answered = correct & (clean != ABSTAIN)
@@ -319,5 +406,7 @@ def run_resilience(
         per_class=classes,
         sweep=sweep,
         jsma=jsma,
+        detection=detection,
+        comparison=comparison,
         seconds=time.perf_counter() - start,
     )

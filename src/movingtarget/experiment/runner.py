@@ -19,7 +19,7 @@ from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import NO_TARGET, build_adversary
 from movingtarget.datasets import load_dataset
 from movingtarget.defenses import build_defense
-from movingtarget.defenses.near_repeat import calibrate_defense
+from movingtarget.defenses.near_repeat import calibrate_defense, split_unseen
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
 from movingtarget.metrics.analytic import (
     FEW_MISTAKES,
@@ -142,6 +142,9 @@ class Prepared:
     pools: Pools
     calibration_x: NDArray[np.float32] | None
     rates: dict[str, float]
+    #: For mechanisms calibrated on unseen inputs: a half of the benign pool to
+    #: calibrate on and the other half to report the alarm rate on.
+    unseen: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
 
 
 def prepare(
@@ -180,7 +183,10 @@ def prepare(
             len(calibration_x), CALIBRATION_SIZE, replace=False
         )
         calibration_x = calibration_x[np.sort(pick)]
-    return Prepared(model, pools, calibration_x, rates)
+    unseen = None
+    if len(pools.benign_y) >= 4:
+        unseen = split_unseen(pools.benign_x, [split_seed, 0x5EE], CALIBRATION_SIZE)
+    return Prepared(model, pools, calibration_x, rates, unseen)
 
 
 # Per-worker state, set once by the pool initializer (models are sent once, not per task).
@@ -221,6 +227,20 @@ def ran_out_at(source: NDArray[np.int64], supply: int) -> int | None:
     return int(np.flatnonzero(fresh)[-1]) + 1
 
 
+def calibrate_task(defense: Any, prepared: Prepared, seed: int) -> list[Any]:
+    """Calibrate ``defense`` for one deployment: approximate memories choose thresholds
+    on training inputs, checked on the benign pool; detectors calibrated on unseen
+    inputs (``calibrate_on = "unseen"``) on one half of the benign pool, checked on the
+    other half."""
+    return calibrate_defense(
+        defense,
+        prepared.calibration_x,
+        prepared.pools.benign_x,
+        seed=seed,
+        unseen=prepared.unseen,
+    )
+
+
 def run_task(task: Task) -> dict[str, Any]:
     """Run one deployment in this process; write its event log; return its metrics and
     the prediction for the attacker it ran."""
@@ -229,10 +249,7 @@ def run_task(task: Task) -> dict[str, Any]:
     config: ExperimentConfig = _STATE["config"]
     seeds = DeploymentSeeds.from_seed(task.seed)
     defense = build_defense(task.defense.spec, model, name=task.defense.name, seed=seeds.defense)
-    # approximate memories choose thresholds on training data, checked on the benign pool
-    calibrations = calibrate_defense(
-        defense, prepared.calibration_x, pools.benign_x, seed=seeds.calibration
-    )
+    calibrations = calibrate_task(defense, prepared, seeds.calibration)
     adversary = build_adversary(
         task.attack.name,
         pools.attacker_x,

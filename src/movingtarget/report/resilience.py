@@ -61,6 +61,45 @@ def sweep_lines(result: ResilienceResult) -> list[str]:
     return lines
 
 
+def detection_lines(result: ResilienceResult) -> list[str]:
+    """The centroid detector's table (empty when it was not measured)."""
+    d = result.detection
+    if not d:
+        return []
+    lines = [
+        "| inputs | crafted | attack success | median L∞ | scored | AUC | ± s.e. "
+        "| above threshold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in d["rows"]:
+        lines.append(
+            f"| {row['inputs']} | {row['crafted']} | {_fmt(row['success_rate'])} | "
+            f"{_fmt(row['median_linf'])} | {row['n_attacked']} | {_fmt(row['auc'])} | "
+            f"{_fmt(row['se'])} | {_fmt(row['detected'])} |"
+        )
+    return lines
+
+
+def comparison_lines(result: ResilienceResult) -> list[str]:
+    """The model comparison (the smoothing baselines beside the config's model)."""
+    if len(result.comparison) < 2:
+        return []
+    lines = [
+        "| model | natural r | ± s.e. | median L∞ | ± s.e. | median L2 | ± s.e. "
+        "| test set r~ predicted | measured | agree |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result.comparison:
+        lines.append(
+            f"| {row['model']} | {row['r']:.4f} | {row['r_se']:.4f} | "
+            f"{_fmt(row.get('median_linf'))} | {_fmt(row.get('median_linf_se'))} | "
+            f"{_fmt(row.get('median_l2'))} | {_fmt(row.get('median_l2_se'))} | "
+            f"{row['r_tilde_predicted']:.3f} | {row['r_tilde_measured']:.3f} | "
+            f"{'yes' if row['r_tilde_agrees'] else 'NO'} |"
+        )
+    return lines
+
+
 def _sweep_plot(result: ResilienceResult, out: Path) -> list[str]:
     from matplotlib.figure import Figure
 
@@ -209,6 +248,47 @@ def write_resilience_report(result: ResilienceResult, out: str | Path) -> Path:
             f"{j['features_changed']:.1%} of features changed on successful pairs "
             "(Papernot et al. 2016 on MNIST: 97.05 % with 4.02 %). Matrix in "
             "`resilience_jsma.png` and `resilience.json`.",
+            "",
+        ]
+    if result.detection:
+        d = result.detection
+        c = d["calibration"]
+        where = (
+            "a seeded half of the measured sample (the model never trained on it), the "
+            "other half measured"
+            if d.get("calibrated_on_half_of_sample")
+            else "benign test inputs outside the measured sample (the model never trained "
+            f"on them); {_fmt(c['heldout_rate'])} false alarms on {c['n_heldout']} others"
+        )
+        lines += [
+            "## Centroid-closeness detection",
+            "",
+            "The score of `centroid(...)`: distance to the centroid of the class the model "
+            "gives over that plus the distance to the nearest other class's centroid "
+            "(Papernot & McDaniel 2016); centroids fitted on training inputs, threshold "
+            f"calibrated for {d['false_alarm']:.1%} false alarms on {c['n_calibration']} "
+            f"inputs of {where}; "
+            f"{d['benign_alarms']:.1%} false alarms on the {d['benign']} measured clean "
+            "inputs. Each attack crafts from the correctly "
+            "classified inputs; its successful examples are scored. AUC: the chance that "
+            "an attacked input scores above a clean one (Hanley-McNeil s.e.); near-duplicates "
+            "near 0.5 mean the score does not react to mere noise.",
+            "",
+            *detection_lines(result),
+            "",
+        ]
+    if len(result.comparison) > 1:
+        lines += [
+            "## Smoothing baselines",
+            "",
+            "Each model is a *fixed* defense. Boundary smoothing (adversarial or noise "
+            "training) should raise the minimal perturbation (Papernot & McDaniel 2016) "
+            "while leaving the natural error `r`, and so the test set attack's "
+            "`r~ = (m - 1/r)/m`, where they were (Goodfellow 2019). `r` over the whole test "
+            "split; medians over each model's correctly classified sample inputs; `r~` "
+            f"over m = {result.comparison[0]['queries']} queries on the test split.",
+            "",
+            *comparison_lines(result),
             "",
         ]
     lines += [f"![{name}]({name})" for name in plots]

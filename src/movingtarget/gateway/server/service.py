@@ -73,10 +73,10 @@ def build_served_defense(
     defense = build_defense(config.defense, served.model, seed=config.seed)
     # calibrate approximate memories first: calibration forgets what a store holds, and
     # the shared or persistent store must keep it (every replica calibrates the same)
-    if served.calibration_x is not None:
+    if served.calibration_x is not None or served.unseen is not None:
         from movingtarget.defenses.near_repeat import calibrate_defense
 
-        calibrate_defense(defense, served.calibration_x, seed=config.seed)
+        calibrate_defense(defense, served.calibration_x, seed=config.seed, unseen=served.unseen)
     for mech in defense.mechanisms:
         if getattr(mech, "requires_calibration", False) and getattr(mech, "calibration", 0) is None:
             raise ConfigError(

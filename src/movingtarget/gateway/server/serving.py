@@ -64,6 +64,9 @@ class ServedModel:
     calibration_x: NDArray[np.float32] | None = None
     #: The values the model expects (None: unknown, every finite value is taken).
     domain: InputDomain | None = None
+    #: Test-split inputs the model did not train on, halved (calibrate on, check on),
+    #: for mechanisms calibrated on unseen inputs (None for a saved file).
+    unseen: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
 
     def domain_for(self, input_range: tuple[float, float] | None) -> InputDomain | None:
         """The domain served: ``input_range`` (one range for every feature) if stated,
@@ -145,8 +148,11 @@ def load_served_model(
         )
         cal = cal[np.sort(pick)]
     domain = training_domain(split.x_train, tuple(shape))
+    from movingtarget.defenses.near_repeat import split_unseen
+
+    unseen = split_unseen(split.x_test, [split_seed, 0x5EE], CALIBRATION_SIZE)
     return ServedModel(
-        model, name, _version(model), tuple(shape), split.n_classes, spec, cal, domain
+        model, name, _version(model), tuple(shape), split.n_classes, spec, cal, domain, unseen
     )
 
 
