@@ -136,7 +136,8 @@ def main() -> None:
     print()
     print(
         f"Resilience, default config: {res['inputs']:.0f} inputs in {res['seconds']:.1f} s "
-        f"({res['per_input_ms']:.1f} ms an input; both norms, threshold sweep, JSMA matrix)."
+        f"({res['per_input_ms']:.1f} ms an input; both norms, threshold sweep, JSMA matrix, "
+        "centroid detection, the comparison models)."
     )
 
 
