@@ -5,11 +5,16 @@ Registered names (configs and the CLI use these): ``test-set``,
 attacker's labeled pool ``(pool_x, pool_y)``, the number of classes, a ``seed``
 and the attack's own keyword parameters.
 
-The box's families, by folder: the correlated adversaries here (test set, targeted,
-rate tracking, noisy repeats); ``perturb/``, per-input attacks from the Adversarial
-Robustness Toolbox and minimal perturbations (not imported here: ART is the
-``attacks`` extra); ``remote/``, the same adversaries against a live gateway over HTTP
-(not imported here: it needs the ``serve`` extra's httpx).
+The box's families, by folder (``base.py`` holds the adversary contract they share):
+
+* ``correlated/``: adversaries that choose which inputs to send and when to repeat
+  (test set, targeted, rate tracking, noisy repeats);
+* ``perturb/``: per-input attacks from the Adversarial Robustness Toolbox and minimal
+  perturbations (not imported here: ART is the ``attacks`` extra);
+* ``query/`` (planned): query-based black-box attacks bridged into the arena;
+* ``adaptive/`` (planned): attackers that adapt to a stateful defense's refusals;
+* ``remote/``: the adversaries against a live gateway over HTTP (not imported here: it
+  needs the ``serve`` extra's httpx).
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.attacks.base import NO_TARGET, Adversary, PoolAdversary, Proposal, success
-from movingtarget.attacks.rate_tracking import RateTrackingAttack
-from movingtarget.attacks.test_set import NoisyRepeatAttack, TargetedTestSetAttack, TestSetAttack
+from movingtarget.attacks.correlated import (
+    NoisyRepeatAttack,
+    RateTrackingAttack,
+    TargetedTestSetAttack,
+    TestSetAttack,
+)
 from movingtarget.registry import Registry
 
 ATTACKS: Registry[Adversary] = Registry("attack")

@@ -29,8 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.attacks.base import NO_TARGET, Adversary
-from movingtarget.attacks.rate_tracking import RateTrackingAttack
-from movingtarget.attacks.test_set import NoisyRepeatAttack, TestSetAttack
+from movingtarget.attacks.correlated.rate_tracking import RateTrackingAttack
+from movingtarget.attacks.correlated.test_set import NoisyRepeatAttack, TestSetAttack
 from movingtarget.defenses.abstain import ConfidenceThreshold
 from movingtarget.defenses.base import Defense
 from movingtarget.defenses.decision import Argmax, Sample

@@ -1,7 +1,7 @@
 """Per-input attacks: perturb one input until the model (or the defense) gets it wrong.
 
-The correlated adversaries beside this package (:mod:`movingtarget.attacks.test_set`,
-:mod:`movingtarget.attacks.rate_tracking`) choose *which* natural inputs to send; the
+The correlated adversaries beside this package (:mod:`movingtarget.attacks.correlated.test_set`,
+:mod:`movingtarget.attacks.correlated.rate_tracking`) choose *which* natural inputs to send; the
 attacks here move each input into the "adversarial regions" between the model's and
 the true decision boundary (Papernot & McDaniel 2016). They come from the Adversarial
 Robustness Toolbox (ART), never re-implemented; this package holds only what joins
