@@ -176,6 +176,30 @@ def test_capacity_evicts_oldest_first_seen_down_to_90_percent(make_store: MakeSt
     assert store.lookup(u64(*range(100, 111))).tolist() == [0, 0] + [1] * 9
 
 
+def test_in_process_eviction_keeps_every_probe_path_whole() -> None:
+    """Eviction empties slots in place and moves later entries back along their probe
+    paths: after every one of many evictions at the table's full load (clusters of
+    all lengths, wrapping past the table's end), each key of the universe reads the
+    count the reference semantics give, and a dropped key reads 0. A hole left in a
+    probe path would make a kept key read 0 (plant one: skip the move-back)."""
+    from movingtarget.memory.stores import InProcessStore
+
+    rng = np.random.default_rng(7)
+    universe = rng.integers(1, 2**63, 6000, dtype=np.uint64)
+    store, ref = InProcessStore(capacity=2000), ReferenceStore(None, 2000)
+    t = 0
+    for _ in range(60):
+        batch = universe[rng.integers(0, len(universe), 250)]
+        now = list(range(t, t + len(batch)))  # distinct times: no ties to break
+        t += len(batch)
+        assert store.observe(batch, np.array(now)).tolist() == ref.observe(
+            [int(k) for k in batch], now
+        )
+        want = [ref.count(int(k)) for k in universe]
+        assert store.lookup(universe).tolist() == want
+        assert len(store) == len(ref.entries)
+
+
 @settings(
     max_examples=25,
     deadline=None,

@@ -3,7 +3,8 @@
 A table is an ``(slots, 3)`` int64 array, one row per slot: the key (its uint64 bits;
 0 marks an empty slot), the count and the first-seen time. Slots are found by
 Fibonacci hashing (the top bits of ``key * golden ratio``) and linear probing; the
-store keeps the load at most 0.6 and never deletes in place, so every probe ends.
+store keeps the load at most 0.6, and deletes (:func:`evict`) by moving the entries
+after each hole back along their probe path, so every probe ends.
 
 Probing is a loop that follows each key until it finds its slot, one key after the
 other in arrival order: numpy can only do it in rounds over the whole batch, whose
@@ -90,3 +91,44 @@ def place(table: Any, rows: Any, bits: int) -> None:
         table[i, 0] = rows[j, 0]
         table[i, 1] = rows[j, 1]
         table[i, 2] = rows[j, 2]
+
+
+@compiled("int64(int64[:, ::1], uint8[::1], int64)")
+def evict(table: Any, drop: Any, bits: int) -> int:
+    """Empty the slots marked in ``drop`` and move every entry that followed a hole
+    back along its probe path, in place, so that every probe still ends at its key or
+    at an empty slot (no tombstones, no new table). One pass over the table, starting
+    after a slot that was empty before, so that no probe path wraps past the start.
+    Returns the number of slots emptied."""
+    slots = table.shape[0]
+    mask = slots - 1
+    shift = np.uint64(64 - bits)
+    # a slot empty *before* the deletions: no probe path crosses it (the load is at
+    # most 0.6, so one exists)
+    start = 0
+    while table[start, 0] != 0:
+        start += 1
+    emptied = 0
+    for slot in range(slots):
+        if drop[slot] and table[slot, 0] != 0:
+            table[slot, 0] = 0
+            table[slot, 1] = 0
+            table[slot, 2] = 0
+            emptied += 1
+    for step in range(1, slots + 1):
+        j = (start + step) & mask
+        k = table[j, 0]
+        if k == 0:
+            continue
+        i = np.int64((np.uint64(k) * _GOLDEN) >> shift)
+        # the first empty slot on its path from home; j itself if none comes before
+        while i != j and table[i, 0] != 0:
+            i = (i + 1) & mask
+        if i != j:
+            table[i, 0] = k
+            table[i, 1] = table[j, 1]
+            table[i, 2] = table[j, 2]
+            table[j, 0] = 0
+            table[j, 1] = 0
+            table[j, 2] = 0
+    return emptied

@@ -95,7 +95,8 @@ class InProcessStore:
       with that key counts as new (count 0) and starts a fresh entry;
     * ``capacity``: when more than ``capacity`` distinct keys are stored, the entries
       with the oldest first-seen time are evicted until ``0.9 * capacity`` remain
-      (done in one pass, so eviction costs O(1) amortized per key). The table grows
+      (a selection and one in-place pass over the table, so eviction costs O(1)
+      amortized per key and allocates nothing). The table grows
       with what it holds, up to the size the capacity needs (40-80 bytes per key of
       capacity); :meth:`preallocate` takes that size at once instead.
 
@@ -192,9 +193,19 @@ class InProcessStore:
         if len(live) <= self.capacity:
             return
         keep_n = max(1, int(0.9 * self.capacity))
-        # the newest first-seen entries stay; ties broken by slot, deterministic
-        order = np.argsort(-self._first[live], kind="stable")
-        self._rebuild(len(self._keys), np.sort(live[order[:keep_n]]))
+        # the newest first-seen entries stay; ties broken by slot, deterministic. A
+        # selection, not a sort: the keep_n-th newest time in O(n), then all newer
+        # entries and the lowest slots among those at exactly that time
+        first = self._first[live]
+        cutoff = np.partition(first, len(live) - keep_n)[len(live) - keep_n]
+        newer = live[first > cutoff]
+        tied = live[first == cutoff][: keep_n - len(newer)]
+        # emptied in place (no new table to allocate and fault in): expired entries
+        # and all but the kept ones go
+        drop = (self._keys != 0).view(np.uint8)
+        drop[newer] = 0
+        drop[tied] = 0
+        self._used -= _table_loops().evict(self._table, drop, self._bits)
 
     def _slots(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
         slots = np.empty(len(keys), dtype=np.int64)
