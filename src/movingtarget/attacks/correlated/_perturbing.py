@@ -50,6 +50,16 @@ def check_positive(value: float, where: str, *, allow_zero: bool = False) -> flo
     return float(value)
 
 
+def craft_seed(seed: Any) -> int:
+    """A seed for :func:`~movingtarget.attacks.perturb.craft` (numpy's legacy global
+    generator takes only ``[0, 2**32)``) from any seed a generator takes.
+
+    >>> craft_seed(2**40) < 2**32, craft_seed(3) == craft_seed(3)
+    (True, True)
+    """
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
 def uniform_noise(
     x: NDArray[np.float32], eps: float, rng: np.random.Generator, lo: float, hi: float
 ) -> NDArray[np.float32]:
@@ -110,10 +120,10 @@ class Perturber:
         clip_values: tuple[float, float],
         norm: str = "inf",
         max_iter: int = 20,
-        seed: int = 0,
+        seed: Any = 0,
     ) -> None:
         self.model, self.attack, self.eps = model, attack, float(eps)
-        self.norm, self.max_iter, self.seed = norm, int(max_iter), int(seed)
+        self.norm, self.max_iter, self.seed = norm, int(max_iter), craft_seed(seed)
         self.clip_values = clip_values
         self._estimator: Any = None
 
