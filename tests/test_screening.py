@@ -6,6 +6,10 @@ Figures: ``pytest -q -s tests/test_screening.py`` prints each measurement.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -72,13 +76,16 @@ def test_screening_defeats_exact_memorization(deployed) -> None:
     memorization never sees a repeat and r~ goes to 1; without one (budget 0, the
     natural test set attack) memorization holds r~ at r."""
     _, _, r = deployed
+    # runs of 32: the attack spans several rounds (each must bring new mistakes)
+    screen = {"budget": 1000, "max_commit": 32}
+    no_screen = {**screen, "budget": 0}
     screened, natural, found = [], [], []
     for seed in SEEDS:
-        a, m = deploy(deployed, "screening", "memorize-abstain", seed, SCREEN_QUERIES, budget=1000)
+        a, m = deploy(deployed, "screening", "memorize-abstain", seed, SCREEN_QUERIES, **screen)
         screened.append(m.r_tilde)
         found.append(a.screened["natural"] + a.screened["perturbed"] + a.screened["noisy"])
         assert a.screened["spent"] <= 1000
-        _, m = deploy(deployed, "screening", "memorize-abstain", seed, SCREEN_QUERIES, budget=0)
+        _, m = deploy(deployed, "screening", "memorize-abstain", seed, SCREEN_QUERIES, **no_screen)
         natural.append(m.r_tilde)
     s_mean, s_se = mean_se(screened)
     n_mean, n_se = mean_se(natural)
@@ -249,3 +256,29 @@ def test_the_runner_hands_white_box_attacks_the_model(tmp_path) -> None:
     natural = rows["test-set"]["queries_to_first_mistake_natural"]
     assert natural == pytest.approx(1 / results.r)
     assert rows["boosted-test-set"]["queries_to_first_mistake"] < natural
+
+
+def test_art_is_imported_only_to_perturb() -> None:
+    """Without ART the attacks still import and natural screening runs; perturbing
+    names the ``attacks`` extra."""
+    code = (
+        "import sys; sys.modules['art'] = None\n"
+        "from movingtarget.attacks import build_adversary\n"
+        "from movingtarget.datasets import load_digits\n"
+        "from movingtarget.errors import ConfigError\n"
+        "from movingtarget.models import build_model\n"
+        "split = load_digits().split(seed=0)\n"
+        "model = build_model('logistic', split, cache_dir=sys.argv[1])\n"
+        "x, y = split.x_test, split.y_test\n"
+        "a = build_adversary('screening', x, y, 10, model=model, budget=50, perturb=[])\n"
+        "print('natural', len(a.propose(5)))\n"
+        "a = build_adversary('screening', x, y, 10, model=model, budget=5000)\n"
+        "try:\n    a.propose(5)\nexcept ConfigError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with tempfile.TemporaryDirectory() as cache:
+        out = subprocess.run(
+            [sys.executable, "-c", code, cache], capture_output=True, text=True, env=env, check=True
+        )
+    assert "natural 5" in out.stdout
+    assert "'art'" in out.stdout and "movingtarget[attacks]" in out.stdout
