@@ -1,9 +1,15 @@
 """The attacks box: adversaries that act against a deployed defense.
 
 Registered names (configs and the CLI use these): ``test-set``,
-``test-set-targeted``, ``rate-tracking``, ``noisy-repeat``. Every factory takes the
-attacker's labeled pool ``(pool_x, pool_y)``, the number of classes, a ``seed``
-and the attack's own keyword parameters.
+``test-set-targeted``, ``rate-tracking``, ``noisy-repeat``, ``screening``,
+``boosted-test-set``. Every factory takes the attacker's labeled pool
+``(pool_x, pool_y)``, the number of classes, a ``seed`` and the attack's own keyword
+parameters.
+
+White-box adversaries also get the deployed model: a factory whose ``needs_model``
+attribute is True (or a function of the parameters that returns True, see
+:func:`~movingtarget.attacks.base.model_needed`) is called with ``model=``, and only
+such factories are; :func:`build_adversary` refuses to build one without a model.
 
 The box's families, by folder (``base.py`` holds the adversary contract they share):
 
@@ -24,10 +30,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from movingtarget.attacks.base import NO_TARGET, Adversary, PoolAdversary, Proposal, success
+from movingtarget.attacks.base import (
+    NO_TARGET,
+    Adversary,
+    PoolAdversary,
+    Proposal,
+    model_needed,
+    success,
+)
 from movingtarget.attacks.correlated import (
+    BoostedTestSetAttack,
     NoisyRepeatAttack,
     RateTrackingAttack,
+    ScreeningAttack,
     TargetedTestSetAttack,
     TestSetAttack,
 )
@@ -38,6 +53,8 @@ ATTACKS.register("test-set")(TestSetAttack)
 ATTACKS.register("test-set-targeted")(TargetedTestSetAttack)
 ATTACKS.register("rate-tracking")(RateTrackingAttack)
 ATTACKS.register("noisy-repeat")(NoisyRepeatAttack)
+ATTACKS.register("screening")(ScreeningAttack)
+ATTACKS.register("boosted-test-set")(BoostedTestSetAttack)
 
 
 def build_adversary(
@@ -47,12 +64,36 @@ def build_adversary(
     n_classes: int,
     *,
     seed: int = 0,
+    model: Any = None,
     **params: Any,
 ) -> Adversary:
-    """The adversary registered as ``name``, with its pool and parameters."""
+    """The adversary registered as ``name``, with its pool and parameters.
+
+    ``model`` is the deployed model (what the defense answers with). It goes only to
+    white-box adversaries (:func:`~movingtarget.attacks.base.model_needed`), which
+    cannot be built without it; every other adversary ignores it, so a caller that
+    has the model may always pass it.
+
+    Examples
+    --------
+    >>> x = np.eye(3, dtype=np.float32); y = np.arange(3)
+    >>> build_adversary("test-set", x, y, 3, seed=0).name
+    'test-set'
+    >>> build_adversary("screening", x, y, 3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    movingtarget.errors.ConfigError: attack 'screening' is white-box: it needs the deployed ...
+    """
     factory = ATTACKS.get(name)
     from movingtarget.errors import ConfigError
 
+    if model_needed(factory, params):
+        if model is None:
+            raise ConfigError(
+                f"attack {name!r} is white-box: it needs the deployed model "
+                "(build_adversary(..., model=...)); the experiment runner passes it, a "
+                "remote gateway cannot"
+            )
+        params = {**params, "model": model}
     try:
         adversary: Adversary = factory(pool_x, pool_y, n_classes, seed=seed, **params)
     except TypeError as exc:
@@ -64,12 +105,15 @@ __all__ = [
     "ATTACKS",
     "NO_TARGET",
     "Adversary",
+    "BoostedTestSetAttack",
     "NoisyRepeatAttack",
     "PoolAdversary",
     "Proposal",
     "RateTrackingAttack",
+    "ScreeningAttack",
     "TargetedTestSetAttack",
     "TestSetAttack",
     "build_adversary",
+    "model_needed",
     "success",
 ]

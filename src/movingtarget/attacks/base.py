@@ -7,8 +7,9 @@ queries (the adversary decides how many to send before it looks at answers), and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,6 +66,31 @@ class Adversary(Protocol):
     def observe(self, labels: NDArray[np.int64]) -> None:
         """The answers (class or ABSTAIN) to the last proposal, in order."""
         ...
+
+
+def model_needed(factory: Any, params: Mapping[str, Any]) -> bool:
+    """Whether the adversary ``factory`` builds with ``params`` is a white-box one, which
+    gets the deployed model (``model=``) besides its pool.
+
+    A factory says so with a ``needs_model`` attribute: ``True`` (always), or a function
+    of the attack's parameters (a mode chosen by configuration). Absent, it is False:
+    the adversary sees only the answers to its queries.
+
+    Examples
+    --------
+    >>> class WhiteBox:
+    ...     needs_model = True
+    >>> class Either:
+    ...     @staticmethod
+    ...     def needs_model(params):
+    ...         return params.get("mode") == "white-box"
+    >>> model_needed(WhiteBox, {}), model_needed(Either, {"mode": "transfer"})
+    (True, False)
+    >>> model_needed(PoolAdversary, {})
+    False
+    """
+    need = getattr(factory, "needs_model", False)
+    return bool(need(params) if callable(need) else need)
 
 
 def success(

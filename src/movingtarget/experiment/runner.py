@@ -256,6 +256,7 @@ def run_task(task: Task) -> dict[str, Any]:
         pools.attacker_y,
         defense.n_classes,
         seed=seeds.adversary,
+        model=model,  # only white-box attacks (needs_model) get it
         **task.attack.params,
     )
     m = config.arena.queries
@@ -401,10 +402,13 @@ def aggregate(
                 "abstain_benign",
                 "benign_accuracy",
                 "abstain_benign_false",
+                "queries_to_first_mistake",
             ):
                 mean, se = _mean_se([x.get(key, float("nan")) for x in group])
                 row[key] = mean
                 row[f"{key}_se"] = se
+            # natural sampling's expectation: a geometric wait of mean 1/r
+            row["queries_to_first_mistake_natural"] = 1 / r if r > 0 else float("inf")
             row.update(_prediction_summary(group, m))
             key = Prediction(0.0, row["prediction"]).measured_key
             row["r_tilde_comparable"] = row[key]

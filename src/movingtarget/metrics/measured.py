@@ -31,6 +31,8 @@ class AttackMetrics:
     ``r_tilde`` is the share of the adversary's queries answered as it wanted (wrong,
     or the target class); ``r_tilde_late`` the same over the second half of its
     queries; ``r_tilde_repeats`` over its queries that repeat an input it already sent.
+    ``queries_to_first_mistake`` is the 1-based index, among its queries, of its first
+    success (NaN if it had none): natural sampling waits about ``1/r`` queries.
     """
 
     queries: int
@@ -42,6 +44,7 @@ class AttackMetrics:
     abstain_benign: float
     benign_accuracy: float
     benign_error_answered: float
+    queries_to_first_mistake: float = float("nan")
 
     def as_dict(self) -> dict[str, float | int]:
         """Plain dict (for JSON)."""
@@ -59,8 +62,8 @@ def attack_metrics(log: EventLog, adversary: int = 0) -> AttackMetrics:
     >>> log = EventLog(t=np.arange(4), round=z, client=z, adversary=z, source=z, noisy=z,
     ...                y_true=z, target=z - 1, answer=np.array([1, 1, -1, 0]),
     ...                reason=np.zeros(4, np.uint8), adversaries=["test-set"])
-    >>> attack_metrics(log).r_tilde
-    0.5
+    >>> m = attack_metrics(log); m.r_tilde, m.queries_to_first_mistake
+    (0.5, 1.0)
     """
     mine = log.adversary == adversary
     wins = success(log.answer[mine], log.y_true[mine], log.target[mine])
@@ -80,6 +83,7 @@ def attack_metrics(log: EventLog, adversary: int = 0) -> AttackMetrics:
         abstain_benign=_rate(~answered),
         benign_accuracy=_rate(b_answer == b_true),
         benign_error_answered=_rate(b_answer[answered] != b_true[answered]),
+        queries_to_first_mistake=float(np.argmax(wins) + 1) if wins.any() else float("nan"),
     )
 
 
