@@ -465,6 +465,35 @@ def test_remote_attack_waits_out_429(served):
     assert result.refused >= 1 and result.waited_s >= 1
 
 
+def test_remote_white_box_screening_with_an_exact_copy_of_the_served_model(
+    served, monkeypatch, tmp_path
+):
+    """Screening over HTTP with the attacker's own copy of the served model (trained
+    here with the gateway's split settings; its version must match): each screened
+    mistake is sent once, so exact memorization (the served default) catches none of
+    them and r~ exceeds 0.95 (Goodfellow 2019: -> 1). A copy of another model is refused
+    with a message naming both versions."""
+    from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
+    from movingtarget.errors import ConfigError
+
+    url = served["url"]
+    # a copy trained in this process (its own cache), not the gateway's file: the
+    # version depends on the model's values only, not on this process's object sharing
+    monkeypatch.setenv("MOVINGTARGET_CACHE", str(tmp_path / "attacker-cache"))
+    spec = RemoteAttack(
+        url, [served["token"]], attack="screening", budget=60, model="digits:logistic"
+    )
+    result = run_remote_attack(spec)
+    assert len(result.log) == 60
+    assert result.row["r_tilde"] > 0.95, result.row
+    with pytest.raises(ConfigError, match="white-box attacker needs an exact copy"):
+        run_remote_attack(
+            RemoteAttack(url, [served["token"]], attack="screening", budget=5, model="digits:mlp")
+        )
+    with pytest.raises(ConfigError, match="white-box"):
+        run_remote_attack(RemoteAttack(url, [served["token"]], attack="screening", budget=5))
+
+
 # -- property-based fuzz over the OpenAPI document ----------------------------------------
 
 JSON = st.recursive(
@@ -664,3 +693,18 @@ def test_attack_refuses_benign_traffic_beyond_its_pool_in_its_own_flags(served, 
     assert "--benign-ratio 0.5 x --budget 1000 = 500 benign queries" in err, err
     assert "holds 267 items" in err and "--benign-repeats" in err
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_model_version_depends_on_values_not_on_object_sharing():
+    """Two processes may hold the same model with equal strings shared or not (string
+    interning): its version must not change with that, or replicas and an attacker's
+    exact copy would read as different models. Pickle's memo writes a shared object as
+    a back-reference; the version's bytes do not."""
+    from movingtarget.gateway.server.serving import _version
+
+    text = "".join(["ord", "er-C"])
+    shared = {"a": text, "b": text, "w": np.arange(4.0)}
+    apart = {"a": text, "b": "".join(["orde", "r-C"]), "w": np.arange(4.0)}
+    assert shared["b"] is shared["a"] and apart["b"] is not apart["a"]
+    assert _version(shared) == _version(apart)  # type: ignore[arg-type]
+    assert _version({**apart, "w": np.arange(5.0)}) != _version(apart)  # type: ignore[arg-type]

@@ -72,6 +72,15 @@ def attack(
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path(
         "results/attack"
     ),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="DATASET:MODEL",
+            help="White-box attacks: the attacker's exact copy of the served model, trained "
+            "here with --test-size and --split-seed (refused unless its version matches).",
+        ),
+    ] = None,
 ) -> None:
     """Attack a live gateway over HTTP; the same event log, summary and report as `run`."""
     from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
@@ -93,6 +102,7 @@ def attack(
         test_size=test_size,
         split_seed=split_seed,
         max_wait_s=max_wait,
+        model=model,
     )
     result = run_remote_attack(spec, out)
     print(markdown_table([result.row]))

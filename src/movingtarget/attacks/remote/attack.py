@@ -8,7 +8,9 @@ plus ``queries.csv``, which joins each event-log row (by ``t``) with the gateway
 audit log (by ``request_id`` / ``query_id``).
 
 A black-box attacker does not know the model, so the natural error ``r`` and the
-analytic prediction are left empty.
+analytic prediction are left empty. A white-box attack (``screening``, ``boosted-test-set``
+in white-box mode) gets the attacker's exact copy of the served model (``model``,
+``--model DATASET:MODEL``), refused unless its version is the one the gateway serves.
 """
 
 from __future__ import annotations
@@ -66,6 +68,27 @@ class RemoteAttack:
     pools: str = "split"
     max_inputs: int = 256
     max_wait_s: float = 600.0
+    #: A white-box attacker's exact copy of the served model: ``DATASET:MODEL`` trained
+    #: here with the gateway's split settings (``test_size``, ``split_seed``, model
+    #: seed 0). It must have the served model's version, or the run is refused.
+    model: str | None = None
+
+
+def _white_box_copy(spec: RemoteAttack, health: dict[str, Any]) -> Any:
+    """The attacker's copy of the served model, checked against the gateway's version."""
+    if spec.model is None:
+        return None
+    from movingtarget.gateway.server.serving import load_served_model
+
+    copy = load_served_model(spec.model, test_size=spec.test_size, split_seed=spec.split_seed)
+    served = str(health.get("model_version", ""))
+    if copy.version != served:
+        raise ConfigError(
+            f"--model {spec.model!r} builds version {copy.version}, but the gateway serves "
+            f"{health.get('model')!r} version {served or '?'}: a white-box attacker needs "
+            "an exact copy (same dataset, model, test size and split seed)"
+        )
+    return copy.model
 
 
 @dataclass
@@ -129,6 +152,7 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
             pools.attacker_y,
             n_classes,
             seed=seeds.adversary,
+            model=_white_box_copy(spec, health),
             **spec.params,
         )
         defense = RemoteDefense(

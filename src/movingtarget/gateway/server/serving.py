@@ -20,6 +20,7 @@ feature instead (and gives a saved model, which has no training data, a domain).
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,29 @@ def training_domain(x_train: NDArray[Any], input_shape: tuple[int, ...]) -> Inpu
     )
 
 
+def _canonical_bytes(obj: object) -> bytes:
+    """Pickle bytes that depend on the object's values, not on which equal objects
+    happen to be shared in this process: without the memo, an interned string (or any
+    object referenced twice) is written out each time instead of as a back-reference,
+    so two processes holding the same model get the same bytes. Falls back to the
+    ordinary pickle for self-referencing objects, which need the memo."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.fast = True  # no memo
+    try:
+        pickler.dump(obj)
+    except (ValueError, RecursionError):
+        return pickle.dumps(obj, protocol=5)
+    return buffer.getvalue()
+
+
 def _version(model: Model) -> str:
-    # the model's own bytes decide its version: a retrained model gets a new one
+    # the model's own values decide its version: a retrained model gets a new one, the
+    # same model in another process (another replica, an attacker's copy) the same one
     try:
         # one round trip first: a freshly trained model and the same model loaded from
-        # a file pickle to different bytes (array layouts, memo), a reloaded one does not
-        blob = pickle.dumps(pickle.loads(pickle.dumps(model, protocol=5)), protocol=5)
+        # a file pickle to different bytes (array layouts), a reloaded one does not
+        blob = _canonical_bytes(pickle.loads(pickle.dumps(model, protocol=5)))
     except Exception:  # an unpicklable model still serves, under its type's name
         blob = type(model).__qualname__.encode()
     return hashlib.blake2b(blob, digest_size=6).hexdigest()
