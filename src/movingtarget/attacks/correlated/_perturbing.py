@@ -50,6 +50,20 @@ def check_positive(value: float, where: str, *, allow_zero: bool = False) -> flo
     return float(value)
 
 
+def check_perturbation(
+    who: str, eps: float, norm: str, max_iter: int, noise: float
+) -> tuple[float, float]:
+    """The shared perturbation settings of the perturbing attackers, checked: ``eps``
+    and ``noise`` (> 0) as floats; ``norm`` must be ``"inf"`` or ``"2"`` and
+    ``max_iter`` an integer >= 1, each a ConfigError naming ``who``'s field."""
+    checked_eps = check_positive(eps, f"{who}: eps")
+    if norm not in ("inf", "2"):
+        raise ConfigError(f"{who}: norm must be 'inf' or '2', got {norm!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"{who}: max_iter must be an integer >= 1, got {max_iter!r}")
+    return checked_eps, check_positive(noise, f"{who}: noise")
+
+
 def craft_seed(seed: Any) -> int:
     """A seed for :func:`~movingtarget.attacks.perturb.craft` (numpy's legacy global
     generator takes only ``[0, 2**32)``) from any seed a generator takes.

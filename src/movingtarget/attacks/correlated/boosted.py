@@ -14,7 +14,7 @@ from movingtarget.attacks.base import PoolAdversary, Proposal
 from movingtarget.attacks.correlated._perturbing import (
     Perturber,
     check_attack,
-    check_positive,
+    check_perturbation,
     uniform_noise,
 )
 from movingtarget.errors import ConfigError
@@ -120,12 +120,7 @@ class BoostedTestSetAttack(PoolAdversary):
         if exploit not in EXPLOITS:
             raise ConfigError(f"{self.name}: exploit must be one of {EXPLOITS}, got {exploit!r}")
         self.attack = check_attack(attack, f"{self.name}: attack")
-        self.eps = check_positive(eps, f"{self.name}: eps")
-        if norm not in ("inf", "2"):
-            raise ConfigError(f"{self.name}: norm must be 'inf' or '2', got {norm!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ConfigError(f"{self.name}: max_iter must be an integer >= 1, got {max_iter!r}")
-        self.noise = check_positive(noise, f"{self.name}: noise")
+        self.eps, self.noise = check_perturbation(self.name, eps, norm, max_iter, noise)
         if patience < 1:
             raise ConfigError(f"{self.name}: patience must be >= 1, got {patience}")
         if chunk < 1:

@@ -18,7 +18,7 @@ from movingtarget.attacks.base import NO_TARGET, PoolAdversary, Proposal
 from movingtarget.attacks.correlated._perturbing import (
     Perturber,
     check_attack,
-    check_positive,
+    check_perturbation,
     craft_cost,
     row_keys,
     uniform_noise,
@@ -126,12 +126,7 @@ class ScreeningAttack(PoolAdversary):
             raise ConfigError(f"{self.name}: budget must be an integer >= 0, got {budget!r}")
         attacks = (perturb,) if isinstance(perturb, str) else tuple(perturb)
         self.perturb = tuple(check_attack(a, f"{self.name}: perturb") for a in attacks)
-        self.eps = check_positive(eps, f"{self.name}: eps")
-        if norm not in ("inf", "2"):
-            raise ConfigError(f"{self.name}: norm must be 'inf' or '2', got {norm!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ConfigError(f"{self.name}: max_iter must be an integer >= 1, got {max_iter!r}")
-        self.noise = check_positive(noise, f"{self.name}: noise")
+        self.eps, self.noise = check_perturbation(self.name, eps, norm, max_iter, noise)
         if then not in THEN:
             raise ConfigError(f"{self.name}: then must be one of {THEN}, got {then!r}")
         if patience < 1:
