@@ -78,7 +78,8 @@ def attack(
             "--model",
             metavar="DATASET:MODEL",
             help="White-box attacks: the attacker's exact copy of the served model, trained "
-            "here with --test-size and --split-seed (refused unless its version matches).",
+            "here with the split settings above; refused unless its version matches the "
+            "gateway's.",
         ),
     ] = None,
 ) -> None:

@@ -44,7 +44,7 @@ def auc_se(auc: float, n_pos: int, n_neg: int) -> float:
     SE^2 = [A (1 - A) + (n_pos - 1)(Q1 - A^2) + (n_neg - 1)(Q2 - A^2)] / (n_pos n_neg).
 
     >>> round(auc_se(0.5, 100, 100), 4)
-    0.0408
+    0.0409
     """
     if n_pos < 1 or n_neg < 1:
         return float("nan")
