@@ -135,8 +135,10 @@ class AdaptiveAttack(PoolAdversary):
         self._lo, self._hi = float(self.pool_x.min()), float(self.pool_x.max())
         self._passes = Passes(len(self.pool_y), self.rng)
         self.phase = EXPLORE
-        #: The learned match threshold (None until the search ends).
+        #: The learned match threshold (None until the search ends; raised when caught).
         self.threshold: float | None = None
+        #: What the binary search found (None until it ends; never raised after).
+        self.searched: float | None = None
         self._steps = 0  # binary-search steps taken
         self._eps = 0.0  # noise size of the copies in flight
         self._item = -1
@@ -254,7 +256,7 @@ class AdaptiveAttack(PoolAdversary):
                 self.eps_high = self._eps  # not caught: it lies at or below
             self._steps += 1
             if self._steps >= self.probes:
-                self.threshold = self.eps_high
+                self.threshold = self.searched = self.eps_high
                 self.phase = EXPLOIT
             return
         assert self.threshold is not None
