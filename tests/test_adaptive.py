@@ -79,6 +79,12 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(len(arr)))
 
 
+def show(values: list[float]) -> str:
+    """``mean ± s.e.`` of ``values``, for the printed figures."""
+    mean, se = mean_se(values)
+    return f"{mean:.3f} ± {se:.3f}"
+
+
 def apart(a: list[float], b: list[float]) -> tuple[float, float]:
     """The difference of the means of ``a`` and ``b`` and its standard error."""
     (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
@@ -286,3 +292,24 @@ def test_bad_parameters_name_the_field(params: dict[str, Any], field: str) -> No
 
 def test_registered() -> None:
     assert ATTACKS.get("adaptive") is AdaptiveAttack
+
+
+def test_covered_attack_still_beats_noisy_repeat(deployed) -> None:  # type: ignore[no-untyped-def]
+    """With cover 2, a third of the attacker's queries are copies of its mistake (the
+    rest clean pool items, as a benign client sends): r~ falls, and it still beats the
+    non-adaptive attacker by far."""
+    covered = [deploy(deployed, "adaptive", "near-repeat-abstain", s, 1000, cover=2) for s in SEEDS]
+    noisy = [
+        deploy(deployed, "noisy-repeat", "near-repeat-abstain", s, 1000, eps=NOISY_EPS)[1]
+        for s in SEEDS
+    ]
+    shares = [a.copies_sent / m.queries for a, m, _ in covered]
+    print(
+        f"\nadaptive cover=2: r~ = {show([m.r_tilde for _, m, _ in covered])}, bad queries "
+        f"per success = {show([m.bad_queries_per_success for _, m, _ in covered])}, share of "
+        f"copies {np.mean(shares):.3f}"
+    )
+    # one copy per three queries, but for the exploration (clean queries too)
+    assert all(0.25 < share <= 1 / 3 for share in shares)
+    diff, se = apart([m.r_tilde for _, m, _ in covered], [m.r_tilde for m in noisy])
+    assert diff > 3 * se and diff > 0

@@ -147,6 +147,8 @@ class AdaptiveAttack(PoolAdversary):
         self._turn = 0  # the next account, in turn
         self._attack = np.zeros(0, bool)  # which rows of the last proposal are copies
         self._sent = np.zeros(len(self.pool_y), bool)  # pool items already sent
+        #: Probe and exploit queries sent so far (the rest is exploration and cover).
+        self.copies_sent = 0
 
     # -- queries -------------------------------------------------------------------------
 
@@ -185,6 +187,7 @@ class AdaptiveAttack(PoolAdversary):
         if not attack.any():
             attack[self.rng.integers(0, n)] = True
         k = int(attack.sum())
+        self.copies_sent += k
         idx = np.empty(n, np.int64)
         idx[attack] = self._item
         idx[~attack] = self._passes.take(n - k)
