@@ -1,10 +1,18 @@
 """The arena box: benign traffic and adversaries on one deployment timeline."""
 
-from movingtarget.arena.arena import ADVERSARY_CLIENT, Arena, ArenaConfig, BenignTraffic
+from movingtarget.arena.arena import (
+    ACCOUNT_STRIDE,
+    ADVERSARY_CLIENT,
+    Arena,
+    ArenaConfig,
+    BenignTraffic,
+    adversary_client,
+)
 from movingtarget.arena.eventlog import COLUMNS, EventLog
 from movingtarget.arena.seeds import DeploymentSeeds
 
 __all__ = [
+    "ACCOUNT_STRIDE",
     "ADVERSARY_CLIENT",
     "COLUMNS",
     "Arena",
@@ -12,4 +20,5 @@ __all__ = [
     "BenignTraffic",
     "DeploymentSeeds",
     "EventLog",
+    "adversary_client",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,6 +18,20 @@ from movingtarget.errors import ConfigError
 
 #: Client ids: benign clients are 1..benign_clients, adversary i is ADVERSARY_CLIENT + i.
 ADVERSARY_CLIENT = 1_000_000
+#: Account k of adversary i (a :class:`~movingtarget.attacks.base.Proposal` ``account``)
+#: is client ``ADVERSARY_CLIENT + i + k * ACCOUNT_STRIDE``; account 0 is the default id.
+ACCOUNT_STRIDE = 1_000_000
+
+
+def adversary_client(
+    adversary: int | NDArray[np.int64], account: int | NDArray[np.int64] = 0
+) -> Any:
+    """The client id of account ``account`` of adversary ``adversary`` (scalars or arrays).
+
+    >>> adversary_client(0), adversary_client(1), adversary_client(0, 2)
+    (1000000, 1000001, 3000000)
+    """
+    return ADVERSARY_CLIENT + adversary + ACCOUNT_STRIDE * account
 
 
 @dataclass(frozen=True)
@@ -246,6 +261,7 @@ class Arena:
                         raise RuntimeError(
                             f"adversary {i} proposed {len(p)} queries, limit {limit}"
                         )
+                    _check_accounts(i, p)
                     remaining[i] -= len(p)
                     proposals.append((i, p))
             n_adv = sum(len(p) for _, p in proposals)
@@ -261,6 +277,8 @@ class Arena:
                 # the common round: one adversary alone, no shuffling needed
                 i, p = proposals[0]
                 owner, clients = constant_columns(i, n)
+                if p.account is not None:
+                    clients = adversary_client(i, p.account)
                 answers = defense.answer(p.x, clients, times)
                 adversaries[i].observe(answers.labels)
                 rows.add(
@@ -284,8 +302,13 @@ class Arena:
                     + [np.full(n_benign, -1, np.int64)]
                 )[order]
                 x = np.concatenate([p.x for _, p in proposals] + [bx])[order]
+                account = np.concatenate(
+                    [_accounts(p) for _, p in proposals] + [np.zeros(n_benign, np.int64)]
+                )[order]
                 clients = np.where(
-                    owner >= 0, ADVERSARY_CLIENT + owner, rng.integers(1, cfg.benign_clients + 1, n)
+                    owner >= 0,
+                    adversary_client(owner, account),
+                    rng.integers(1, cfg.benign_clients + 1, n),
                 )
                 answers = defense.answer(x, clients, times)
                 for i, _ in proposals:
@@ -330,6 +353,23 @@ def constant_columns(adversary: int, n: int) -> tuple[NDArray[np.int64], NDArray
         if len(_CONSTANT_COLUMNS) < 256:
             _CONSTANT_COLUMNS[key] = cols
     return cols
+
+
+def _accounts(p: Proposal) -> NDArray[np.int64]:
+    """The account column of a proposal (zeros: the adversary's default client id)."""
+    return np.zeros(len(p), np.int64) if p.account is None else p.account
+
+
+def _check_accounts(i: int, p: Proposal) -> None:
+    if p.account is None:
+        return
+    account = np.asarray(p.account)
+    if account.shape != (len(p),) or (len(p) and int(account.min()) < 0):
+        raise RuntimeError(
+            f"adversary {i} proposed an account column of shape {account.shape} (needs one "
+            f"account >= 0 per query, {len(p)})"
+        )
+    p.account = account.astype(np.int64, copy=False)
 
 
 def _column(

@@ -2,7 +2,7 @@
 
 Registered names (configs and the CLI use these): ``test-set``,
 ``test-set-targeted``, ``rate-tracking``, ``noisy-repeat``, ``screening``,
-``boosted-test-set``. Every factory takes the attacker's labeled pool
+``boosted-test-set``, ``adaptive``. Every factory takes the attacker's labeled pool
 ``(pool_x, pool_y)``, the number of classes, a ``seed`` and the attack's own keyword
 parameters.
 
@@ -18,7 +18,8 @@ The box's families, by folder (``base.py`` holds the adversary contract they sha
 * ``perturb/``: per-input attacks from the Adversarial Robustness Toolbox and minimal
   perturbations (not imported here: ART is the ``attacks`` extra);
 * ``query/`` (planned): query-based black-box attacks bridged into the arena;
-* ``adaptive/`` (planned): attackers that adapt to a stateful defense's refusals;
+* ``adaptive/``: attackers that adapt to a stateful defense's refusals (they learn its
+  match threshold, spread queries over accounts, hide them among clean ones);
 * ``remote/``: the adversaries against a live gateway over HTTP (not imported here: it
   needs the ``serve`` extra's httpx).
 """
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget.attacks.adaptive import AdaptiveAttack
 from movingtarget.attacks.base import (
     NO_TARGET,
     Adversary,
@@ -55,6 +57,7 @@ ATTACKS.register("rate-tracking")(RateTrackingAttack)
 ATTACKS.register("noisy-repeat")(NoisyRepeatAttack)
 ATTACKS.register("screening")(ScreeningAttack)
 ATTACKS.register("boosted-test-set")(BoostedTestSetAttack)
+ATTACKS.register("adaptive")(AdaptiveAttack)
 
 
 def build_adversary(
@@ -104,6 +107,7 @@ def build_adversary(
 __all__ = [
     "ATTACKS",
     "NO_TARGET",
+    "AdaptiveAttack",
     "Adversary",
     "BoostedTestSetAttack",
     "NoisyRepeatAttack",

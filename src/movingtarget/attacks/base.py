@@ -25,12 +25,18 @@ NO_TARGET = -1
 class Proposal:
     """Queries an adversary sends together, with what it knows about each.
 
+    ``account`` says which of the adversary's accounts (client ids) sends each query:
+    None (the default) sends every query from the adversary's one client id; an integer
+    column ``k >= 0`` per query spreads them, and the arena gives account ``k`` of
+    adversary ``i`` a client id of its own
+    (:func:`~movingtarget.arena.arena.adversary_client`), account 0 being the default one.
+
     Examples
     --------
     >>> p = Proposal(np.zeros((2, 3), np.float32), np.array([4, 4]), np.array([1, 1]),
     ...              np.full(2, NO_TARGET), np.array([False, True]))
-    >>> len(p), p.noisy.tolist()
-    (2, [False, True])
+    >>> len(p), p.noisy.tolist(), p.account is None
+    (2, [False, True], True)
     """
 
     x: NDArray[np.float32]
@@ -38,6 +44,7 @@ class Proposal:
     y_true: NDArray[np.int64]
     target: NDArray[np.int64]  # NO_TARGET when untargeted
     noisy: NDArray[np.bool_]  # True when the query is a perturbed copy of its source
+    account: NDArray[np.int64] | None = None  # the sending account of each query (None: one)
 
     def __len__(self) -> int:
         return int(self.source.shape[0])

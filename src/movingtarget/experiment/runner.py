@@ -403,6 +403,10 @@ def aggregate(
                 "benign_accuracy",
                 "abstain_benign_false",
                 "queries_to_first_mistake",
+                "bad_queries",
+                "bad_queries_per_success",
+                "accounts_used",
+                "accounts_burnt",
             ):
                 mean, se = _mean_se([x.get(key, float("nan")) for x in group])
                 row[key] = mean

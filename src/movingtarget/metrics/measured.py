@@ -33,6 +33,12 @@ class AttackMetrics:
     queries; ``r_tilde_repeats`` over its queries that repeat an input it already sent.
     ``queries_to_first_mistake`` is the 1-based index, among its queries, of its first
     success (NaN if it had none): natural sampling waits about ``1/r`` queries.
+
+    What the attack cost beyond its queries: ``bad_queries``, its queries the defense
+    refused (ABSTAIN answers: flagged as repeats, near repeats, low confidence or
+    adversarial, or rate-limited), ``bad_queries_per_success`` (NaN without a success);
+    ``accounts_used``, the distinct client ids it sent from, and ``accounts_burnt``, those
+    of them that got at least one refusal (flagged or rate-limited).
     """
 
     queries: int
@@ -45,6 +51,10 @@ class AttackMetrics:
     benign_accuracy: float
     benign_error_answered: float
     queries_to_first_mistake: float = float("nan")
+    bad_queries: int = 0
+    bad_queries_per_success: float = float("nan")
+    accounts_used: int = 0
+    accounts_burnt: int = 0
 
     def as_dict(self) -> dict[str, float | int]:
         """Plain dict (for JSON)."""
@@ -64,12 +74,17 @@ def attack_metrics(log: EventLog, adversary: int = 0) -> AttackMetrics:
     ...                reason=np.zeros(4, np.uint8), adversaries=["test-set"])
     >>> m = attack_metrics(log); m.r_tilde, m.queries_to_first_mistake
     (0.5, 1.0)
+    >>> m.bad_queries, m.bad_queries_per_success, m.accounts_used, m.accounts_burnt
+    (1, 0.5, 1, 1)
     """
     mine = log.adversary == adversary
     wins = success(log.answer[mine], log.y_true[mine], log.target[mine])
     n = int(mine.sum())
     late = wins[n // 2 :]
     repeats = wins[repeat_mask(log.source[mine])]
+    refused = log.answer[mine] == ABSTAIN
+    clients = log.client[mine]
+    n_wins, bad = int(wins.sum()), int(refused.sum())
     benign = log.adversary < 0
     b_answer, b_true = log.answer[benign], log.y_true[benign]
     answered = b_answer != ABSTAIN
@@ -78,12 +93,16 @@ def attack_metrics(log: EventLog, adversary: int = 0) -> AttackMetrics:
         r_tilde=_rate(wins),
         r_tilde_late=_rate(late),
         r_tilde_repeats=_rate(repeats),
-        abstain_adversarial=_rate(log.answer[mine] == ABSTAIN),
+        abstain_adversarial=_rate(refused),
         benign_queries=int(benign.sum()),
         abstain_benign=_rate(~answered),
         benign_accuracy=_rate(b_answer == b_true),
         benign_error_answered=_rate(b_answer[answered] != b_true[answered]),
         queries_to_first_mistake=float(np.argmax(wins) + 1) if wins.any() else float("nan"),
+        bad_queries=bad,
+        bad_queries_per_success=bad / n_wins if n_wins else float("nan"),
+        accounts_used=len(np.unique(clients)),
+        accounts_burnt=len(np.unique(clients[refused])),
     )
 
 
