@@ -131,9 +131,11 @@ class EventLog:
                 adversaries.append(name)
         index = {name: i for i, name in enumerate(adversaries)} | {"": -1}
         try:
-            out = {c: np.array(data[c], dtype=np.int64) for c in _INT_COLUMNS}
+            out: dict[str, NDArray[np.int64]] = {
+                c: np.array(data[c], dtype=np.int64) for c in _INT_COLUMNS
+            }
             reason = np.array([Reason.from_label(r) for r in data["reason"]], dtype=np.uint8)
         except (ValueError, KeyError) as exc:
             raise DataError(f"event log {p}: bad value ({exc})") from None
         adv = np.array([index[a] for a in data["adversary"]], dtype=np.int64)
-        return cls(**out, adversary=adv, reason=reason, adversaries=adversaries)
+        return cls(**out, adversary=adv, reason=reason, adversaries=adversaries)  # type: ignore[arg-type]

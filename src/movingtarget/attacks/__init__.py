@@ -2,10 +2,10 @@
 
 Registered names (configs and the CLI use these): ``test-set``,
 ``test-set-targeted``, ``rate-tracking``, ``noisy-repeat``, and the query-based
-black-box attacks ``hopskipjump``, ``square``, ``simba``, ``boundary`` (bridged into the
-arena, :mod:`movingtarget.attacks.query`; ART is imported when one is built). Every factory takes the
-attacker's labeled pool ``(pool_x, pool_y)``, the number of classes, a ``seed``
-and the attack's own keyword parameters.
+black-box attacks ``hopskipjump``, ``square``, ``simba``, ``boundary`` (bridged into
+the arena, :mod:`movingtarget.attacks.query`; ART is imported when one is built).
+Every factory takes the attacker's labeled pool ``(pool_x, pool_y)``, the number of
+classes, a ``seed`` and the attack's own keyword parameters.
 
 The box's families, by folder (``base.py`` holds the adversary contract they share):
 

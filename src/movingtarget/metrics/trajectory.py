@@ -119,9 +119,7 @@ def trajectory_metrics(log: EventLog, adversary: int = 0) -> dict[str, float | i
         return out
     mine = log.adversary == adversary
     t = trajectory(log.x[mine])
-    out.update(
-        duplicate_share=t.duplicate_share, step_cosine=t.step_cosine, step_l2=t.step_l2
-    )
+    out.update(duplicate_share=t.duplicate_share, step_cosine=t.step_cosine, step_l2=t.step_l2)
     benign = [v for c, v in trajectories(log.select(log.adversary < 0)).items() if c >= 0]
 
     def mean(key: str) -> float:

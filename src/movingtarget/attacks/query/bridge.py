@@ -75,7 +75,7 @@ class Stalled(RuntimeError):
     """An attack call kept asking only what the cache already answered."""
 
 
-class BudgetSpent(BaseException):  # noqa: N818 - a signal, not an error
+class BudgetSpent(BaseException):
     """Raised inside a bridged attack's ``predict`` when the arena stopped asking."""
 
 
@@ -257,7 +257,9 @@ class QueryAdversary(PoolAdversary):
                 break
             except queue.Empty:
                 if not self.alive:
-                    raise RuntimeError(f"{self.name}: the attack thread ended unexpectedly")
+                    raise RuntimeError(
+                        f"{self.name}: the attack thread ended unexpectedly"
+                    ) from None
         if kind == "ask":
             self._pending, self._pending_source = payload
         elif kind == "error":
@@ -276,7 +278,9 @@ class QueryAdversary(PoolAdversary):
                 sent_before = self.sent
                 for start in range(0, n, self.per_call):
                     idx = np.sort(order[start : start + self.per_call]).astype(np.int64)
-                    seed = int(np.random.SeedSequence([self._seed, rounds, start]).generate_state(1)[0])
+                    seed = int(
+                        np.random.SeedSequence([self._seed, rounds, start]).generate_state(1)[0]
+                    )
                     self._run_call(idx, seed)
                 rounds += 1
                 if self.sent == sent_before:
