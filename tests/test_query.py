@@ -279,7 +279,9 @@ def test_hopskipjump_and_square_against_memories(digits) -> None:  # type: ignor
     _, _, pools = digits
     found: dict[tuple[str, str, bool], dict[str, Any]] = {}
     print(f"\nm={M}, benign_ratio=0.1, digits, logistic, on_abstain=raise")
-    print("attack       defense              cache  first_detection  duplicate_share")
+    print(
+        "attack       defense              cache  first_detection  duplicate_share  step_cosine  step_l2  benign_step_cosine  benign_step_l2"
+    )
     for name in ("hopskipjump", "square"):
         for defense_name in DEFENSES:
             for cache in (True, False):
@@ -304,7 +306,8 @@ def test_hopskipjump_and_square_against_memories(digits) -> None:  # type: ignor
                 found[name, defense_name, cache] = t
                 print(
                     f"{name:12} {defense_name:20} {cache!s:6} {t['first_detection']!s:16} "
-                    f"{t['duplicate_share']:.3f}"
+                    f"{t['duplicate_share']:<16.3f} {t['step_cosine']:<12.3f} {t['step_l2']:<8.3f} "
+                    f"{t['benign_step_cosine']:<19.3f} {t['benign_step_l2']:.3f}"
                 )
                 assert not _attack_threads()
     for name in ("hopskipjump", "square"):
