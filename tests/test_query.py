@@ -280,7 +280,8 @@ def test_hopskipjump_and_square_against_memories(digits) -> None:  # type: ignor
     found: dict[tuple[str, str, bool], dict[str, Any]] = {}
     print(f"\nm={M}, benign_ratio=0.1, digits, logistic, on_abstain=raise")
     print(
-        "attack       defense              cache  first_detection  duplicate_share  step_cosine  step_l2  benign_step_cosine  benign_step_l2"
+        "attack       defense              cache  first_detection  duplicate_share  "
+        "step_cosine  step_l2  benign_step_cosine  benign_step_l2"
     )
     for name in ("hopskipjump", "square"):
         for defense_name in DEFENSES:
