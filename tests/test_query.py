@@ -360,3 +360,23 @@ def test_the_runner_reports_trajectory_features() -> None:
     run = results.runs[0]
     assert {"duplicate_share", "step_cosine", "step_l2", "first_detection"} <= set(run)
     assert 0.0 <= run["duplicate_share"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("hopskipjump", {**HSJ, "target": 3}),
+        ("simba", {"max_iter": 50}),
+        ("simba", {"max_iter": 50, "target": 3}),
+        ("boundary", {"max_iter": 5, "num_trial": 5, "init_size": 10}),
+    ],
+)
+def test_every_registered_query_attack_runs_in_the_arena(digits, name: str, params: Any) -> None:  # type: ignore[no-untyped-def]
+    pools = digits[2]
+    adv = build_adversary(name, pools.attacker_x, pools.attacker_y, 10, seed=0, **params)
+    log = Arena(ArenaConfig(queries=300, benign_ratio=0.1)).run(
+        _defense(digits, "near-repeat-abstain"), [adv], pools.benign_x, pools.benign_y, seed=0
+    )
+    assert int((log.adversary == 0).sum()) == 300
+    assert (log.target[log.adversary == 0] == params.get("target", -1)).all()
+    assert adv.sent > 0 and not _attack_threads()
