@@ -317,9 +317,9 @@ class QueryAdversary(PoolAdversary):
 
     def predict(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """Ask the defense about ``x`` (blocks until the arena answers); one score row
-        per input, an ABSTAIN mapped by ``on_abstain``. Called by the attack."""
-        if self._stop.is_set():
-            raise BudgetSpent
+        per input, an ABSTAIN mapped by ``on_abstain``. Called by the attack; raises
+        :class:`BudgetSpent` once the budget is spent and ``x`` holds an input not in
+        the cache."""
         x = np.ascontiguousarray(x, dtype=np.float32).reshape((-1, *self.pool_x.shape[1:]))
         labels = self._ask(x)
         return self._scores(x, labels)
@@ -359,9 +359,14 @@ class QueryAdversary(PoolAdversary):
         return labels
 
     def _send(self, x: NDArray[np.float32]) -> NDArray[np.int64]:
+        # only a query that needs the defense stops at the budget: answers already in
+        # hand (the cache, the last reply) still reach the attack, so where it stops
+        # does not depend on how the two threads are scheduled
+        if self._stop.is_set():
+            raise BudgetSpent
         self._requests.put(("ask", (x, self._attribute(x))))
         answers = self._replies.get()
-        if answers is None or self._stop.is_set():
+        if answers is None:
             raise BudgetSpent
         self.sent += len(x)
         return answers
