@@ -109,7 +109,9 @@ class QueryAdversary(PoolAdversary):
     the pool, again in a new order when the pool is used up) as
     ``attack(predict, sources)`` (see :class:`Sources`), or ``attack(predict)`` when it
     takes one parameter. Its return value is ignored: what counts is what the defense
-    answered. Queries are attributed to the nearest source input of the call.
+    answered. Queries are attributed to the nearest source input of the call. When a
+    whole pass over the pool asked nothing new (every ask answered by the cache), the
+    attack is exhausted and the rest of the budget re-sends pool inputs unchanged.
 
     Parameters
     ----------
