@@ -228,8 +228,33 @@ class Arena:
         *,
         seed: int = 0,
         progress: Callable[[int], None] | None = None,
+        inputs: bool = False,
     ) -> EventLog:
-        """One deployment; returns its :class:`EventLog`. ``progress`` gets query counts."""
+        """One deployment; returns its :class:`EventLog`. ``progress`` gets query counts;
+        ``inputs`` keeps the query inputs in the log (``log.x``).
+
+        An adversary with a ``close()`` method (an attack running in a thread of its own,
+        :class:`~movingtarget.attacks.query.QueryAdversary`) is closed when the run ends,
+        its budget spent or an error raised.
+        """
+        try:
+            return self._run(defense, adversaries, benign_x, benign_y, seed, progress, inputs)
+        finally:
+            for adversary in adversaries:
+                close = getattr(adversary, "close", None)
+                if callable(close):
+                    close()
+
+    def _run(
+        self,
+        defense: Defense,
+        adversaries: Sequence[Adversary],
+        benign_x: NDArray[np.float32],
+        benign_y: NDArray[np.int64],
+        seed: int,
+        progress: Callable[[int], None] | None,
+        inputs: bool,
+    ) -> EventLog:
         cfg = self.config
         if not adversaries:
             raise ConfigError("arena: at least one adversary is needed")
@@ -245,7 +270,7 @@ class Arena:
         remaining = [cfg.queries] * len(adversaries)
         exactly = cfg.adversary_batch > 0
         cap = cfg.adversary_batch or 1 << 30
-        rows = _Rows()
+        rows = _Rows(inputs)
         clock = since_reset = adv_sent = benign_sent = 0
         defense.reset()
         while any(remaining):
@@ -291,6 +316,7 @@ class Arena:
                     p.target,
                     answers.labels,
                     answers.reasons,
+                    x=p.x,
                 )
             else:
                 bidx = benign.draw(n_benign) if n_benign else np.zeros(0, np.int64)  # type: ignore[union-attr]
@@ -325,6 +351,7 @@ class Arena:
                     _column(parts, "target", np.full(n_benign, NO_TARGET, np.int64), order),
                     answers.labels,
                     answers.reasons,
+                    x=x,
                 )
             clock += n
             since_reset += n
@@ -382,11 +409,15 @@ def _column(
 class _Rows:
     """Per-round column chunks, joined once at the end (cheap appends on the hot path)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: bool = False) -> None:
         self.chunks: list[tuple[NDArray[np.generic], ...]] = []
+        self.inputs = inputs
+        self.x: list[NDArray[np.float32]] = []
 
-    def add(self, *cols: NDArray[np.generic]) -> None:
+    def add(self, *cols: NDArray[np.generic], x: NDArray[np.float32] | None = None) -> None:
         self.chunks.append(cols)
+        if self.inputs and x is not None:
+            self.x.append(np.asarray(x, np.float32))
 
     def log(self, names: list[str]) -> EventLog:
         if not self.chunks:
@@ -408,4 +439,5 @@ class _Rows:
             answer=answer.astype(i64),
             reason=reason.astype(np.uint8),
             adversaries=names,
+            x=np.concatenate(self.x) if self.inputs and self.x else None,
         )

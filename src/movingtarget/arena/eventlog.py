@@ -35,6 +35,9 @@ class EventLog:
 
     ``adversary`` is the index into ``adversaries`` (the adversaries' names), or -1 for
     benign traffic; ``reason`` holds :class:`~movingtarget.answers.Reason` codes.
+    ``x`` holds the query inputs themselves when the arena was asked to keep them
+    (``Arena.run(..., inputs=True)``), for features of query trajectories
+    (:mod:`movingtarget.metrics.trajectory`); it stays in memory, never on disk.
 
     Examples
     --------
@@ -54,6 +57,7 @@ class EventLog:
     answer: NDArray[np.int64]
     reason: NDArray[np.uint8]
     adversaries: list[str] = field(default_factory=list)
+    x: NDArray[np.float32] | None = None
 
     @classmethod
     def empty(cls, adversaries: list[str]) -> EventLog:
@@ -72,7 +76,9 @@ class EventLog:
     def select(self, mask: NDArray[np.bool_]) -> EventLog:
         """The rows where ``mask`` is True."""
         return EventLog(
-            **{c: getattr(self, c)[mask] for c in COLUMNS}, adversaries=list(self.adversaries)
+            **{c: getattr(self, c)[mask] for c in COLUMNS},
+            adversaries=list(self.adversaries),
+            x=None if self.x is None else self.x[mask],
         )
 
     def to_csv(self) -> str:
@@ -125,9 +131,11 @@ class EventLog:
                 adversaries.append(name)
         index = {name: i for i, name in enumerate(adversaries)} | {"": -1}
         try:
-            out = {c: np.array(data[c], dtype=np.int64) for c in _INT_COLUMNS}
+            out: dict[str, NDArray[np.int64]] = {
+                c: np.array(data[c], dtype=np.int64) for c in _INT_COLUMNS
+            }
             reason = np.array([Reason.from_label(r) for r in data["reason"]], dtype=np.uint8)
         except (ValueError, KeyError) as exc:
             raise DataError(f"event log {p}: bad value ({exc})") from None
         adv = np.array([index[a] for a in data["adversary"]], dtype=np.int64)
-        return cls(**out, adversary=adv, reason=reason, adversaries=adversaries)
+        return cls(**out, adversary=adv, reason=reason, adversaries=adversaries)  # type: ignore[arg-type]

@@ -2,9 +2,11 @@
 
 Registered names (configs and the CLI use these): ``test-set``,
 ``test-set-targeted``, ``rate-tracking``, ``noisy-repeat``, ``screening``,
-``boosted-test-set``, ``adaptive``. Every factory takes the attacker's labeled pool
-``(pool_x, pool_y)``, the number of classes, a ``seed`` and the attack's own keyword
-parameters.
+``boosted-test-set``, ``adaptive``, and the query-based black-box attacks
+``hopskipjump``, ``square``, ``simba``, ``boundary`` (bridged into the arena,
+:mod:`movingtarget.attacks.query`; ART is imported when one is built). Every factory
+takes the attacker's labeled pool ``(pool_x, pool_y)``, the number of classes, a
+``seed`` and the attack's own keyword parameters.
 
 White-box adversaries also get the deployed model: a factory whose ``needs_model``
 attribute is True (or a function of the parameters that returns True, see
@@ -17,7 +19,8 @@ The box's families, by folder (``base.py`` holds the adversary contract they sha
   (test set, targeted, rate tracking, noisy repeats);
 * ``perturb/``: per-input attacks from the Adversarial Robustness Toolbox and minimal
   perturbations (not imported here: ART is the ``attacks`` extra);
-* ``query/`` (planned): query-based black-box attacks bridged into the arena;
+* ``query/``: query-based black-box attacks bridged into the arena (any synchronous
+  attack function; ART's HopSkipJump, Square, SimBA, Boundary);
 * ``adaptive/``: attackers that adapt to a stateful defense's refusals (they learn its
   match threshold, spread queries over accounts, hide them among clean ones);
 * ``remote/``: the adversaries against a live gateway over HTTP (not imported here: it
@@ -58,6 +61,30 @@ ATTACKS.register("noisy-repeat")(NoisyRepeatAttack)
 ATTACKS.register("screening")(ScreeningAttack)
 ATTACKS.register("boosted-test-set")(BoostedTestSetAttack)
 ATTACKS.register("adaptive")(AdaptiveAttack)
+
+
+def _query_factory(name: str) -> Any:
+    """A factory of ART attack ``name`` bridged into the arena (imported when used)."""
+
+    def build(
+        pool_x: NDArray[np.float32],
+        pool_y: NDArray[np.int64],
+        n_classes: int,
+        *,
+        seed: int = 0,
+        **params: Any,
+    ) -> Adversary:
+        from movingtarget.attacks.query.art import art_adversary
+
+        return art_adversary(name, pool_x, pool_y, n_classes, seed=seed, **params)
+
+    build.__name__ = build.__qualname__ = name.replace("-", "_")
+    build.__doc__ = f"ART's {name} bridged into the arena (see ``art_adversary``)."
+    return build
+
+
+for _name in ("hopskipjump", "square", "simba", "boundary"):
+    ATTACKS.register(_name)(_query_factory(_name))
 
 
 def build_adversary(

@@ -36,6 +36,7 @@ from movingtarget.metrics.measured import (
     natural_error,
     repeat_mask,
 )
+from movingtarget.metrics.trajectory import trajectory_metrics
 from movingtarget.models import Model, build_model
 
 #: Points kept per cumulative-error curve in the results (the event logs keep all).
@@ -269,7 +270,7 @@ def run_task(task: Task) -> dict[str, Any]:
         proba=_pool_proba(task, adversary, model),
     )
     log = Arena(config.arena).run(
-        defense, [adversary], pools.benign_x, pools.benign_y, seed=seeds.arena
+        defense, [adversary], pools.benign_x, pools.benign_y, seed=seeds.arena, inputs=True
     )
     if _STATE["logs"]:
         log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
@@ -283,6 +284,9 @@ def run_task(task: Task) -> dict[str, Any]:
         "seed": task.seed,
         "split_seed": task.split_seed,
         **metrics.as_dict(),
+        # how the attacker's queries walk (exact duplicates, successive steps), and when a
+        # memory first refused one as a (near) repeat
+        **trajectory_metrics(log, 0),
         "repeats": int(repeat_mask(source).sum()),
         "ran_out_at": ran_out_at(source, prediction.supply),
         "prediction": prediction.as_dict(),

@@ -1,4 +1,5 @@
-"""The metrics box: measured ``r``, ``r~``, abstention, and analytic predictions."""
+"""The metrics box: measured ``r``, ``r~``, abstention, query-trajectory features, and
+analytic predictions."""
 
 from movingtarget.metrics.analytic import (
     NONE,
@@ -16,6 +17,12 @@ from movingtarget.metrics.measured import (
     natural_error,
     repeat_mask,
 )
+from movingtarget.metrics.trajectory import (
+    Trajectory,
+    first_detection,
+    trajectories,
+    trajectory_metrics,
+)
 
 __all__ = [
     "NONE",
@@ -23,12 +30,16 @@ __all__ = [
     "FirstMistake",
     "FreshOnly",
     "Prediction",
+    "Trajectory",
     "attack_metrics",
     "cumulative_r_tilde",
+    "first_detection",
     "natural_error",
     "per_input_success",
     "predict",
     "repeat_mask",
     "test_set_prediction",
+    "trajectories",
+    "trajectory_metrics",
     "verdict",
 ]
