@@ -708,3 +708,19 @@ def test_model_version_depends_on_values_not_on_object_sharing():
     assert shared["b"] is shared["a"] and apart["b"] is not apart["a"]
     assert _version(shared) == _version(apart)  # type: ignore[arg-type]
     assert _version({**apart, "w": np.arange(5.0)}) != _version(apart)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("attack", ["square"])
+def test_bridged_query_attacks_run_against_a_live_gateway(served, attack):
+    """A bridged ART attack over HTTP: every query it makes is one query to the gateway
+    (one event-log row, the budget spent exactly). (HopSkipJump's steps leave the
+    served model's per-feature input domain, which the gateway refuses with 422, and
+    the remote client stops there: see docs/attacks.md.)"""
+    from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
+
+    result = run_remote_attack(
+        RemoteAttack(served["url"], [served["token"]], attack=attack, budget=40)
+    )
+    assert len(result.log) == 40
+    assert result.row["queries"] == 40
+    assert 0.0 <= result.row["r_tilde"] <= 1.0
