@@ -232,3 +232,38 @@ def test_tradeoff_legend_keeps_clear_of_the_panels() -> None:
         for j, d in enumerate(ARMS_RACE_KINDS)
     ]  # fmt: skip
     _assert_readable(tradeoff_figure(rows, title="arms-race"))
+
+
+def test_stateful_defense_table(tmp_path: Path) -> None:
+    """The report's stateful-defense table on digits: the adaptive attacker and a
+    bridged Square against calibrated near-repeat memory; every row's figures are the
+    runs' own (first detection the median over seeds of each run's first refusal as a
+    near repeat; accounts as the runs count them)."""
+    import json
+    import re
+
+    out = tmp_path / "stateful"
+    cfg = load_config(
+        "hello-world",
+        [
+            "seeds=2",
+            "arena.queries=150",
+            "arena.benign_ratio=0.2",
+            'defenses=["near-repeat-abstain"]',
+            'attacks=[{name = "adaptive", accounts = 3}, {name = "square"}]',
+        ],
+    )
+    run_experiment(cfg, out, workers=1)
+    text = write_report(out).read_text()
+    assert "## Stateful defenses" in text
+    runs = json.loads((out / "runs.json").read_text())
+    for attack in ("adaptive", "square"):
+        section = text.split("## Stateful defenses", 1)[1].splitlines()
+        line = next(x for x in section if x.startswith(f"| {attack} | near-repeat"))
+        group = [r for r in runs if r["attack"] == attack]
+        found = sorted(r["first_detection"] for r in group if r["first_detection"] is not None)
+        assert f"({len(found)} of {len(group)})" in line, line
+        if attack == "square":
+            assert found, "the near-repeat memory detects Square within 150 queries"
+        used = np.mean([r["accounts_used"] for r in group])
+        assert re.search(rf"\| {used:.4f} / ", line), line

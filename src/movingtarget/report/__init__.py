@@ -10,6 +10,7 @@ from movingtarget.errors import DataError
 from movingtarget.metrics.analytic import Z_MAX
 from movingtarget.report.arms_race import arms_race_section, has_arms_race, plot_tradeoff
 from movingtarget.report.plots import plot_r_tilde, r_tilde_figure
+from movingtarget.report.stateful import stateful_lines
 from movingtarget.report.tables import (
     TABLE_COLUMNS,
     fmt,
@@ -137,6 +138,8 @@ def write_report(results_dir: str | Path) -> Path:
         markdown_table(rows),
         "",
         *_notes_section(rows),
+        *stateful_lines(rows, runs),
+        "",
         *defenses_section(meta),
         f"![cumulative r~ against queries sent, with the predictions]({PLOT_FILE})",
         "",
