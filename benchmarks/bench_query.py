@@ -9,7 +9,9 @@ same source inputs, once with ``predict`` answering from the model directly (one
 classes, as the arena answers) and once bridged into the arena (a worker thread, the
 ``deterministic`` defense, the event log, no benign traffic, no cache so both make
 the same queries). Throughput is model queries per second; rounds alternate the order
-so drift hits both, and the overhead is the ratio of the means.
+so drift hits both, and the overhead is the ratio of the means. Then the remote
+attacker (``movingtarget attack``) against a local gateway: queries per second of the
+test set attack and of a bridged Square over loopback HTTP.
 """
 
 from __future__ import annotations
@@ -74,6 +76,32 @@ def _bridged(name: str, model: Any, x: np.ndarray, y: np.ndarray, k: int) -> tup
     return len(log), time.perf_counter() - t0
 
 
+def remote_rows() -> list[dict[str, Any]]:
+    """Queries per second of ``movingtarget attack`` (the remote attacker: one HTTP
+    request per proposal) against a local gateway serving digits:logistic."""
+    import tempfile
+
+    from bench_gateway import new_token, serve
+    from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
+    from movingtarget.gateway.process import running
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        keys = f"sqlite:///{root / 'keys.db'}"
+        token = new_token(keys, "attacker")
+        gateway = serve(root, "gateway", "--defense", "memorize-abstain", "--keys-db", keys)
+        with running(gateway):
+            for attack, budget in (("test-set", 1000), ("square", 500)):
+                t0 = time.perf_counter()
+                result = run_remote_attack(
+                    RemoteAttack(gateway.url, [token], attack=attack, budget=budget)
+                )
+                secs = time.perf_counter() - t0
+                rows.append({"attack": attack, "queries": len(result.log), "seconds": secs})
+    return rows
+
+
 def main() -> None:
     from movingtarget.datasets import load_dataset
     from movingtarget.models import build_model
@@ -104,6 +132,10 @@ def main() -> None:
             f"| {name} | {counts['bridged']} | {1 / d.mean():,.0f} | {1 / b.mean():,.0f} | "
             f"{b.mean() / d.mean() - 1:+.1%} | {rounds} |"
         )
+    print("\n| remote attacker (memorize-abstain gateway, loopback) | queries | queries/s |")
+    print("|---|---|---|")
+    for row in remote_rows():
+        print(f"| {row['attack']} | {row['queries']} | {row['queries'] / row['seconds']:,.0f} |")
 
 
 if __name__ == "__main__":
