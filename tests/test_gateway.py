@@ -710,12 +710,14 @@ def test_model_version_depends_on_values_not_on_object_sharing():
     assert _version({**apart, "w": np.arange(5.0)}) != _version(apart)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("attack", ["square"])
+@pytest.mark.parametrize("attack", ["hopskipjump", "square"])
 def test_bridged_query_attacks_run_against_a_live_gateway(served, attack):
     """A bridged ART attack over HTTP: every query it makes is one query to the gateway
-    (one event-log row, the budget spent exactly). (HopSkipJump's steps leave the
-    served model's per-feature input domain, which the gateway refuses with 422, and
-    the remote client stops there: see docs/attacks.md.)"""
+    (one event-log row, the budget spent exactly). HopSkipJump's steps leave the served
+    model's per-feature input domain: the gateway refuses those requests (422
+    out-of-domain), and the attacker reads each as a refusal, with reason
+    ``out-of-domain``, instead of stopping."""
+    from movingtarget.answers import Reason
     from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
 
     result = run_remote_attack(
@@ -723,4 +725,7 @@ def test_bridged_query_attacks_run_against_a_live_gateway(served, attack):
     )
     assert len(result.log) == 40
     assert result.row["queries"] == 40
-    assert 0.0 <= result.row["r_tilde"] <= 1.0
+    refused = result.log.reason == int(Reason.OUT_OF_DOMAIN)
+    if attack == "hopskipjump":
+        assert refused.any()
+        assert (result.log.answer[refused] == -1).all()

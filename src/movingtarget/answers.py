@@ -34,6 +34,7 @@ class Reason(IntEnum):
     DISAGREEMENT = 8  # abstained: members of a model pool disagree
     CORRECTED = 9  # answered from a correction memory (a label given as feedback)
     ADVERSARIAL_LIKELIHOOD = 10  # abstained: the input looks adversarial (centroid score)
+    OUT_OF_DOMAIN = 11  # refused: outside the served model's input domain (a remote gateway)
 
     @property
     def label(self) -> str:

@@ -26,9 +26,11 @@ class RemoteError(MovingTargetError):
     """The gateway refused a request (the message is the gateway's own), or could not be
     reached at all (``status`` 0: the message says why, with no status it never sent)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, kind: str = "") -> None:
         super().__init__(message if status == 0 else f"gateway answered {status}: {message}")
         self.status = status
+        #: The problem's ``type`` as the gateway named it (e.g. ``out-of-domain``).
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class GatewayClient:
             waited += delay
             self.waited_s += delay
         if resp.status_code >= 400:
-            raise RemoteError(resp.status_code, _message(resp))
+            raise RemoteError(resp.status_code, _message(resp), _kind(resp))
         return resp
 
     def health(self) -> dict[str, Any]:
@@ -150,6 +152,13 @@ def _retry_after(resp: httpx.Response) -> float:
         return max(float(resp.headers.get("retry-after", "1")), 0.0)
     except ValueError:
         return 1.0
+
+
+def _kind(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("type", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _message(resp: httpx.Response) -> str:

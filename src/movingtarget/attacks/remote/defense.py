@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from movingtarget.answers import Answers
+from movingtarget.answers import ABSTAIN, Answers, Reason
 from movingtarget.arena.arena import ADVERSARY_CLIENT
-from movingtarget.attacks.remote.client import GatewayClient
+from movingtarget.attacks.remote.client import GatewayClient, RemoteError
 from movingtarget.errors import ConfigError
 
 
@@ -108,7 +108,20 @@ class RemoteDefense:
                 hi = min(lo + self.max_inputs, end)
                 client = self._client(int(clients[lo]))
                 rid = f"{self.run}-{int(times[lo])}"
-                got = client.classify(x[lo:hi], request_id=rid)
+                try:
+                    got = client.classify(x[lo:hi], request_id=rid)
+                except RemoteError as exc:
+                    if exc.kind != "out-of-domain":
+                        raise
+                    # the gateway refused the request: to the attacker, a refusal of
+                    # each of its queries (no query ids: nothing was remembered)
+                    out.labels[lo:hi] = ABSTAIN
+                    out.reasons[lo:hi] = int(Reason.OUT_OF_DOMAIN)
+                    self.sent.t += times[lo:hi].tolist()
+                    self.sent.request_id += [rid] * (hi - lo)
+                    self.sent.query_id += [""] * (hi - lo)
+                    self.sent.key += [self._names.get(id(client), "")] * (hi - lo)
+                    continue
                 out.labels[lo:hi] = got.labels
                 out.reasons[lo:hi] = got.reasons
                 self.sent.t += times[lo:hi].tolist()
