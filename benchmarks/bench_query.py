@@ -3,10 +3,11 @@ attack run directly on the bare model, in one run. Not a test: prints Markdown.
 
     python benchmarks/bench_query.py
 
-Square and HopSkipJump (ART, untargeted) on digits against the ``logistic`` model: the
+Square and HopSkipJump (ART, untargeted) on digits against the ``logistic`` model (the
+cheapest model, so the bridge's fixed cost per ask weighs most) and ``torch-mlp``: the
 same attack function (:class:`~movingtarget.attacks.query.art.ArtAttack`) runs on the
 same source inputs, once with ``predict`` answering from the model directly (one-hot
-classes, as the arena answers) and once bridged into the arena (a worker thread, the
+classes, as the arena answers) and once bridged into the arena (a coroutine, the
 ``deterministic`` defense, the event log, no benign traffic, no cache so both make
 the same queries). Throughput is model queries per second; rounds alternate the order
 so drift hits both, and the overhead is the ratio of the means. Then the remote
@@ -102,36 +103,40 @@ def remote_rows() -> list[dict[str, Any]]:
     return rows
 
 
+MODELS = ("logistic", "torch-mlp")
+
+
 def main() -> None:
     from movingtarget.datasets import load_dataset
     from movingtarget.models import build_model
 
     split = load_dataset("digits").split(test_size=0.3, seed=0)
-    model = build_model("logistic", split, seed=0)
     x, y = split.x_test, np.asarray(split.y_test, dtype=np.int64)
     k = split.n_classes
     print(f"Command: `python benchmarks/bench_query.py`; machine: {machine()}\n")
     print(
-        "| attack (digits, logistic) | queries | direct queries/s | bridged queries/s "
+        "| attack | model (digits) | queries | direct queries/s | bridged queries/s "
         "| bridge overhead | per round |"
     )
-    print("|---|---|---|---|---|---|")
-    for name in BUDGETS:
-        times: dict[str, list[float]] = {"direct": [], "bridged": []}
-        counts: dict[str, int] = {}
-        for r in range(ROUNDS):
-            order = ("direct", "bridged") if r % 2 == 0 else ("bridged", "direct")
-            for which in order:
-                run = _direct if which == "direct" else _bridged
-                n, secs = run(name, model, x, y, k)
-                counts[which] = n
-                times[which].append(secs / n)
-        d, b = np.array(times["direct"]), np.array(times["bridged"])
-        rounds = ", ".join(f"{v:+.0%}" for v in b / d - 1)
-        print(
-            f"| {name} | {counts['bridged']} | {1 / d.mean():,.0f} | {1 / b.mean():,.0f} | "
-            f"{b.mean() / d.mean() - 1:+.1%} | {rounds} |"
-        )
+    print("|---|---|---|---|---|---|---|")
+    for model_name in MODELS:
+        model = build_model(model_name, split, seed=0)
+        for name in BUDGETS:
+            times: dict[str, list[float]] = {"direct": [], "bridged": []}
+            counts: dict[str, int] = {}
+            for r in range(ROUNDS):
+                order = ("direct", "bridged") if r % 2 == 0 else ("bridged", "direct")
+                for which in order:
+                    run = _direct if which == "direct" else _bridged
+                    n, secs = run(name, model, x, y, k)
+                    counts[which] = n
+                    times[which].append(secs / n)
+            d, b = np.array(times["direct"]), np.array(times["bridged"])
+            rounds = ", ".join(f"{v:+.0%}" for v in b / d - 1)
+            print(
+                f"| {name} | {model_name} | {counts['bridged']} | {1 / d.mean():,.0f} | "
+                f"{1 / b.mean():,.0f} | {b.mean() / d.mean() - 1:+.1%} | {rounds} |"
+            )
     print("\n| remote attacker (memorize-abstain gateway, loopback) | queries | queries/s |")
     print("|---|---|---|")
     for row in remote_rows():

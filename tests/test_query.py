@@ -1,11 +1,10 @@
 """Query-based black-box attacks bridged into the arena: every query on the timeline,
-the abstain mappings, the attacker's cache, the budget stopping the attack thread, and
+the abstain mappings, the attacker's cache, the budget stopping the attack, and
 the query-trajectory features."""
 
 from __future__ import annotations
 
 import sys
-import threading
 from typing import Any
 
 import numpy as np
@@ -66,10 +65,6 @@ class CountingDefense:
         self.defense.reset()
 
 
-def _attack_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.endswith("-attack") and t.is_alive()]
-
-
 @pytest.mark.parametrize("name", ["hopskipjump", "square"])
 def test_event_log_has_one_row_per_query_the_art_attack_made(digits, name: str) -> None:  # type: ignore[no-untyped-def]
     pools = digits[2]
@@ -106,7 +101,7 @@ def test_event_log_has_one_row_per_query_the_art_attack_made(digits, name: str) 
     assert adv.sent == asked["answered"] <= rows <= adv.asked <= asked["rows"]
     # interleaved with benign traffic on one timeline
     assert (np.diff(log.t) == 1).all()
-    assert not _attack_threads()
+    assert not adv.alive
 
 
 def test_a_user_attack_function_is_bridged_query_by_query(digits) -> None:  # type: ignore[no-untyped-def]
@@ -133,10 +128,10 @@ def test_a_user_attack_function_is_bridged_query_by_query(digits) -> None:  # ty
     assert len(log) == 200 == defense.adversarial
     assert sum(sizes[:-1]) <= 200 <= sum(sizes)
     assert log.noisy.all()  # perturbed copies of their sources
-    assert not _attack_threads()
+    assert not adv.alive
 
 
-def test_the_budget_stops_the_attack_thread_even_one_that_swallows_errors(digits) -> None:  # type: ignore[no-untyped-def]
+def test_the_budget_stops_the_attack_even_one_that_swallows_errors(digits) -> None:  # type: ignore[no-untyped-def]
     _, _, pools = digits
 
     def stubborn(predict: Any, sources: Sources) -> None:
@@ -154,11 +149,10 @@ def test_the_budget_stops_the_attack_thread_even_one_that_swallows_errors(digits
         defense, [adv], pools.benign_x, pools.benign_y, seed=0
     )
     assert len(log) == 50
-    assert adv._thread is not None and not adv.alive
-    assert not _attack_threads()
+    assert adv._attack is not None and adv._attack.dead and not adv.alive
 
 
-def test_an_error_in_the_attack_reaches_the_arena_and_the_thread_ends(digits) -> None:  # type: ignore[no-untyped-def]
+def test_an_error_in_the_attack_reaches_the_arena_and_the_attack_ends(digits) -> None:  # type: ignore[no-untyped-def]
     _, _, pools = digits
 
     def broken(predict: Any, sources: Sources) -> None:
@@ -170,7 +164,7 @@ def test_an_error_in_the_attack_reaches_the_arena_and_the_thread_ends(digits) ->
         Arena(ArenaConfig(queries=50, benign_ratio=0)).run(
             _defense(digits, "deterministic"), [adv], pools.benign_x, pools.benign_y, seed=0
         )
-    assert not adv.alive and not _attack_threads()
+    assert adv._attack is not None and adv._attack.dead and not adv.alive
 
 
 def _seen_scores(digits: Any, on_abstain: str, cache: bool, **kw: Any) -> tuple[Any, list[Any]]:
@@ -311,7 +305,7 @@ def test_hopskipjump_and_square_against_memories(digits) -> None:  # type: ignor
                     f"{t['duplicate_share']:<16.3f} {t['step_cosine']:<12.3f} {t['step_l2']:<8.3f} "
                     f"{t['benign_step_cosine']:<19.3f} {t['benign_step_l2']:.3f}"
                 )
-                assert not _attack_threads()
+                assert not adv.alive
     for name in ("hopskipjump", "square"):
         # the approximate memory detects both attacks within the budget, cache or not
         for cache in (True, False):
@@ -380,4 +374,4 @@ def test_every_registered_query_attack_runs_in_the_arena(digits, name: str, para
     )
     assert int((log.adversary == 0).sum()) == 300
     assert (log.target[log.adversary == 0] == params.get("target", -1)).all()
-    assert adv.sent > 0 and not _attack_threads()
+    assert adv.sent > 0 and not adv.alive

@@ -1,8 +1,8 @@
 """Query-based black-box attacks bridged into the arena.
 
 * :mod:`~movingtarget.attacks.query.bridge`: :class:`QueryAdversary`, which runs any
-  synchronous attack function ``attack(predict, sources)`` in a worker thread whose
-  ``predict`` is answered by the arena's defense, query by query on the timeline;
+  synchronous attack function ``attack(predict, sources)`` as a coroutine (a greenlet)
+  whose ``predict`` is answered by the arena's defense, query by query on the timeline;
 * :mod:`~movingtarget.attacks.query.art`: ART's HopSkipJump, Square, SimBA and Boundary
   as such adversaries (:func:`art_adversary`; ART is imported when one is built).
 """

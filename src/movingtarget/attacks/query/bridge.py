@@ -3,11 +3,15 @@
 A query-based black-box attack (ART's HopSkipJump, Square, ...) calls ``predict`` many
 times inside one ``generate`` and expects an answer each time. The arena instead asks
 its adversaries for queries (``propose``) and hands back answers (``observe``). The
-bridge joins the two with a worker thread: the worker runs the attack; its ``predict``
-hands the batch to the arena (the next ``propose`` returns it) and blocks until
-``observe`` delivers the defense's answers. So every query the attack makes goes
-through the defense at its place on the timeline, interleaved with benign traffic,
-counted against the budget ``m`` and written to the event log.
+bridge joins the two with a coroutine (a `greenlet <https://greenlet.readthedocs.io>`_):
+``propose`` switches into the attack, which runs until its ``predict`` is called and
+switches back with the batch; the next ``propose`` resumes it with the answers
+``observe`` collected. So every query the attack makes goes through the defense at its
+place on the timeline, interleaved with benign traffic, counted against the budget
+``m`` and written to the event log. It is one thread taking turns, not two threads
+handing work over: a switch costs about a microsecond where a thread hand-off cost
+over a hundred, so a one-input ask pays little more than the defense's answer, and
+the interleaving is deterministic by construction.
 
 The attack sees the defense as a scores function (``(n, k)`` float32): the one-hot
 vector of the class it answered (the arena answers classes, never probabilities), and
@@ -34,21 +38,20 @@ it), and an exact memory would refuse that second ask at query 2. The cache is t
 measure: it charges the defense only for inputs the attacker genuinely needed answered.
 ``cache=False`` sends every ask, as ART makes it.
 
-When the budget is spent the arena calls :meth:`QueryAdversary.close`: the worker's
+When the budget is spent the arena calls :meth:`QueryAdversary.close`: the attack's
 pending ``predict`` raises :class:`BudgetSpent` (a ``BaseException``, so an attack's
-``except Exception`` does not swallow it) and the thread is joined.
+``except Exception`` does not swallow it) and the attack ends.
 """
 
 from __future__ import annotations
 
 import inspect
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from greenlet import greenlet
 from numpy.typing import NDArray
 
 from movingtarget.answers import ABSTAIN
@@ -60,9 +63,6 @@ from movingtarget.errors import ConfigError
 Predict = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 ABSTAIN_RULES = ("raise", "class", "uniform")
-
-#: Seconds ``close`` waits for the worker thread to end.
-JOIN_TIMEOUT = 10.0
 
 #: Asks in a row answered from the cache alone after which an attack call is abandoned:
 #: an attack that reads every refusal as "not fooled" can loop on inputs it already
@@ -182,14 +182,16 @@ class QueryAdversary(PoolAdversary):
         self.refusals = 0
         self.calls = 0
         self.abandoned = 0
-        self._requests: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._replies: queue.Queue[NDArray[np.int64] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        # the attack's coroutine; the answers that resume it at the next ``propose``
+        self._attack: greenlet | None = None
+        self._reply: NDArray[np.int64] | None = None
+        self._stop = False
         self._finished = False
+        self._eye = np.eye(n_classes, dtype=np.float32)
+        self._shape = self.pool_x.shape[1:]
         # the worker's request being answered: its rows, sources, answers so far
         self._pending: NDArray[np.float32] | None = None
-        self._pending_source: NDArray[np.int64] = np.zeros(0, np.int64)
+        self._whole: Proposal | None = None
         self._got: list[NDArray[np.int64]] = []
         self._offset = 0
         self._current: Sources | None = None
@@ -201,8 +203,8 @@ class QueryAdversary(PoolAdversary):
     # -- the arena's side ---------------------------------------------------------------
     @property
     def alive(self) -> bool:
-        """Whether the worker thread is running."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the attack has started and not ended."""
+        return self._attack is not None and bool(self._attack) and not self._attack.dead
 
     def propose(self, limit: int, exactly: bool = False) -> Proposal:
         if exactly:
@@ -216,11 +218,21 @@ class QueryAdversary(PoolAdversary):
             idx = np.array([self._fallback % len(self.pool_y)], np.int64)
             self._fallback += 1
             return self._proposal(idx)
-        end = min(self._offset + limit, len(self._pending))
-        x = self._pending[self._offset : end]
-        src = self._pending_source[self._offset : end]
-        p = self._proposal(src, x)
-        p.noisy = np.any(x.reshape(len(x), -1) != self.pool_x[src].reshape(len(x), -1), axis=1)
+        whole = self._whole
+        assert whole is not None
+        if self._offset == 0 and limit >= len(whole):  # the common case: the whole ask
+            self._last = whole
+            return whole
+        end = min(self._offset + limit, len(whole))
+        part = slice(self._offset, end)
+        p = Proposal(
+            x=whole.x[part],
+            source=whole.source[part],
+            y_true=whole.y_true[part],
+            target=whole.target[part],
+            noisy=whole.noisy[part],
+        )
+        self._last = p
         return p
 
     def observe(self, labels: NDArray[np.int64]) -> None:
@@ -228,53 +240,60 @@ class QueryAdversary(PoolAdversary):
             raise ValueError("observe() must get one answer per proposed query")
         if self._pending is None:
             return  # fallback queries: nobody is waiting for them
-        self._got.append(np.asarray(labels, np.int64).copy())
+        labels = np.asarray(labels, np.int64)
         self._offset += len(labels)
-        if self._offset >= len(self._pending):
-            answers = np.concatenate(self._got)
-            self._pending, self._got, self._offset = None, [], 0
-            self._replies.put(answers)
+        if self._offset == len(labels) == len(self._pending):  # answered in one round
+            self._reply = labels
+        else:
+            self._got.append(labels.copy())
+            if self._offset < len(self._pending):
+                return
+            self._reply = np.concatenate(self._got)
+        self._pending, self._whole, self._got, self._offset = None, None, [], 0
 
     def close(self) -> None:
-        """Stop the worker (the budget is spent): its pending ask raises
-        :class:`BudgetSpent`; waits for the thread to end."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._replies.put(None)
-            thread.join(JOIN_TIMEOUT)
-            if thread.is_alive():
-                raise RuntimeError(f"{self.name}: the attack thread did not stop")
+        """End the attack (the budget is spent): it gets the answers to its last ask,
+        and its next ask that needs the defense raises :class:`BudgetSpent` inside it."""
+        self._stop = True
+        attack = self._attack
+        if attack is not None and self.alive:
+            reply, self._reply = self._reply, None
+            if reply is not None:
+                # the last answers still reach the attack (as a reply the attacker has in
+                # hand would); its next query that needs the defense raises BudgetSpent
+                attack.switch(reply)
+            else:
+                attack.throw(BudgetSpent)
+            if not attack.dead:  # it caught BudgetSpent and asked again
+                raise RuntimeError(f"{self.name}: the attack did not stop when its budget ended")
 
     def _next_request(self) -> None:
         if self._finished:
             return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=f"{self.name}-attack")
-            self._thread.daemon = True
-            self._thread.start()
-        while True:
-            try:
-                kind, payload = self._requests.get(timeout=1.0)
-                break
-            except queue.Empty:
-                if not self.alive:
-                    raise RuntimeError(
-                        f"{self.name}: the attack thread ended unexpectedly"
-                    ) from None
-        if kind == "ask":
-            self._pending, self._pending_source = payload
-        elif kind == "error":
+        if self._attack is None:
+            self._attack = greenlet(self._work)
+        reply, self._reply = self._reply, None
+        try:
+            kind, payload = self._attack.switch(reply)  # runs the attack until it asks
+        except BaseException:
             self._finished = True
-            raise payload
+            raise
+        if kind == "ask":
+            x, source = payload
+            # the ask's event-log columns, once: the arena may take it in several rounds
+            self._pending = x
+            self._whole = self._proposal(source, x)
+            self._whole.noisy = np.any(
+                x.reshape(len(x), -1) != self.pool_x[source].reshape(len(x), -1), axis=1
+            )
         else:
             self._finished = True
 
-    # -- the attack's side (worker thread) ----------------------------------------------
-    def _work(self) -> None:
+    # -- the attack's side (its coroutine) ------------------------------------------------
+    def _work(self, _: Any = None) -> tuple[str, Any]:
+        n = len(self.pool_y)
+        rounds = 0
         try:
-            n = len(self.pool_y)
-            rounds = 0
             while True:
                 order = self.rng.permutation(n)
                 sent_before = self.sent
@@ -287,11 +306,9 @@ class QueryAdversary(PoolAdversary):
                 rounds += 1
                 if self.sent == sent_before:
                     break  # a whole pass asked nothing new: the attack is exhausted
-            self._requests.put(("done", None))
         except BudgetSpent:
             pass
-        except BaseException as exc:  # handed to the arena's thread
-            self._requests.put(("error", exc))
+        return ("done", None)
 
     def _run_call(self, idx: NDArray[np.int64], seed: int) -> None:
         sources = Sources(
@@ -322,56 +339,49 @@ class QueryAdversary(PoolAdversary):
         per input, an ABSTAIN mapped by ``on_abstain``. Called by the attack; raises
         :class:`BudgetSpent` once the budget is spent and ``x`` holds an input not in
         the cache."""
-        x = np.ascontiguousarray(x, dtype=np.float32).reshape((-1, *self.pool_x.shape[1:]))
+        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[1:] != self._shape:
+            x = x.reshape((-1, *self._shape))
         labels = self._ask(x)
         return self._scores(x, labels)
 
     def _ask(self, x: NDArray[np.float32]) -> NDArray[np.int64]:
         n = len(x)
         self.asked += n
-        flat = x.reshape(n, -1)
-        labels = np.full(n, ABSTAIN, np.int64)
-        if self.cache:
-            keys = [row.tobytes() for row in flat]
-            first: dict[bytes, int] = {}
-            send = []
-            for i, key in enumerate(keys):
-                if key not in self._answers and key not in first:
-                    first[key] = i
-                    send.append(i)
-            self.cached += n - len(send)
-            if not send:
-                self._stalled += 1
-                if self._stalled > STALL_LIMIT:
-                    self._stalled = 0
-                    raise Stalled(f"{STALL_LIMIT} asks in a row were all answered from the cache")
-            else:
+        if not self.cache:
+            return self._send(x)
+        # the attacker's cache: ask only rows it never asked before (once each)
+        keys = [row.tobytes() for row in x.reshape(n, -1)]
+        first: dict[bytes, int] = {}
+        send = []
+        for i, key in enumerate(keys):
+            if key not in self._answers and key not in first:
+                first[key] = i
+                send.append(i)
+        self.cached += n - len(send)
+        if not send:
+            self._stalled += 1
+            if self._stalled > STALL_LIMIT:
                 self._stalled = 0
+                raise Stalled(f"{STALL_LIMIT} asks in a row were all answered from the cache")
         else:
-            send = list(range(n))
-        if send:
-            rows = np.asarray(send, np.int64)
-            answers = self._send(x[rows])
-            labels[rows] = answers
-            if self.cache:
-                for i, a in zip(send, answers.tolist(), strict=True):
-                    self._answers[keys[i]] = a
-        if self.cache:
-            labels = np.array([self._answers[k] for k in keys], np.int64)
-        return labels
+            self._stalled = 0
+            answers = self._send(x[np.asarray(send, np.int64)])
+            for i, a in zip(send, answers.tolist(), strict=True):
+                self._answers[keys[i]] = a
+        return np.array([self._answers[k] for k in keys], np.int64)
 
     def _send(self, x: NDArray[np.float32]) -> NDArray[np.int64]:
         # only a query that needs the defense stops at the budget: answers already in
-        # hand (the cache, the last reply) still reach the attack, so where it stops
-        # does not depend on how the two threads are scheduled
-        if self._stop.is_set():
+        # hand (the cache, the last reply) still reach the attack
+        if self._stop:
             raise BudgetSpent
-        self._requests.put(("ask", (x, self._attribute(x))))
-        answers = self._replies.get()
-        if answers is None:
-            raise BudgetSpent
+        assert self._attack is not None and self._attack.parent is not None
+        x = x.copy()  # the event log keeps it; the attack may reuse its buffer
+        answers = self._attack.parent.switch(("ask", (x, self._attribute(x))))
         self.sent += len(x)
-        return answers
+        return np.asarray(answers, np.int64)
 
     def _attribute(self, x: NDArray[np.float32]) -> NDArray[np.int64]:
         """The source each query is built from: the nearest source of the current call."""
@@ -386,22 +396,22 @@ class QueryAdversary(PoolAdversary):
 
     def _scores(self, x: NDArray[np.float32], labels: NDArray[np.int64]) -> NDArray[np.float32]:
         n = len(labels)
-        out = np.zeros((n, self.n_classes), np.float32)
         refused = labels == ABSTAIN
+        if not refused.any():  # the common case: one one-hot row per answer
+            return self._eye[labels]
+        out = np.zeros((n, self.n_classes), np.float32)
         answered = np.flatnonzero(~refused)
         out[answered, labels[answered]] = 1.0
-        if refused.any():
-            self.refusals += int(refused.sum())
-            if self.on_abstain == "raise":
-                raise Refused(f"the defense abstained on {int(refused.sum())} of {n} queries")
-            if self.on_abstain == "uniform":
-                out[refused] = 1.0 / self.n_classes
-            else:
-                if self.abstain_class is not None:
-                    out[refused, self.abstain_class] = 1.0
-                else:  # the source's own class: "not fooled yet"
-                    rows = np.flatnonzero(refused)
-                    out[rows, self.pool_y[self._attribute(x[rows])]] = 1.0
+        self.refusals += int(refused.sum())
+        if self.on_abstain == "raise":
+            raise Refused(f"the defense abstained on {int(refused.sum())} of {n} queries")
+        if self.on_abstain == "uniform":
+            out[refused] = 1.0 / self.n_classes
+        elif self.abstain_class is not None:
+            out[refused, self.abstain_class] = 1.0
+        else:  # the source's own class: "not fooled yet"
+            rows = np.flatnonzero(refused)
+            out[rows, self.pool_y[self._attribute(x[rows])]] = 1.0
         return out
 
 
