@@ -16,10 +16,13 @@ defaults above (checked before ART is asked).
 
 Seeds: ART's random attacks draw from numpy's global generator; the bridge seeds it for
 each call from the adversary's seed and restores it after. HopSkipJump draws its starting
-point from a ``RandomState()`` of its own that ART does not seed: untargeted, the adapter
-hands it a seeded uniform starting image (``x_adv_init``), used when the defense answers
-it as another class; otherwise (and for targeted runs) HopSkipJump's own unseeded draws
-decide, and its queries vary from run to run.
+point from a ``RandomState()`` of its own that ART does not seed, so the adapter runs
+that search itself on a seeded generator (uniform images until one is answered as
+another class, or as the target) and hands ART the result (``x_adv_init``): a run is
+reproducible query for query. Two differences from ART's own start: the source is asked
+once more before the search (free with the attacker's cache), and a targeted start is
+not first pulled toward the source by a binary search (HopSkipJump's first iteration
+does that anyway).
 
 ART is imported when an adversary is built; without it the error names the ``attacks``
 extra.
@@ -93,15 +96,47 @@ class ArtAttack:
         attack = build_attack(self.name, est, norm=self.norm, targeted=targeted, **self.budget)
         aim = sources.target if targeted else sources.y
         onehot = np.eye(self.n_classes, dtype=np.float32)[aim]
-        kwargs: dict[str, Any] = {}
-        if self.name == "hopskipjump" and not targeted:
-            # a seeded start: HopSkipJump's own generator is not seeded
-            rng = np.random.default_rng(sources.seed)
-            lo, hi = self.clip_values
-            init = rng.uniform(lo, hi, size=sources.x.shape).astype(np.float32)
-            kwargs["x_adv_init"] = est.to_art(init)
-        out = attack.generate(x=est.to_art(sources.x), y=onehot, **kwargs)
+        if self.name == "hopskipjump":
+            return self._hopskipjump(attack, est, sources, onehot)
+        out = attack.generate(x=est.to_art(sources.x), y=onehot)
         return est.from_art(out)
+
+    def _hopskipjump(
+        self, attack: Any, est: Any, sources: Sources, onehot: NDArray[np.float32]
+    ) -> NDArray[np.float32]:
+        """HopSkipJump from a seeded starting point, one source at a time.
+
+        ART draws HopSkipJump's starting point from a ``RandomState()`` it never seeds.
+        Here the same search runs on a seeded generator: up to ``init_size`` uniform
+        images, asked one by one, until one is answered as another class than the
+        source (untargeted) or as the target; ART then starts from it
+        (``x_adv_init``). When none is found the attack has failed on that source, as
+        ART's own search would, and the source comes back unchanged."""
+        rng = np.random.default_rng(sources.seed)
+        out = sources.x.copy()
+        for i in range(len(sources.x)):
+            x = est.to_art(sources.x[i : i + 1])
+            if sources.targeted:
+                goal = int(sources.target[i])
+            else:  # another class than the one the source is answered as
+                goal = int(np.argmax(est.art.predict(x), axis=1)[0])
+            start = self._start(est, x, rng, goal, sources.targeted)
+            if start is not None:
+                adv = attack.generate(x=x, y=onehot[i : i + 1], x_adv_init=start)
+                out[i : i + 1] = est.from_art(adv)
+        return out
+
+    def _start(
+        self, est: Any, x: NDArray[np.float32], rng: np.random.Generator, goal: int, hit: bool
+    ) -> NDArray[np.float32] | None:
+        """The first of ``init_size`` seeded uniform images answered as ``goal``
+        (``hit``) or as anything else (not ``hit``); None if none is."""
+        lo, hi = self.clip_values
+        for _ in range(int(self.budget["init_size"])):
+            img = rng.uniform(lo, hi, size=x.shape).astype(np.float32)
+            if (int(np.argmax(est.art.predict(img), axis=1)[0]) == goal) == hit:
+                return img
+        return None
 
 
 def art_adversary(
