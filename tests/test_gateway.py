@@ -710,6 +710,34 @@ def test_model_version_depends_on_values_not_on_object_sharing():
     assert _version({**apart, "w": np.arange(5.0)}) != _version(apart)  # type: ignore[arg-type]
 
 
+def test_the_many_account_attacker_sends_each_account_under_its_own_key(served):
+    """The adaptive attacker spreads its queries over ``accounts`` client ids; over HTTP
+    account ``a`` goes out under the ``a``-th API key, one key per request, so the
+    gateway's per-key limits and histories see the accounts the attacker chose."""
+    from movingtarget.arena.arena import ACCOUNT_STRIDE, ADVERSARY_CLIENT
+    from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
+
+    tokens = [new_key(served["keys"], f"account{i}", rate=0) for i in range(3)]
+    spec = RemoteAttack(
+        served["url"], tokens, attack="adaptive", params={"accounts": 3, "cover": 0}, budget=60
+    )
+    result = run_remote_attack(spec)
+    log = result.log
+    assert len(log) == 60
+    sent = {}
+    for line in result.queries_csv.splitlines()[1:]:
+        t, request_id, _, key = line.split(",")
+        sent[int(t)] = (request_id, key)
+    account = (log.client - ADVERSARY_CLIENT) // ACCOUNT_STRIDE
+    keys = [sent[int(t)][1] for t in log.t]
+    assert keys == [f"key{int(a) % 3}" for a in account]
+    assert set(keys) == {"key0", "key1", "key2"}
+    by_request: dict[str, set[str]] = {}
+    for request_id, key in sent.values():
+        by_request.setdefault(request_id, set()).add(key)
+    assert all(len(k) == 1 for k in by_request.values())  # one key per request
+
+
 @pytest.mark.parametrize("attack", ["hopskipjump", "square"])
 def test_bridged_query_attacks_run_against_a_live_gateway(served, attack):
     """A bridged ART attack over HTTP: every query it makes is one query to the gateway

@@ -163,6 +163,8 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
             name=str(health["defense"]),
             max_inputs=spec.max_inputs,
             key_names=names,
+            # an attacker that picks its own accounts: account a goes out under key a
+            by_account=int(getattr(adversary, "accounts", 1)) > 1,
         )
         log = Arena(arena_cfg).run(
             defense,  # type: ignore[arg-type]  # the arena needs only answer() and reset()

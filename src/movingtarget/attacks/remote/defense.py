@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.answers import ABSTAIN, Answers, Reason
-from movingtarget.arena.arena import ADVERSARY_CLIENT
+from movingtarget.arena.arena import ACCOUNT_STRIDE, ADVERSARY_CLIENT
 from movingtarget.attacks.remote.client import GatewayClient, RemoteError
 from movingtarget.errors import ConfigError
 
@@ -39,9 +39,13 @@ class Sent:
 class RemoteDefense:
     """Answers the arena's batches by sending them to a gateway.
 
-    Adversary ``i``'s queries go out under its keys (``adversary_keys``, used in turn per
-    request when there are several, like an attacker with several accounts), benign
-    client ``c``'s under ``benign_keys[c % len(benign_keys)]``. A batch is sent as runs
+    Adversary ``i``'s queries go out under its keys (``adversary_keys``). When there are
+    several they are used in turn per request, like an attacker with several accounts;
+    with ``by_account`` (an adversary that spreads its own queries over accounts, such as
+    the adaptive attacker's ``accounts``) account ``a`` of each query goes out under
+    ``adversary_keys[a % len(adversary_keys)]`` instead, so the gateway sees the accounts
+    the attacker chose. Benign client ``c``'s queries go under
+    ``benign_keys[c % len(benign_keys)]``. A batch is sent as runs
     of consecutive queries with the same key, in arrival order, at most ``max_inputs``
     per request; request ids are ``RUN-T`` (``T``: the arena time of the first query).
 
@@ -62,6 +66,7 @@ class RemoteDefense:
         name: str = "gateway",
         max_inputs: int = 256,
         key_names: dict[int, str] | None = None,
+        by_account: bool = False,
     ) -> None:
         if not adversary_keys:
             raise ConfigError("attack: at least one --key is needed")
@@ -74,12 +79,16 @@ class RemoteDefense:
         self.sent = Sent()
         self._turn = 0
         self._names = key_names or {}
+        self.by_account = bool(by_account)
 
     def reset(self) -> None:
         """Nothing to reset on this side (see the class docs)."""
 
     def _client(self, client: int) -> GatewayClient:
         if client >= ADVERSARY_CLIENT:
+            if self.by_account:
+                account = (client - ADVERSARY_CLIENT) // ACCOUNT_STRIDE
+                return self.adversary_keys[account % len(self.adversary_keys)]
             c = self.adversary_keys[self._turn % len(self.adversary_keys)]
             self._turn += 1
             return c
@@ -99,7 +108,9 @@ class RemoteDefense:
         times = np.arange(n, dtype=np.int64) if times is None else np.asarray(times, np.int64)
         out = Answers.undecided(n)
         # runs of consecutive queries from the same kind of client share one request
-        kind = np.where(clients >= ADVERSARY_CLIENT, -1, clients)
+        # (with by_account, from the same account: one key per request)
+        adversarial = clients >= ADVERSARY_CLIENT
+        kind = np.where(adversarial & (not self.by_account), -1, clients)
         cuts = np.flatnonzero(np.diff(kind)) + 1
         for start, end in zip(
             np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [n]]).tolist(), strict=True
