@@ -29,6 +29,7 @@ from movingtarget.metrics.analytic import (
     predict,
     verdict,
 )
+from movingtarget.metrics.fooled import benign_near_false_abstention, fooled_metrics
 from movingtarget.metrics.measured import (
     attack_metrics,
     benign_false_abstention,
@@ -291,6 +292,9 @@ def run_task(task: Task) -> dict[str, Any]:
         "ran_out_at": ran_out_at(source, prediction.supply),
         "prediction": prediction.as_dict(),
         "abstain_benign_false": benign_false_abstention(log),
+        "abstain_benign_near": benign_near_false_abstention(log),
+        # per source input: the OARS / QPA success rate and the perturbation it took
+        **fooled_metrics(log, pools.attacker_x),
         "calibration": [c.as_dict() for c in calibrations],
         "curve_x": at.tolist(),
         "curve_y": curve[at - 1].tolist(),

@@ -5,8 +5,10 @@ OARS, CCS 2023, and QPA, 2024; Goodfellow 2019): the attack's success ``r~``, th
 its queries the defense flagged (abstentions), the query of its first detection (the
 first abstention with a repeat or near-repeat reason) and in how many seeds it came,
 its trajectory (exact duplicate share, cosine of successive steps), its cost (refused
-queries per success, accounts used and burnt), and beside it what benign users paid:
-the false abstention on their non-duplicate queries.
+queries per success, accounts used and burnt), the share of source inputs it fooled and
+the perturbation that took (:mod:`movingtarget.metrics.fooled`), and beside it what
+benign users paid: the false abstention on their fresh and on their near-duplicate
+queries.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def stateful_lines(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> li
     ...          "first_detection": None, "r_tilde": 0.7, "abstain_adversarial": 0.0}]
     >>> rows = [{"attack": "a", "defense": "d", "r_tilde": 0.6, "r_tilde_se": 0.1}]
     >>> print(stateful_lines(rows, runs)[-1])
-    | a | d | 0.6000 ± 0.1000 | 0.0500 | 3 (1 of 2) | — | — | — | — / — | — |
+    | a | d | 0.6000 ± 0.1000 | — | — / — | 0.0500 | 3 (1 of 2) | — | — | — | — / — | — / — |
     """
     if not runs:
         return []
@@ -52,13 +54,18 @@ def stateful_lines(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> li
         "*duplicates*, the share of its queries byte-identical to one it sent before, and "
         "*step cosine*, the mean cosine of successive query differences (query-based "
         "attacks probe along related directions); *refused per success* and *accounts* "
-        "(used / burnt: refused at least once), what the attack cost; *benign false "
-        "abstention*, refusals of benign users' non-duplicate queries. The cumulative "
-        "`r~` plot above is the attack's success against queries sent.",
+        "(used / burnt: refused at least once), what the attack cost; *inputs fooled*, the "
+        "share of the source inputs it attacked that it fooled at least once within the "
+        "budget (the OARS / QPA success rate), and *L2 / L∞*, the median over fooled "
+        "inputs of the smallest perturbation that fooled them; *benign false abstention*, "
+        "refusals of benign users' fresh (i.i.d.) queries and of their near-duplicate "
+        "queries (— when the run sent none). The cumulative `r~` plot above is the "
+        "attack's success against queries sent.",
         "",
-        "| attack | defense | r~ | flagged | first detection (seeds) | duplicates "
-        "| step cosine | refused per success | accounts used / burnt | benign false abstention |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | defense | r~ | inputs fooled | L2 / L∞ | flagged | first detection (seeds) "
+        "| duplicates | step cosine | refused per success | accounts used / burnt "
+        "| benign false abstention (i.i.d. / near-duplicate) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         group = [r for r in runs if r["attack"] == row["attack"] and r["defense"] == row["defense"]]
@@ -72,10 +79,13 @@ def stateful_lines(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> li
         r_tilde = fmt(row.get("r_tilde"), row.get("r_tilde_se"))
         lines.append(
             f"| {row['attack']} | {row['defense']} | {r_tilde} "
+            f"| {fmt(_mean(group, 'inputs_fooled'))} "
+            f"| {fmt(_mean(group, 'perturbation_l2'))} / {fmt(_mean(group, 'perturbation_linf'))} "
             f"| {fmt(_mean(group, 'abstain_adversarial'))} | "
             f"{first} | {fmt(_mean(group, 'duplicate_share'))} | "
             f"{fmt(_mean(group, 'step_cosine'))} | {fmt(_mean(group, 'bad_queries_per_success'))} "
             f"| {fmt(_mean(group, 'accounts_used'))} / {fmt(_mean(group, 'accounts_burnt'))} | "
-            f"{fmt(_mean(group, 'abstain_benign_false'))} |"
+            f"{fmt(_mean(group, 'abstain_benign_false'))} / "
+            f"{fmt(_mean(group, 'abstain_benign_near'))} |"
         )
     return lines

@@ -39,7 +39,14 @@ from movingtarget.experiment.runner import (
     ran_out_at,
 )
 from movingtarget.metrics.analytic import Prediction
-from movingtarget.metrics.measured import attack_metrics, cumulative_r_tilde, repeat_mask
+from movingtarget.metrics.fooled import benign_near_false_abstention, fooled_metrics
+from movingtarget.metrics.measured import (
+    attack_metrics,
+    benign_false_abstention,
+    cumulative_r_tilde,
+    repeat_mask,
+)
+from movingtarget.metrics.trajectory import trajectory_metrics
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,7 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
             pools.benign_x,
             pools.benign_y,
             seed=seeds.arena,
+            inputs=True,
         )
     finally:
         for c in clients + benign:
@@ -193,7 +201,7 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
         pools=spec.pools,
     )
     supply = len(getattr(adversary, "pool_y", ()))
-    run = _run_row(Task(attack, defense_spec, spec.seed), log, supply)
+    run = _run_row(Task(attack, defense_spec, spec.seed), log, supply, pools.attacker_x)
     rows = aggregate([run], float("nan"), config)
     refused = sum(c.refused for c in clients + benign)
     waited = sum(c.waited_s for c in clients + benign)
@@ -203,7 +211,7 @@ def run_remote_attack(spec: RemoteAttack, out: str | Path | None = None) -> Remo
     return result
 
 
-def _run_row(task: Task, log: EventLog, supply: int) -> dict[str, Any]:
+def _run_row(task: Task, log: EventLog, supply: int, pool_x: Any = None) -> dict[str, Any]:
     # the same row as experiment.runner.run_task writes to runs.json; a black box has
     # no prediction (the attacker does not know the model)
     curve = cumulative_r_tilde(log, 0)
@@ -221,12 +229,10 @@ def _run_row(task: Task, log: EventLog, supply: int) -> dict[str, Any]:
         "ran_out_at": ran_out_at(source, supply),
         "prediction": black_box.as_dict(),
     }
-    try:
-        from movingtarget.metrics.measured import benign_false_abstention
-
-        row["abstain_benign_false"] = benign_false_abstention(log)
-    except ImportError:  # older metrics without the fresh-benign split
-        pass
+    row["abstain_benign_false"] = benign_false_abstention(log)
+    row["abstain_benign_near"] = benign_near_false_abstention(log)
+    row.update(trajectory_metrics(log, 0))
+    row.update(fooled_metrics(log, pool_x))
     row["curve_x"] = at.tolist()
     row["curve_y"] = curve[at - 1].tolist() if len(curve) else []
     return row
