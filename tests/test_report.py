@@ -267,3 +267,9 @@ def test_stateful_defense_table(tmp_path: Path) -> None:
             assert found, "the near-repeat memory detects Square within 150 queries"
         used = np.mean([r["accounts_used"] for r in group])
         assert re.search(rf"\| {used:.4f} / ", line), line
+        # the per-input columns are the runs' own: inputs fooled, then L2 / L-inf
+        fooled = np.mean([r["inputs_fooled"] for r in group])
+        l2 = np.mean([r["perturbation_l2"] for r in group])
+        assert f"| {fooled:.4f} | {l2:.4f} / " in line, line
+        if attack == "square":
+            assert l2 > 0  # Square's examples are perturbed copies; the adaptive's are not

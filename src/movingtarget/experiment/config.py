@@ -18,7 +18,14 @@ from movingtarget.arena.arena import ArenaConfig
 from movingtarget.errors import ConfigError
 
 #: Configs shipped with the package, by name.
-BUILTIN_CONFIGS = ("hello-world", "spambase", "synthetic", "arms-race", "arms-race-fashion")
+BUILTIN_CONFIGS = (
+    "hello-world",
+    "spambase",
+    "synthetic",
+    "arms-race",
+    "arms-race-fashion",
+    "stateful",
+)
 
 
 @dataclass(frozen=True)
