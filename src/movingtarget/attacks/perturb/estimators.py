@@ -267,7 +267,8 @@ def scores_view(est: Estimator, *, image: bool = False) -> Estimator:
 
     def proba(x: NDArray[np.float32]) -> NDArray[np.float32]:
         out = np.asarray(est.art.predict(est.to_art(x)), dtype=np.float64)
-        if not np.allclose(out.sum(axis=1), 1.0, atol=1e-3) or (out < 0).any():
+        # already probabilities? (one reduction each: this runs once per query)
+        if not len(out) or abs(out.sum(axis=1) - 1.0).max() > 1e-3 or out.min() < 0:
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
         return out.astype(np.float32)
