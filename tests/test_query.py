@@ -46,6 +46,19 @@ def _defense(digits: Any, name: str) -> Any:
     return defense
 
 
+def _alone(digits: Any, adv: Any, queries: int) -> Any:
+    """``adv`` alone (no benign traffic) against the deterministic defense, inputs kept."""
+    _, _, pools = digits
+    return Arena(ArenaConfig(queries=queries, benign_ratio=0)).run(
+        _defense(digits, "deterministic"),
+        [adv],
+        pools.benign_x,
+        pools.benign_y,
+        seed=0,
+        inputs=True,
+    )
+
+
 class CountingDefense:
     """The defense, counting the rows each client sent (independently of the log)."""
 
@@ -253,15 +266,7 @@ def test_square_and_simba_are_seeded(digits) -> None:  # type: ignore[no-untyped
     logs = []
     for _ in range(2):
         adv = build_adversary("square", pools.attacker_x, pools.attacker_y, 10, seed=3, **SQUARE)
-        log = Arena(ArenaConfig(queries=200, benign_ratio=0)).run(
-            _defense(digits, "deterministic"),
-            [adv],
-            pools.benign_x,
-            pools.benign_y,
-            seed=0,
-            inputs=True,
-        )
-        logs.append(log)
+        logs.append(_alone(digits, adv, 200))
     assert logs[0].x is not None and logs[1].x is not None
     assert np.array_equal(logs[0].x, logs[1].x)
 
@@ -388,14 +393,7 @@ def test_hopskipjump_is_reproducible_query_for_query(digits, target: int | None)
         adv = build_adversary(
             "hopskipjump", pools.attacker_x, pools.attacker_y, 10, seed=seed, target=target, **HSJ
         )
-        return Arena(ArenaConfig(queries=300, benign_ratio=0)).run(
-            _defense(digits, "deterministic"),
-            [adv],
-            pools.benign_x,
-            pools.benign_y,
-            seed=0,
-            inputs=True,
-        )
+        return _alone(digits, adv, 300)
 
     a, b, c = run(0), run(0), run(1)
     assert a.x is not None and b.x is not None and c.x is not None
