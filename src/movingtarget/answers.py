@@ -35,6 +35,7 @@ class Reason(IntEnum):
     CORRECTED = 9  # answered from a correction memory (a label given as feedback)
     ADVERSARIAL_LIKELIHOOD = 10  # abstained: the input looks adversarial (centroid score)
     OUT_OF_DOMAIN = 11  # refused: outside the served model's input domain (a remote gateway)
+    SUSPENDED = 12  # abstained: the client's suspicion score suspended it
 
     @property
     def label(self) -> str:

@@ -35,6 +35,7 @@ from movingtarget.defenses.decision import Argmax, Sample
 from movingtarget.defenses.memorize import Memorize
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
+from movingtarget.defenses.suspicion import Suspicion
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model
 from movingtarget.registry import Registry
@@ -47,6 +48,7 @@ MECHANISMS.register("memorize")(Memorize)
 MECHANISMS.register("rate-limit")(RateLimit)
 MECHANISMS.register("near-repeat")(NearRepeat)
 MECHANISMS.register("centroid")(CentroidDetector)
+MECHANISMS.register("suspicion")(Suspicion)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -57,6 +59,9 @@ COMPOSITIONS: dict[str, str] = {
     "memorize-random": "memorize(on_repeat=random) > argmax",
     "near-repeat-abstain": "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax",
     "centroid-abstain": "argmax > centroid(false_alarm=0.001)",
+    "near-repeat-suspicion": (
+        "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax > suspicion"
+    ),
 }
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -191,6 +196,7 @@ __all__ = [
     "NearRepeat",
     "RateLimit",
     "Sample",
+    "Suspicion",
     "build_defense",
     "build_mechanisms",
     "composition_text",

@@ -33,6 +33,7 @@ _SETS = {
     Reason.DISAGREEMENT: ("moving-target", "pool"),
     Reason.CORRECTED: ("correct", "active-learning"),
     Reason.ADVERSARIAL_LIKELIHOOD: ("centroid",),
+    Reason.SUSPENDED: ("suspicion",),
 }
 
 
