@@ -1,8 +1,14 @@
-"""The stores' documented semantics (TTL from first-seen time, capacity evicting the
-oldest first-seen entries down to 90 %), one query at a time in plain Python: the
-reference the property tests compare every store with."""
+"""The stores' documented semantics (TTL from first-seen time, capacity evicting exactly
+the excess, oldest first-seen first, ties by the key read as a signed int64), one query
+at a time in plain Python: the reference the property tests compare every store with."""
 
 from __future__ import annotations
+
+
+def signed(key: int) -> int:
+    """A 64-bit key read as a signed int64 (the tie order among equal first-seen times)."""
+    key &= (1 << 64) - 1
+    return key - (1 << 64) if key >= 1 << 63 else key
 
 
 class ReferenceStore:
@@ -26,9 +32,10 @@ class ReferenceStore:
             cutoff = self.clock - self.ttl
             self.entries = {k: e for k, e in self.entries.items() if e[1] > cutoff}
         if self.capacity is not None and len(self.entries) > self.capacity:
-            keep = max(1, int(0.9 * self.capacity))
-            newest = sorted(self.entries.items(), key=lambda kv: -kv[1][1])[:keep]
-            self.entries = dict(newest)
+            excess = len(self.entries) - self.capacity
+            oldest = sorted(self.entries, key=lambda k: (self.entries[k][1], signed(k)))
+            for k in oldest[:excess]:
+                del self.entries[k]
         return prior
 
     def count(self, key: int) -> int:

@@ -236,10 +236,10 @@ def test_the_gateway_takes_its_shared_pools_at_start_and_lets_key_histories_grow
     x = digits_x[:3]
     defense.answer(x, np.array([7, 7, 7]), np.arange(3))
     own = memory._own_store(7)
-    assert isinstance(own, InProcessStore) and own.nbytes == 1024 * 24
+    assert isinstance(own, InProcessStore) and own.nbytes == 1024 * 24 + 1024 * 16
     assert "shared pools hold 1 MiB" in memory_banner(config, TenantPolicy(), defense)
     big = GatewayConfig(defense="memorize-abstain", memory_capacity=1_000_000)
     banner = memory_banner(
         big, TenantPolicy(), build_served_defense(big, load_served_model("digits:logistic"))
     )
-    assert "shared pools hold 48 MiB in this process" in banner
+    assert "shared pools hold 65 MiB in this process" in banner

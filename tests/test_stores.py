@@ -35,6 +35,8 @@ KINDS = ("memory", "sqlite", "redis")
 MakeStore = Callable[..., Store]
 
 U64 = np.uint64
+# keys of both signs as int64 (ties in first-seen time are broken by that order)
+POOL = [*range(26), 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 2, 2**64 - 1]
 
 
 def u64(*values: int) -> np.ndarray:
@@ -165,20 +167,44 @@ def test_ttl_boundary_holds_in_large_batches(make_store: MakeStore) -> None:
     assert store.observe(again, np.full(100, 9)).tolist() == [1] * 50 + [2] * 50
 
 
-def test_capacity_evicts_oldest_first_seen_down_to_90_percent(make_store: MakeStore) -> None:
+def test_capacity_evicts_exactly_the_excess_oldest_first_seen_first(
+    make_store: MakeStore,
+) -> None:
+    """A full store that receives one new key evicts exactly one entry, the oldest
+    first-seen (not the most recently used); a batch of new keys evicts as many."""
     store = make_store(capacity=10)
     for t in range(10):
         store.observe(u64(100 + t), np.array([t]))
     store.observe(u64(100), np.array([10]))  # a repeat: first-seen time stays 0
     assert len(store) == 10
-    store.observe(u64(110), np.array([11]))  # 11 keys > 10: keep the 9 newest
-    assert len(store) == 9
-    assert store.lookup(u64(*range(100, 111))).tolist() == [0, 0] + [1] * 9
+    store.observe(u64(110), np.array([11]))  # 11 keys > 10: the oldest one goes
+    assert len(store) == 10
+    assert store.lookup(u64(*range(100, 111))).tolist() == [0] + [1] * 10
+    store.observe(u64(111, 112, 113), np.array([12, 13, 14]))  # three more: three go
+    assert len(store) == 10
+    assert store.lookup(u64(*range(100, 114))).tolist() == [0] * 4 + [1] * 10
+
+
+def test_capacity_ties_in_first_seen_time_evict_the_lower_signed_key_first(
+    make_store: MakeStore,
+) -> None:
+    """Entries first seen at one time are evicted in the order of their keys read as
+    signed int64, in every store: 2**63 (the most negative) first, then 2**64 - 1 (-1),
+    then 0, 1, ..."""
+    store = make_store(capacity=3)
+    keys = u64(1, 2**64 - 1, 0, 2**63, 2**63 - 1)
+    assert store.observe(keys, np.zeros(5, np.int64)).tolist() == [0] * 5
+    assert store.lookup(keys).tolist() == [1, 0, 1, 0, 1]
+    store.observe(u64(5), np.array([0]))  # one more at the same time: 0 goes
+    assert store.lookup(u64(0, 1, 5, 2**63 - 1)).tolist() == [0, 1, 1, 1]
+    store.observe(u64(7), np.array([-1]))  # older than all: the newcomer itself goes
+    assert store.lookup(u64(7, 1, 5, 2**63 - 1)).tolist() == [0, 1, 1, 1]
+    assert len(store) == 3
 
 
 def test_in_process_eviction_keeps_every_probe_path_whole() -> None:
-    """Eviction empties slots in place and moves later entries back along their probe
-    paths: after every one of many evictions at the table's full load (clusters of
+    """Eviction empties slots one at a time, in place, and moves later entries back
+    along their probe paths: after every one of many evictions at the table's full load (clusters of
     all lengths, wrapping past the table's end), each key of the universe reads the
     count the reference semantics give, and a dropped key reads 0. A hole left in a
     probe path would make a kept key read 0 (plant one: skip the move-back)."""
@@ -206,23 +232,31 @@ def test_in_process_eviction_keeps_every_probe_path_whole() -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    batches=st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=40), min_size=1, max_size=8),
+    batches=st.lists(
+        st.lists(st.sampled_from(POOL), min_size=1, max_size=40), min_size=1, max_size=8
+    ),
     ttl=st.one_of(st.none(), st.integers(1, 60)),
     capacity=st.one_of(st.none(), st.integers(1, 25)),
+    tick=st.integers(0, 1),
 )
 def test_matches_the_reference_semantics(
-    make_store: MakeStore, batches: list[list[int]], ttl: int | None, capacity: int | None
+    make_store: MakeStore,
+    batches: list[list[int]],
+    ttl: int | None,
+    capacity: int | None,
+    tick: int,
 ) -> None:
-    # every query has its own time, so first-seen times never tie and eviction order
-    # is fully determined
+    # tick 1: every query has its own time; tick 0: a batch's queries share one time,
+    # so first-seen times tie and eviction follows the shared tie order (signed keys;
+    # the pool holds keys of both signs)
     store, ref = make_store(ttl=ttl, capacity=capacity), ReferenceStore(ttl, capacity)
     t = 0
     for batch in batches:
-        now = list(range(t, t + len(batch)))
-        t += len(batch)
+        now = [t + tick * i for i in range(len(batch))]
+        t += max(1, tick * len(batch))
         got = store.observe(np.array(batch, dtype=np.uint64), np.array(now))
         assert got.tolist() == ref.observe(batch, now)
-    keys = list(range(31))
+    keys = POOL
     assert store.lookup(np.array(keys, dtype=np.uint64)).tolist() == [ref.count(k) for k in keys]
     assert len(store) == len(ref.entries)
 
@@ -559,7 +593,30 @@ def test_redis_refuses_a_bounded_client_on_an_unindexed_namespace(redis_url: str
     RedisStore(redis_url, namespace=bounded).observe(u64(*range(2, 8)), np.arange(1, 7))
     assert RedisStore(redis_url, namespace=bounded, capacity=5).lookup(u64(1)).tolist() == [1]
     RedisStore(redis_url, namespace=bounded, capacity=5).observe(u64(9), np.array([9]))
-    assert len(RedisStore(redis_url, namespace=bounded)) == 4
+    assert len(RedisStore(redis_url, namespace=bounded)) == 5  # the 3 oldest went
+
+
+def test_redis_re_encodes_a_namespace_indexed_by_an_earlier_version(redis_url: str) -> None:
+    """A namespace whose first-seen index holds the keys' own bytes (flag ``1``, written
+    before ties were ordered by signed key) is re-encoded by the next write: its
+    entries are then evicted and expired like any others, ties in signed-key order."""
+    ns = f"ox{uuid.uuid4().hex}"
+    store = RedisStore(redis_url, namespace=ns, capacity=4)
+    keys = u64(3, 2**64 - 1, 2**63, 9)
+    store.observe(keys, np.zeros(4, np.int64))
+    # rewrite the index as the earlier version kept it
+    age = f"{{{ns}}}:age"
+    pipe = store.client.pipeline(transaction=True)
+    pipe.delete(age)
+    for k in keys.tolist():
+        pipe.zadd(age, {int(k).to_bytes(8, "little"): 0})
+    pipe.hset(f"{{{ns}}}:meta", "indexed", "1")
+    pipe.execute()
+    assert len(RedisStore(redis_url, namespace=ns, capacity=4)) == 4  # still opens
+    store.observe(u64(5, 6), np.zeros(2, np.int64))  # two more at time 0: 2**63, -1 go
+    assert store.lookup(u64(3, 2**64 - 1, 2**63, 9, 5, 6)).tolist() == [1, 0, 0, 1, 1, 1]
+    assert store.client.hget(f"{{{ns}}}:meta", "indexed") == b"2"
+    assert store.client.zcard(age) == len(store) == 4
 
 
 def test_redis_buckets_stay_compact_and_are_fixed_per_namespace(redis_url: str) -> None:

@@ -8,10 +8,11 @@ The rule, the same for every store (see ``docs/memory.md``):
   starts a fresh entry with first-seen ``t``. The store's *clock* is the latest ``now``
   it has observed; after each batch, entries with ``first_seen <= clock - ttl`` are
   forgotten, so ``lookup`` and ``len`` only ever see live entries.
-* **Capacity.** When, after a batch, more than ``capacity`` distinct keys are stored,
-  the entries with the oldest first-seen times are evicted until
-  ``keep_after_eviction(capacity) = max(1, int(0.9 * capacity))`` remain, in one pass, so
-  eviction costs O(1) amortized per stored key.
+* **Capacity.** When, after a batch, more than ``capacity`` distinct live keys are
+  stored, exactly the excess is evicted, oldest first-seen first, so a full store keeps
+  ``keep_after_eviction(capacity) = capacity`` entries and each batch evicts about as
+  many entries as it adds (no pass over the whole store). Ties in first-seen time:
+  the lower key, read as a signed int64 (:func:`eviction_order`), goes first.
 """
 
 from __future__ import annotations
@@ -34,8 +35,21 @@ def check_bounds(ttl: int | None, capacity: int | None, where: str) -> None:
 
 
 def keep_after_eviction(capacity: int) -> int:
-    """How many entries a store keeps when it evicts for exceeding ``capacity``."""
-    return max(1, int(0.9 * capacity))
+    """How many entries a store keeps when it evicts for exceeding ``capacity``: all it
+    may hold, so each batch evicts only its excess."""
+    return capacity
+
+
+def eviction_order(key: int, first_seen: int) -> tuple[int, int]:
+    """The sort key of the eviction order: oldest first-seen first, then the lower key
+    read as a signed int64 (SQLite's ``ORDER BY first_seen, key``; the in-process heap
+    and the Redis sorted set's members are encoded to agree).
+
+    >>> sorted([(2**64 - 1, 5), (1, 5), (7, 3)], key=lambda e: eviction_order(*e))
+    [(7, 3), (18446744073709551615, 5), (1, 5)]
+    """
+    signed = key - (1 << 64) if key >= 1 << 63 else key
+    return first_seen, signed
 
 
 def settle_batch(

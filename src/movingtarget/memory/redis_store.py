@@ -12,8 +12,14 @@ namespace lives on one shard):
   capacity; beyond that the hashes convert to the ordinary encoding (still correct,
   just larger).
 * ``{ns}:age`` — a sorted set key -> first-seen time, kept only when a TTL or capacity
-  is set (expiry and eviction walk it oldest first); about 100 more bytes a key.
-* ``{ns}:meta`` — the bucket count, size, clock (latest ``now`` observed), index flag.
+  is set (expiry and eviction walk it oldest first); about 100 more bytes a key. Its
+  members are the keys big-endian with the sign bit flipped, so that entries of one
+  first-seen time sort (and are evicted) in the order of the keys as signed int64, as
+  in every store.
+* ``{ns}:meta`` — the bucket count, size, clock (latest ``now`` observed), index flag
+  (``2``; a namespace indexed by an earlier version, flag ``1``, whose members were the
+  keys' own bytes, is re-encoded once by the first write of this version, which reads
+  the whole set: all clients of a namespace should run one version).
 
 Every batch is one atomic step for all clients: a Lua script walks the keys in arrival
 order (so duplicates inside a batch and concurrent clients both get exact prior
@@ -79,13 +85,31 @@ local kb, tb = ARGV[1], ARGV[2]
 local ttl = tonumber(ARGV[3])
 local bucket = namer(base, tonumber(ARGV[8]))
 local spack, sunpack, sub = struct.pack, struct.unpack, string.sub
-local indexed = redis.call('HGET', meta, 'indexed') == '1'
+-- sorted-set members: the key big-endian with its sign bit flipped, so that members of
+-- one first-seen time sort like the keys as signed int64 (the shared tie order)
+local function member(k)
+  local r = string.reverse(k)
+  return string.char((string.byte(r, 1) + 128) % 256) .. sub(r, 2)
+end
+local function field(m)
+  return string.reverse(string.char((string.byte(m, 1) + 128) % 256) .. sub(m, 2))
+end
+local flag = redis.call('HGET', meta, 'indexed')
+if flag == '1' then
+  -- indexed before members were encoded (the key's own bytes): re-encode them, once
+  local old = redis.call('ZRANGE', age, 0, -1, 'WITHSCORES')
+  redis.call('DEL', age)
+  for i = 1, #old, 2 do redis.call('ZADD', age, old[i + 1], member(old[i])) end
+  redis.call('HSET', meta, 'indexed', '2')
+  flag = '2'
+end
+local indexed = flag == '2'
 local size = tonumber(redis.call('HGET', meta, 'size') or '0')
 if ARGV[4] == '1' and not indexed then
   if size > 0 then
     return redis.error_reply('UNINDEXED namespace holds entries without first-seen index')
   end
-  redis.call('HSET', meta, 'indexed', '1')
+  redis.call('HSET', meta, 'indexed', '2')
   indexed = true
 end
 local out = {}
@@ -109,7 +133,7 @@ for i = 1, #kb / 8 do
   end
   out[i] = spack('<i8', c)
   redis.call('HSET', b, k, spack('<i8', c + 1) .. fbytes)
-  if indexed and c == 0 then redis.call('ZADD', age, t, k) end
+  if indexed and c == 0 then redis.call('ZADD', age, t, member(k)) end
 end
 local clock = tonumber(redis.call('HGET', meta, 'clock') or tmax)
 if tmax > clock then clock = tmax end
@@ -117,7 +141,8 @@ if ARGV[5] == '1' then
   local cap, keep = tonumber(ARGV[6]), tonumber(ARGV[7])
   local function drop(members)
     for _, m in ipairs(members) do
-      size = size - redis.call('HDEL', bucket(m), m)
+      local k = field(m)
+      size = size - redis.call('HDEL', bucket(k), k)
     end
   end
   if ttl > 0 then
@@ -129,6 +154,7 @@ if ARGV[5] == '1' then
     end
   end
   if cap > 0 and size > cap then
+    -- exactly the excess, oldest first: O(excess + log n), never a pass over the set
     local excess = size - keep
     drop(redis.call('ZRANGE', age, 0, excess - 1))
     redis.call('ZREMRANGEBYRANK', age, 0, excess - 1)
@@ -192,10 +218,11 @@ class RedisStore(ClosedOnExit):
     new and restarts the entry; after each batch, entries with ``first_seen <=
     clock - ttl`` are deleted, where the clock is the latest ``now`` any client has
     observed in the namespace. When more than ``capacity`` keys are stored after a
-    batch, the oldest first-seen entries are deleted until ``max(1, int(0.9 *
-    capacity))`` remain, inside the same atomic step. All clients of a namespace should
-    use the same bounds; a bounded client refuses a namespace filled without the
-    first-seen index (clear it first).
+    batch, exactly the excess is deleted, oldest first-seen first (ties: the lower key as
+    a signed int64), inside the same atomic step, so a full namespace holds
+    ``capacity`` keys and a batch's eviction costs O(excess + log n). All clients of a
+    namespace should use the same bounds; a bounded client refuses a namespace filled
+    without the first-seen index (clear it first).
 
     Times travel through Lua numbers (doubles): they must stay within +-2**53, which
     milliseconds since the epoch and arrival indices do by far.
@@ -269,7 +296,8 @@ class RedisStore(ClosedOnExit):
             self.client.hsetnx(self._meta, "buckets", wanted)
             indexed, size, stored = self.client.hmget(self._meta, "indexed", "size", "buckets")
             self.buckets = int(stored or wanted)
-            if self._bounded and indexed != b"1" and int(size or 0) > 0:
+            # "1": indexed by an older version (members re-encoded on its next write)
+            if self._bounded and indexed not in (b"1", b"2") and int(size or 0) > 0:
                 raise ConfigError(self._unindexed_message())
 
     # -- helpers -------------------------------------------------------------------

@@ -103,8 +103,10 @@ class SQLiteStore(ClosedOnExit):
     Bounds: a query at time ``t`` whose entry has ``first_seen <= t - ttl`` counts as
     new and restarts the entry; after each batch, entries with ``first_seen <=
     clock - ttl`` (``clock``: the latest ``now`` observed) are deleted. When more than
-    ``capacity`` keys are stored after a batch, the oldest first-seen entries are
-    deleted until ``max(1, int(0.9 * capacity))`` remain, in the same transaction.
+    ``capacity`` keys are stored after a batch, exactly the excess is deleted, oldest
+    first-seen first (ties: the lower key, a signed int64 here), in the same
+    transaction: a full store holds ``capacity`` keys, and a batch's eviction walks only
+    the excess along the first-seen index.
 
     Errors: a file that is not a database, is corrupt, unwritable, or locked for longer
     than ``timeout`` raises one :class:`~movingtarget.errors.DataError` naming the path;
@@ -327,6 +329,7 @@ class SQLiteStore(ClosedOnExit):
             ).rowcount
         if self.capacity is not None and size > self.capacity:
             excess = size - keep_after_eviction(self.capacity)
+            # the (first_seen) index holds the rowid too: this walks the excess only
             size -= conn.execute(
                 f"DELETE FROM {self._table} WHERE key IN (SELECT key FROM {self._table}"
                 " ORDER BY first_seen, key LIMIT ?)",

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from movingtarget._numba import loops
 from movingtarget.errors import ConfigError
+from movingtarget.memory._policy import keep_after_eviction
 
 _MIN_SLOTS = 1024
 _MAX_LOAD = 0.6
@@ -21,6 +22,8 @@ _MAX_LOAD = 0.6
 # third of a time on average instead of once; larger ones double, to bound the memory
 _QUADRUPLE_BELOW = 1 << 22
 _NO_TTL = 0
+_NO_BOUND = -1
+_MIN_NODES = 1024
 
 
 def _grown(slots: int) -> int:
@@ -83,22 +86,28 @@ class InProcessStore:
     """An open-addressing hash table in this process: fastest, gone when it ends.
 
     One 24-byte row per slot holds a key, its count and its first-seen time, so a key
-    costs one memory access. Keys are placed by Fibonacci hashing and linear probing
-    (load kept at most 0.6), in compiled loops that take a batch's keys one after the
-    other in arrival order (:mod:`movingtarget.memory._hashtable`): a few microseconds
-    for a batch of 64 keys, about 10M lookups a second in large batches at 10M stored.
-    Tables up to 4M slots grow fourfold, larger ones double.
+    costs one memory access; a heap of 16-byte ``(first_seen, key)`` nodes, one per
+    entry (plus the few left stale by TTL restarts), finds the oldest entries. Keys are
+    placed by Fibonacci hashing and linear probing (load kept at most 0.6), in compiled
+    loops that take a batch's keys one after the other in arrival order
+    (:mod:`movingtarget.memory._hashtable`): a few microseconds for a batch of 64 keys,
+    about 10M lookups a second in large batches at 10M stored. Tables up to 4M slots
+    grow fourfold, larger ones double.
 
     Bounds (both optional, ``now`` units for ``ttl``):
 
     * ``ttl``: an entry expires ``ttl`` after its *first-seen* time; a later query
       with that key counts as new (count 0) and starts a fresh entry;
-    * ``capacity``: when more than ``capacity`` distinct keys are stored, the entries
-      with the oldest first-seen time are evicted until ``0.9 * capacity`` remain
-      (a selection and one in-place pass over the table, so eviction costs O(1)
-      amortized per key and allocates nothing). The table grows
-      with what it holds, up to the size the capacity needs (40-80 bytes per key of
-      capacity); :meth:`preallocate` takes that size at once instead.
+    * ``capacity``: when more than ``capacity`` distinct keys are stored after a batch,
+      exactly the excess is evicted, oldest first-seen first (ties: the lower key as a
+      signed int64), so a full store holds ``capacity`` entries. Each evicted entry is
+      popped off the heap and its slot emptied in place (backward-shift deletion): a
+      batch pays O(excess * log n), never a pass over the table, and allocates nothing.
+      Expired entries leave the same way after each batch. The table grows with what
+      it holds, up to the size the capacity needs (40-80 bytes per key of capacity),
+      and so does the heap (16-32 bytes per entry held; 18 per key of capacity once
+      preallocated); :meth:`preallocate` takes both sizes at once instead. A store
+      with neither bound keeps no heap.
 
     Examples
     --------
@@ -136,16 +145,22 @@ class InProcessStore:
                     "bytes, more than this machine can allocate"
                 ) from None
         self._allocate(_MIN_SLOTS)
+        self._empty_heap()
+        #: entries the latest batch removed (expired or evicted); no other entry was touched
+        self.last_removed = 0
 
     def preallocate(self) -> None:
-        """Size the table for the capacity now and touch all of it, so the store never
-        grows (no stall on a batch) nor takes fresh memory while it serves (no page
-        faults as keys land): for one long-lived memory, such as a gateway's shared pool,
-        whose bound is then also what it holds from the start."""
+        """Size the table and the first-seen heap for the capacity now and touch all of
+        them, so the store never grows (no stall on a batch) nor takes fresh memory while
+        it serves (no page faults as keys land): for one long-lived memory, such as a
+        gateway's shared pool, whose bound is then also what it holds from the start."""
         if self._max_slots is None:
             raise ConfigError("preallocate needs a store with a capacity")
+        assert self.capacity is not None
         self._preallocated = True
         self._rebuild(self._max_slots, np.flatnonzero(self._keys != 0))
+        # room for a full store's nodes and a batch's new ones, touched now as well
+        self._resize_heap(max(len(self._heap), self.capacity + max(_MIN_NODES, self.capacity // 8)))
 
     def _allocate(self, slots: int) -> None:
         self._bits = int(slots).bit_length() - 1
@@ -158,6 +173,44 @@ class InProcessStore:
         self._counts = self._table[:, 1]
         self._first = self._table[:, 2]
         self._used = 0
+
+    def _empty_heap(self) -> None:
+        if not self._preallocated:
+            # a store that never forgets needs no heap (no nodes are pushed into none)
+            bounded = self.ttl is not None or self.capacity is not None
+            self._heap = np.zeros((_MIN_NODES if bounded else 0, 2), dtype=np.int64)
+        self._nodes = np.zeros(1, dtype=np.int64)  # the heap's size
+
+    def _resize_heap(self, length: int) -> None:
+        heap = np.zeros((length, 2), dtype=np.int64)
+        if self._preallocated:
+            heap.fill(0)  # fault every page in now
+        n = int(self._nodes[0])
+        heap[:n] = self._heap[:n]
+        self._heap = heap
+
+    def _index(self) -> None:
+        """Rebuild the heap from the table: one node per entry. A sorted array is a
+        heap; done when stale nodes outnumber live ones, so its cost is amortized."""
+        held = np.flatnonzero(self._keys != 0)
+        keys = self._table[held, 0]
+        keys[keys == _table_loops()._STANDIN] = 0  # nodes hold the key itself
+        order = np.lexsort((keys, self._first[held]))
+        self._nodes[0] = 0
+        if len(self._heap) < len(held):
+            self._resize_heap(len(held))
+        self._heap[: len(held), 0] = self._first[held][order]
+        self._heap[: len(held), 1] = keys[order]
+        self._nodes[0] = len(held)
+
+    def _heap_room(self, extra: int) -> None:
+        """Room for ``extra`` more nodes (one per query, at most)."""
+        if int(self._nodes[0]) + extra <= len(self._heap):
+            return
+        if int(self._nodes[0]) > 2 * self._used + _MIN_NODES:
+            self._index()  # mostly stale nodes: drop them
+        if int(self._nodes[0]) + extra > len(self._heap):
+            self._resize_heap(max(2 * len(self._heap), int(self._nodes[0]) + extra))
 
     def _rebuild(self, slots: int, keep: NDArray[np.int64]) -> None:
         # rows in their old slot order land nearly in order in the new table
@@ -187,25 +240,15 @@ class InProcessStore:
             slots = max(min(slots, self._max_slots), _slots_for(len(live) + extra))
         self._rebuild(slots, live)
 
-    def _evict(self) -> None:
-        assert self.capacity is not None
-        live = self._live()
-        if len(live) <= self.capacity:
-            return
-        keep_n = max(1, int(0.9 * self.capacity))
-        # the newest first-seen entries stay; ties broken by slot, deterministic. A
-        # selection, not a sort: the keep_n-th newest time in O(n), then all newer
-        # entries and the lowest slots among those at exactly that time
-        first = self._first[live]
-        cutoff = np.partition(first, len(live) - keep_n)[len(live) - keep_n]
-        newer = live[first > cutoff]
-        tied = live[first == cutoff][: keep_n - len(newer)]
-        # emptied in place (no new table to allocate and fault in): expired entries
-        # and all but the kept ones go
-        drop = (self._keys != 0).view(np.uint8)
-        drop[newer] = 0
-        drop[tied] = 0
-        self._used -= _table_loops().evict(self._table, drop, self._bits)
+    def _shed(self) -> None:
+        """Forget the entries expired at the clock, then evict the excess over the
+        capacity, oldest first: only the nodes popped and the slots emptied are touched."""
+        ttl = _NO_TTL if self.ttl is None else self.ttl
+        keep = _NO_BOUND if self.capacity is None else keep_after_eviction(self.capacity)
+        self.last_removed = _table_loops().shed(
+            self._table, self._heap, self._nodes, self._bits, ttl, self._clock, keep, self._used
+        )
+        self._used -= self.last_removed
 
     def _slots(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
         slots = np.empty(len(keys), dtype=np.int64)
@@ -223,10 +266,14 @@ class InProcessStore:
             return prior
         self._clock = max(self._clock, int(now.max()))
         self._reserve(len(signed), int(now.min()))  # the table stays put for the batch
+        if len(self._heap):
+            self._heap_room(len(signed))
         ttl = _NO_TTL if self.ttl is None else self.ttl
-        self._used += _table_loops().observe(self._table, signed, now, ttl, self._bits, prior)
-        if self.capacity is not None and self._used > self.capacity:
-            self._evict()
+        self._used += _table_loops().observe(
+            self._table, signed, now, ttl, self._bits, prior, self._heap, self._nodes
+        )
+        if self.ttl is not None or self.capacity is not None:
+            self._shed()
         return prior
 
     def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -247,14 +294,21 @@ class InProcessStore:
 
     def clear(self) -> None:
         self._allocate(self._max_slots if self._max_slots and self._preallocated else _MIN_SLOTS)
+        self._empty_heap()
 
     def __len__(self) -> int:
-        return self._used if self.ttl is None else len(self._live())
+        # expired entries leave after every batch, so every stored entry is live
+        return self._used
+
+    @property
+    def heap_nodes(self) -> int:
+        """Nodes in the first-seen heap: one per entry, plus stale ones not yet popped."""
+        return int(self._nodes[0])
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the table, in bytes."""
-        return int(self._table.nbytes)
+        """Memory held by the table and the first-seen heap, in bytes."""
+        return int(self._table.nbytes + self._heap.nbytes)
 
 
 def _table_loops() -> ModuleType:

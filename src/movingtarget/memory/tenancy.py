@@ -20,9 +20,10 @@ inputs evicts everybody's history from a bounded memory. :class:`TenantMemory` a
   write to the shared pool: nothing any key sends reveals what a trusted key sent, and
   nothing any key sends gets a trusted key refused.
 
-Entries expire ``ttl`` after first seen, and each memory evicts its oldest entries
-beyond its capacity (see :mod:`movingtarget.memory.stores`), so the whole memory is
-bounded by ``key_capacity`` per active key plus ``shared_capacity``.
+Entries expire ``ttl`` after first seen, and each memory evicts exactly its excess
+beyond its capacity after each batch, oldest first-seen first (see
+:mod:`movingtarget.memory.stores`), so the whole memory is bounded by ``key_capacity``
+per active key plus ``shared_capacity``, and no batch pays for evicting a whole share.
 """
 
 from __future__ import annotations
