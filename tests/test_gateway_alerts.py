@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from gateway_server import GatewayServer, auth, classify, digits_x, gateway_env, new_key
@@ -107,3 +108,47 @@ tests:
     )
     out = subprocess.run([promtool(), "test", "rules", str(cases)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_suspicion_suspends_a_hopskipjump_key_through_a_live_gateway(
+    tmp_path: Path, gateway_env
+) -> None:
+    """A gateway serving near-repeat memory with suspicion: a bridged HopSkipJump over
+    HTTP is suspended within its first 30 queries (every later one refused, reason
+    ``suspended``), the operator's per-key metrics say so, and a benign key sending fresh
+    inputs beside it is not."""
+    from movingtarget.answers import Reason
+    from movingtarget.attacks.remote.attack import RemoteAttack, run_remote_attack
+
+    keys = f"sqlite:///{tmp_path / 'keys.db'}"
+    attacker = new_key(keys, "attacker", rate=0)
+    benign = new_key(keys, "benign", rate=0)
+    # clipped, not refused: HopSkipJump's steps leave the served domain, and a refused
+    # request never reaches the defense (its 422s are counted per key apart)
+    defense = ("--defense", "near-repeat-suspicion", "--out-of-domain", "clip")
+    args = ("--keys-db", keys, "--metrics-port", "0", *defense)
+    with GatewayServer(*args, env=gateway_env, log=tmp_path / "serve.log") as server:
+        spec = RemoteAttack(
+            server.url,
+            [attacker],
+            attack="hopskipjump",
+            params={"max_iter": 5, "max_eval": 100, "init_eval": 10},
+            budget=80,
+            benign_keys=[benign],
+            benign_ratio=0.5,
+        )
+        result = run_remote_attack(spec)
+        log = (tmp_path / "serve.log").read_text()
+        port = log.split("metrics (no key) on http://127.0.0.1:")[1].split("/")[0]
+        operator = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    events = result.log
+    mine = events.adversary == 0
+    suspended = events.reason[mine] == int(Reason.SUSPENDED)
+    assert suspended.any(), np.unique(events.reason[mine], return_counts=True)
+    first = int(np.argmax(suspended))
+    assert first < 30 and suspended[first:].all(), first
+    assert not (events.reason[~mine] == int(Reason.SUSPENDED)).any()
+    refused = values(operator, "movingtarget_key_abstentions_total")
+    key = 'movingtarget_key_abstentions_total{key="attacker",reason="suspended"}'
+    assert refused[key] == float(suspended.sum())
+    assert not any('key="benign",reason="suspended"' in k for k in refused)
