@@ -13,7 +13,15 @@ memorize-abstain      memorize(on_repeat=abstain) > argmax
 memorize-random       memorize(on_repeat=random) > argmax
 near-repeat-abstain   memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
 centroid-abstain      argmax > centroid(false_alarm=0.001)
+memorize-correct      correct(match=exact) > memorize(on_repeat=abstain) > argmax
+near-repeat-correct   correct(match=near) > memorize(on_repeat=abstain) >
+                      near-repeat(on_repeat=abstain) > argmax
 ====================  =========================================
+
+The ``correct`` compositions ask for labels (``Answers.ask``) on the queries the
+other mechanisms flag, and answer labeled inputs with their label
+(:mod:`movingtarget.defenses.correct`); the arena's oracle
+(``ArenaConfig.oracle_budget``) or the gateway's labelers supply the labels.
 
 A name means one composition: a config that gives a registered name other mechanisms
 is refused, so the same name never reports two different defenses.
@@ -31,7 +39,9 @@ from typing import Any
 from movingtarget.defenses.abstain import ConfidenceThreshold
 from movingtarget.defenses.base import Context, Defense, Mechanism, validate_queries
 from movingtarget.defenses.centroid import CentroidDetector
+from movingtarget.defenses.correct import Correct
 from movingtarget.defenses.decision import Argmax, Sample
+from movingtarget.defenses.labeling import LabelingQueue
 from movingtarget.defenses.memorize import Memorize
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
@@ -47,6 +57,7 @@ MECHANISMS.register("memorize")(Memorize)
 MECHANISMS.register("rate-limit")(RateLimit)
 MECHANISMS.register("near-repeat")(NearRepeat)
 MECHANISMS.register("centroid")(CentroidDetector)
+MECHANISMS.register("correct")(Correct)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -57,6 +68,11 @@ COMPOSITIONS: dict[str, str] = {
     "memorize-random": "memorize(on_repeat=random) > argmax",
     "near-repeat-abstain": "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax",
     "centroid-abstain": "argmax > centroid(false_alarm=0.001)",
+    "memorize-correct": "correct(match=exact) > memorize(on_repeat=abstain) > argmax",
+    "near-repeat-correct": (
+        "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain)"
+        " > argmax"
+    ),
 }
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -185,7 +201,9 @@ __all__ = [
     "CentroidDetector",
     "ConfidenceThreshold",
     "Context",
+    "Correct",
     "Defense",
+    "LabelingQueue",
     "Mechanism",
     "Memorize",
     "NearRepeat",

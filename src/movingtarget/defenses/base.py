@@ -185,6 +185,12 @@ class Defense:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._clock = 0
+        # reasons that ask for a label: the union of what the learning mechanisms name
+        codes = sorted(set().union(*(getattr(m, "ask_on", ()) for m in self.mechanisms)))
+        self._ask_codes = np.array(codes, np.uint8) if codes else None
+        self._learners = [m for m in self.mechanisms if callable(getattr(m, "learn", None))]
+        #: Labels given to :meth:`learn` since the defense was built (resets keep it).
+        self.labels_learned = 0
 
     @property
     def n_classes(self) -> int:
@@ -204,7 +210,8 @@ class Defense:
         """Answer a batch of queries in arrival order.
 
         ``clients`` defaults to client 0 for every query; ``times`` to the defense's own
-        arrival counter.
+        arrival counter. Where a mechanism learns from labels (``ask_on``), the answers'
+        ``ask`` column marks the queries whose final reason asks for a label.
         """
         xs = validate_queries(x)
         n = len(xs)
@@ -223,7 +230,36 @@ class Defense:
         if n:
             for mechanism in self.mechanisms:
                 mechanism(ctx)
+        if self._ask_codes is not None:
+            ctx.answers.ask = np.isin(ctx.answers.reasons, self._ask_codes)
         return ctx.answers
+
+    @property
+    def learns(self) -> bool:
+        """Whether any mechanism learns from labels (and so asks for them)."""
+        return bool(self._learners)
+
+    def learn(
+        self,
+        x: object,
+        y: NDArray[np.int64] | Sequence[int],
+        times: NDArray[np.int64] | None = None,
+    ) -> int:
+        """Give the true classes ``y`` of inputs ``x`` (a labeler's answers to asked
+        queries) to every mechanism that learns from labels; returns how many labels
+        were given (0 for a defense without such a mechanism)."""
+        xs = validate_queries(x)
+        ys = np.asarray(y, dtype=np.int64)
+        if ys.shape != (len(xs),):
+            raise InputError(f"{len(xs)} labeled inputs but labels of shape {ys.shape}")
+        if len(ys) and (int(ys.min()) < 0 or int(ys.max()) >= self.n_classes):
+            raise InputError(f"labels must be classes in [0, {self.n_classes}), got {ys.tolist()}")
+        if not self._learners or not len(ys):
+            return 0
+        for mechanism in self._learners:
+            mechanism.learn(xs, ys, times)  # type: ignore[attr-defined]
+        self.labels_learned += len(ys)
+        return len(ys)
 
     def reset(self) -> None:
         """Forget all dynamic state: a new deployment of the same model."""
