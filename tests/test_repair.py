@@ -154,6 +154,10 @@ def test_oracle_off_keeps_every_event_log(digits) -> None:
     assert empty.to_csv() == base.to_csv()
     silent, arena, _ = deploy(model, split, "memorize-abstain", seed=3, **ORACLE)
     assert silent.to_csv() == base.to_csv() and arena.oracle.asked == 0
+    # random answers draw on the defense's generator: the correction gate must not
+    rand, _, _ = deploy(model, split, "memorize-random", seed=3)
+    same, _, _ = deploy(model, split, "correct > memorize(on_repeat=random) > argmax", seed=3)
+    assert same.to_csv() == rand.to_csv()
 
 
 @pytest.mark.parametrize("field", ["oracle_budget", "oracle_window", "oracle_delay"])
