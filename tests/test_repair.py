@@ -10,11 +10,12 @@ from movingtarget.answers import Reason
 from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary
 from movingtarget.datasets import load_dataset
-from movingtarget.defenses import Correct, LabelingQueue, build_defense
+from movingtarget.defenses import Correct, GatedUpdate, LabelingQueue, build_defense
 from movingtarget.defenses.near_repeat import calibrate_defense
 from movingtarget.errors import InputError
 from movingtarget.metrics.measured import attack_metrics
 from movingtarget.models import build_model
+from movingtarget.models.reference import mlp
 
 CORRECTED = int(Reason.CORRECTED)
 #: The oracle of the measured runs: 10 labels per 100 queries, 20 queries late.
@@ -206,3 +207,50 @@ def test_queue_asks_an_input_once() -> None:
     x = np.repeat(np.eye(2, dtype=np.float32), 3, axis=0)
     assert q.ask(x, np.zeros(6, np.int64), np.arange(6), np.zeros(6, np.int64)) == 2
     assert q.already_asked == 4 and len(q.due(6)) == 2 and q.pending == 0
+
+
+@pytest.fixture(scope="module")
+def online(digits):
+    """An online model (MLP, partial_fit), a canary half of the test set, a pool half."""
+    _, split = digits
+    model = mlp(split, max_iter=50, seed=0)
+    xt, yt = split.x_test, split.y_test
+    return model, (xt[::2], yt[::2]), (xt[1::2], yt[1::2])
+
+
+def test_poisoning_is_rolled_back_honest_labels_are_kept(online) -> None:
+    model, canary, (px, py) = online
+    gate = GatedUpdate(*canary, tolerance=0.02, steps=10)
+    d = build_defense("memorize-correct", model, update=gate)
+    deployed = model.predict_proba(canary[0])
+    assert d.learn(px, (py + 1) % 10) == len(py)  # every label wrong: a poisoning attempt
+    poison = d.repairs[-1]
+    assert not poison.accepted and poison.drop > 0.02  # measured 0.956 -> 0.741
+    assert np.array_equal(model.predict_proba(canary[0]), deployed)  # exactly as it was
+    d.learn(px, py)  # the true classes
+    honest = d.repairs[-1]
+    assert honest.accepted and honest.drop <= 0.02
+    assert [r.accepted for r in d.repairs] == [False, True]
+    d.reset()  # a new deployment starts from the deployed model
+    assert np.array_equal(model.predict_proba(canary[0]), deployed)
+
+
+def test_gated_update_learns_from_the_oracle(online) -> None:
+    model, canary, (px, py) = online
+    gate = GatedUpdate(*canary, tolerance=0.02)
+    d = build_defense("memorize-correct", model, update=gate)
+    a = build_adversary("test-set", px, py, d.n_classes, seed=0)
+    arena = Arena(ArenaConfig(queries=1000, benign_ratio=0.1, **ORACLE))
+    arena.run(d, [a], px, py, seed=0)
+    assert len(d.repairs) > 5
+    assert sum(r.labels for r in d.repairs) == arena.oracle.delivered == d.labels_learned
+    assert all(r.drop <= 0.02 for r in d.repairs if r.accepted)
+    d.reset()
+
+
+def test_update_needs_an_online_model(digits) -> None:
+    model, split = digits  # logistic regression: no partial_fit
+    with pytest.raises(ConfigError, match=r"update.*partial_fit"):
+        build_defense("memorize-correct", model, update=GatedUpdate(split.x_test, split.y_test))
+    with pytest.raises(ConfigError, match="tolerance"):
+        GatedUpdate(split.x_test, split.y_test, tolerance=-0.1)

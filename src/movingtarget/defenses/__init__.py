@@ -45,6 +45,7 @@ from movingtarget.defenses.labeling import LabelingQueue
 from movingtarget.defenses.memorize import Memorize
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
+from movingtarget.defenses.repair import GatedUpdate, RepairRecord
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model
 from movingtarget.registry import Registry
@@ -187,11 +188,13 @@ def build_defense(
     *,
     name: str | None = None,
     seed: int = 0,
+    update: GatedUpdate | None = None,
 ) -> Defense:
-    """A :class:`Defense` from a composition name, text, or list of tables."""
+    """A :class:`Defense` from a composition name, text, or list of tables; ``update``
+    optionally gates online model updates on labels (:class:`GatedUpdate`)."""
     if isinstance(spec, str) and name is None:
         name = spec.strip() if spec.strip() in COMPOSITIONS else None
-    return Defense(model, build_mechanisms(spec), name=name or "", seed=seed)
+    return Defense(model, build_mechanisms(spec), name=name or "", seed=seed, update=update)
 
 
 __all__ = [
@@ -203,11 +206,13 @@ __all__ = [
     "Context",
     "Correct",
     "Defense",
+    "GatedUpdate",
     "LabelingQueue",
     "Mechanism",
     "Memorize",
     "NearRepeat",
     "RateLimit",
+    "RepairRecord",
     "Sample",
     "build_defense",
     "build_mechanisms",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +26,9 @@ from numpy.typing import NDArray
 from movingtarget.answers import Answers
 from movingtarget.errors import ConfigError, InputError
 from movingtarget.models.base import Model
+
+if TYPE_CHECKING:
+    from movingtarget.defenses.repair import GatedUpdate, RepairRecord
 
 
 @dataclass
@@ -146,6 +149,10 @@ class Defense:
         The composition's name, used in reports.
     seed:
         Seeds the defense's own randomness (sampling, random answers).
+    update:
+        Optionally a :class:`~movingtarget.defenses.repair.GatedUpdate`: labels given
+        to :meth:`learn` also update the model, kept only while a canary set's accuracy
+        holds; every update is recorded in ``repairs``.
 
     Examples
     --------
@@ -167,6 +174,7 @@ class Defense:
         *,
         name: str = "",
         seed: int = 0,
+        update: GatedUpdate | None = None,
     ) -> None:
         roles = [m.role for m in mechanisms]
         if roles.count("decision") != 1:
@@ -186,7 +194,13 @@ class Defense:
         self._rng = np.random.default_rng(seed)
         self._clock = 0
         # reasons that ask for a label: the union of what the learning mechanisms name
-        codes = sorted(set().union(*(getattr(m, "ask_on", ()) for m in self.mechanisms)))
+        if update is not None:
+            update.check(model)
+        self.update = update
+        #: One record per gated model update (see :mod:`movingtarget.defenses.repair`).
+        self.repairs: list[RepairRecord] = []
+        askers = [*self.mechanisms, *([update] if update is not None else [])]
+        codes = sorted(set().union(*(getattr(m, "ask_on", ()) for m in askers)))
         self._ask_codes = np.array(codes, np.uint8) if codes else None
         self._learners = [m for m in self.mechanisms if callable(getattr(m, "learn", None))]
         #: Labels given to :meth:`learn` since the defense was built (resets keep it).
@@ -237,7 +251,7 @@ class Defense:
     @property
     def learns(self) -> bool:
         """Whether any mechanism learns from labels (and so asks for them)."""
-        return bool(self._learners)
+        return bool(self._learners) or self.update is not None
 
     def learn(
         self,
@@ -254,10 +268,12 @@ class Defense:
             raise InputError(f"{len(xs)} labeled inputs but labels of shape {ys.shape}")
         if len(ys) and (int(ys.min()) < 0 or int(ys.max()) >= self.n_classes):
             raise InputError(f"labels must be classes in [0, {self.n_classes}), got {ys.tolist()}")
-        if not self._learners or not len(ys):
+        if not self.learns or not len(ys):
             return 0
         for mechanism in self._learners:
             mechanism.learn(xs, ys, times)  # type: ignore[attr-defined]
+        if self.update is not None:
+            self.repairs.append(self.update.update(self.model, xs, ys))
         self.labels_learned += len(ys)
         return len(ys)
 
@@ -265,4 +281,6 @@ class Defense:
         """Forget all dynamic state: a new deployment of the same model."""
         for mechanism in self.mechanisms:
             mechanism.reset()
+        if self.update is not None:
+            self.update.restore(self.model)  # the model as deployed, before any update
         self._clock = 0
