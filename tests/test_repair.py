@@ -13,6 +13,7 @@ from movingtarget.datasets import load_dataset
 from movingtarget.defenses import Correct, GatedUpdate, LabelingQueue, build_defense
 from movingtarget.defenses.near_repeat import calibrate_defense
 from movingtarget.errors import InputError
+from movingtarget.experiment.config import parse_config
 from movingtarget.metrics.measured import attack_metrics
 from movingtarget.models import build_model
 from movingtarget.models.reference import mlp
@@ -254,3 +255,11 @@ def test_update_needs_an_online_model(digits) -> None:
         build_defense("memorize-correct", model, update=GatedUpdate(split.x_test, split.y_test))
     with pytest.raises(ConfigError, match="tolerance"):
         GatedUpdate(split.x_test, split.y_test, tolerance=-0.1)
+
+
+def test_oracle_settings_in_an_experiment_config() -> None:
+    base = {"defenses": ["memorize-correct"], "attacks": ["test-set"]}
+    cfg = parse_config({**base, "arena": {"oracle_budget": 5, "oracle_delay": 3}})
+    assert (cfg.arena.oracle_budget, cfg.arena.oracle_window, cfg.arena.oracle_delay) == (5, 0, 3)
+    with pytest.raises(ConfigError, match="oracle_delay"):
+        parse_config({**base, "arena": {"oracle_delay": -4}})
