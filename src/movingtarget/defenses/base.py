@@ -11,6 +11,12 @@ and sees the answers that the mechanisms before it gave:
   answers into ABSTAIN.
 
 The reason on each answer names the mechanism that decided it.
+
+A mechanism that learns from labels (the correction memory) has two optional
+members: ``ask_on``, the reason codes that make a query troubling (the defense then
+marks those queries in ``Answers.ask``), and ``learn(x, y, times)``, which
+:meth:`Defense.learn` calls with a labeler's answers (see
+:mod:`movingtarget.defenses.labeling`).
 """
 
 from __future__ import annotations
