@@ -57,7 +57,9 @@ MODEL = int(Reason.MODEL)
 class Answers:
     """Answers to a batch of ``n`` queries, in arrival order.
 
-    ``labels[i]`` is a class index or :data:`ABSTAIN`; ``reasons[i]`` is a :class:`Reason`.
+    ``labels[i]`` is a class index or :data:`ABSTAIN`; ``reasons[i]`` is a :class:`Reason`;
+    ``ask[i]`` is True where the defense asks for the query's true label (None: no
+    mechanism of the defense asks, see :mod:`movingtarget.defenses.labeling`).
 
     Examples
     --------
@@ -70,6 +72,7 @@ class Answers:
 
     labels: NDArray[np.int64]
     reasons: NDArray[np.uint8]
+    ask: NDArray[np.bool_] | None = None
 
     @classmethod
     def undecided(cls, n: int) -> Answers:

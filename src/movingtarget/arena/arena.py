@@ -14,6 +14,7 @@ from movingtarget.arena.eventlog import EventLog
 from movingtarget.arena.transforms import NearDuplicates, check_transforms
 from movingtarget.attacks.base import NO_TARGET, Adversary, Proposal
 from movingtarget.defenses.base import Defense
+from movingtarget.defenses.labeling import LabelingQueue
 from movingtarget.errors import ConfigError
 
 #: Client ids: benign clients are 1..benign_clients, adversary i is ADVERSARY_CLIENT + i.
@@ -66,6 +67,20 @@ class ArenaConfig:
         refused (:meth:`check_benign_pool`), since benign users would then re-send items
         beyond the configured duplicates and a memorizing defense would be charged for
         repeats nobody meant; True: allow it (the pool is sent again in a new order).
+    oracle_budget:
+        0 (default): no oracle. B > 0: an oracle that knows every query's true class
+        gives it to the defense (:meth:`Defense.learn
+        <movingtarget.defenses.base.Defense.learn>`) for queries the defense asked
+        about (``Answers.ask``), at most B labels per ``oracle_window`` queries; asks
+        over budget are dropped, and an input already asked is not asked again.
+    oracle_window:
+        0: ``oracle_budget`` covers the whole run; N > 0: it is per N queries (all
+        traffic counted, by the time a query was asked).
+    oracle_delay:
+        Queries answered after an ask before its label arrives: a query asked at time
+        ``t`` can be corrected from time ``t + oracle_delay + 1`` on. Labels arrive
+        between rounds; a label still pending when the deployment is replaced
+        (``lifetime``) reaches the new deployment.
 
     Examples
     --------
@@ -84,6 +99,9 @@ class ArenaConfig:
     near_duplicate_share: float = 0.0
     near_duplicate_transforms: tuple[str, ...] = ("requantize", "levels", "shift", "brightness")
     benign_repeats: bool = False
+    oracle_budget: int = 0
+    oracle_window: int = 0
+    oracle_delay: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,6 +112,9 @@ class ArenaConfig:
             (self.adversary_batch >= 0, "adversary_batch must be >= 0"),
             (self.lifetime >= 0, "lifetime must be >= 0"),
             (0 <= self.near_duplicate_share <= 1, "near_duplicate_share must be in [0, 1]"),
+            (self.oracle_budget >= 0, "oracle_budget must be >= 0 (0: no oracle)"),
+            (self.oracle_window >= 0, "oracle_window must be >= 0 (0: the whole run)"),
+            (self.oracle_delay >= 0, "oracle_delay must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -218,6 +239,10 @@ class Arena:
 
     def __init__(self, config: ArenaConfig | None = None) -> None:
         self.config = config or ArenaConfig()
+        #: The oracle's labeling queue of the last run (None without an oracle): its
+        #: counters (``asked``, ``granted``, ``dropped``, ``delivered``) and
+        #: ``history()`` of delivered labels.
+        self.oracle: LabelingQueue | None = None
 
     def run(
         self,
@@ -273,6 +298,11 @@ class Arena:
         rows = _Rows(inputs)
         clock = since_reset = adv_sent = benign_sent = 0
         defense.reset()
+        oracle = self.oracle = (
+            LabelingQueue(cfg.oracle_budget, window=cfg.oracle_window, delay=cfg.oracle_delay)
+            if cfg.oracle_budget > 0
+            else None
+        )
         while any(remaining):
             limit_cap = cap
             if cfg.lifetime:
@@ -306,6 +336,9 @@ class Arena:
                     clients = adversary_client(i, p.account)
                 answers = defense.answer(p.x, clients, times)
                 adversaries[i].observe(answers.labels)
+                if oracle is not None and answers.ask is not None and answers.ask.any():
+                    ask = answers.ask
+                    oracle.ask(p.x[ask], p.y_true[ask], times[ask], clients[ask])
                 rows.add(
                     times,
                     clients,
@@ -341,13 +374,17 @@ class Arena:
                     adversaries[i].observe(answers.labels[owner == i])
 
                 parts = [p for _, p in proposals]
+                y_true = _column(parts, "y_true", benign_y[bidx], order)
+                if oracle is not None and answers.ask is not None and answers.ask.any():
+                    ask = answers.ask
+                    oracle.ask(x[ask], y_true[ask], times[ask], clients[ask])  # type: ignore[arg-type]
                 rows.add(
                     times,
                     clients,
                     owner,
                     _column(parts, "source", bidx, order),
                     _column(parts, "noisy", b_near, order),
-                    _column(parts, "y_true", benign_y[bidx], order),
+                    y_true,
                     _column(parts, "target", np.full(n_benign, NO_TARGET, np.int64), order),
                     answers.labels,
                     answers.reasons,
@@ -358,6 +395,10 @@ class Arena:
             if cfg.lifetime and since_reset >= cfg.lifetime:
                 defense.reset()
                 since_reset = 0
+            if oracle is not None and oracle.pending:
+                labels = oracle.due(clock)
+                if len(labels):
+                    defense.learn(labels.x, labels.y, labels.asked_at)
             if progress is not None:
                 progress(n_adv)
         names = [getattr(a, "name", type(a).__name__) for a in adversaries]

@@ -13,7 +13,15 @@ memorize-abstain      memorize(on_repeat=abstain) > argmax
 memorize-random       memorize(on_repeat=random) > argmax
 near-repeat-abstain   memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
 centroid-abstain      argmax > centroid(false_alarm=0.001)
+memorize-correct      correct(match=exact) > memorize(on_repeat=abstain) > argmax
+near-repeat-correct   correct(match=near) > memorize(on_repeat=abstain) >
+                      near-repeat(on_repeat=abstain) > argmax
 ====================  =========================================
+
+The ``correct`` compositions ask for labels (``Answers.ask``) on the queries the
+other mechanisms flag, and answer labeled inputs with their label
+(:mod:`movingtarget.defenses.correct`); the arena's oracle
+(``ArenaConfig.oracle_budget``) or the gateway's labelers supply the labels.
 
 A name means one composition: a config that gives a registered name other mechanisms
 is refused, so the same name never reports two different defenses.
@@ -31,10 +39,13 @@ from typing import Any
 from movingtarget.defenses.abstain import ConfidenceThreshold
 from movingtarget.defenses.base import Context, Defense, Mechanism, validate_queries
 from movingtarget.defenses.centroid import CentroidDetector
+from movingtarget.defenses.correct import Correct
 from movingtarget.defenses.decision import Argmax, Sample
+from movingtarget.defenses.labeling import LabelingQueue
 from movingtarget.defenses.memorize import Memorize
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
+from movingtarget.defenses.repair import GatedUpdate, RepairRecord
 from movingtarget.defenses.suspicion import Suspicion
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model
@@ -49,6 +60,7 @@ MECHANISMS.register("rate-limit")(RateLimit)
 MECHANISMS.register("near-repeat")(NearRepeat)
 MECHANISMS.register("centroid")(CentroidDetector)
 MECHANISMS.register("suspicion")(Suspicion)
+MECHANISMS.register("correct")(Correct)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -61,6 +73,11 @@ COMPOSITIONS: dict[str, str] = {
     "centroid-abstain": "argmax > centroid(false_alarm=0.001)",
     "near-repeat-suspicion": (
         "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax > suspicion"
+    ),
+    "memorize-correct": "correct(match=exact) > memorize(on_repeat=abstain) > argmax",
+    "near-repeat-correct": (
+        "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain)"
+        " > argmax"
     ),
 }
 
@@ -176,11 +193,13 @@ def build_defense(
     *,
     name: str | None = None,
     seed: int = 0,
+    update: GatedUpdate | None = None,
 ) -> Defense:
-    """A :class:`Defense` from a composition name, text, or list of tables."""
+    """A :class:`Defense` from a composition name, text, or list of tables; ``update``
+    optionally gates online model updates on labels (:class:`GatedUpdate`)."""
     if isinstance(spec, str) and name is None:
         name = spec.strip() if spec.strip() in COMPOSITIONS else None
-    return Defense(model, build_mechanisms(spec), name=name or "", seed=seed)
+    return Defense(model, build_mechanisms(spec), name=name or "", seed=seed, update=update)
 
 
 __all__ = [
@@ -190,11 +209,15 @@ __all__ = [
     "CentroidDetector",
     "ConfidenceThreshold",
     "Context",
+    "Correct",
     "Defense",
+    "GatedUpdate",
+    "LabelingQueue",
     "Mechanism",
     "Memorize",
     "NearRepeat",
     "RateLimit",
+    "RepairRecord",
     "Sample",
     "Suspicion",
     "build_defense",

@@ -11,6 +11,12 @@ and sees the answers that the mechanisms before it gave:
   answers into ABSTAIN.
 
 The reason on each answer names the mechanism that decided it.
+
+A mechanism that learns from labels (the correction memory) has two optional
+members: ``ask_on``, the reason codes that make a query troubling (the defense then
+marks those queries in ``Answers.ask``), and ``learn(x, y, times)``, which
+:meth:`Defense.learn` calls with a labeler's answers (see
+:mod:`movingtarget.defenses.labeling`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +32,9 @@ from numpy.typing import NDArray
 from movingtarget.answers import Answers
 from movingtarget.errors import ConfigError, InputError
 from movingtarget.models.base import Model
+
+if TYPE_CHECKING:
+    from movingtarget.defenses.repair import GatedUpdate, RepairRecord
 
 
 @dataclass
@@ -146,6 +155,10 @@ class Defense:
         The composition's name, used in reports.
     seed:
         Seeds the defense's own randomness (sampling, random answers).
+    update:
+        Optionally a :class:`~movingtarget.defenses.repair.GatedUpdate`: labels given
+        to :meth:`learn` also update the model, kept only while a canary set's accuracy
+        holds; every update is recorded in ``repairs``.
 
     Examples
     --------
@@ -167,6 +180,7 @@ class Defense:
         *,
         name: str = "",
         seed: int = 0,
+        update: GatedUpdate | None = None,
     ) -> None:
         roles = [m.role for m in mechanisms]
         if roles.count("decision") != 1:
@@ -185,6 +199,18 @@ class Defense:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._clock = 0
+        # reasons that ask for a label: the union of what the learning mechanisms name
+        if update is not None:
+            update.check(model)
+        self.update = update
+        #: One record per gated model update (see :mod:`movingtarget.defenses.repair`).
+        self.repairs: list[RepairRecord] = []
+        askers = [*self.mechanisms, *([update] if update is not None else [])]
+        codes = sorted(set().union(*(getattr(m, "ask_on", ()) for m in askers)))
+        self._ask_codes = np.array(codes, np.uint8) if codes else None
+        self._learners = [m for m in self.mechanisms if callable(getattr(m, "learn", None))]
+        #: Labels given to :meth:`learn` since the defense was built (resets keep it).
+        self.labels_learned = 0
 
     @property
     def n_classes(self) -> int:
@@ -204,7 +230,8 @@ class Defense:
         """Answer a batch of queries in arrival order.
 
         ``clients`` defaults to client 0 for every query; ``times`` to the defense's own
-        arrival counter.
+        arrival counter. Where a mechanism learns from labels (``ask_on``), the answers'
+        ``ask`` column marks the queries whose final reason asks for a label.
         """
         xs = validate_queries(x)
         n = len(xs)
@@ -223,10 +250,43 @@ class Defense:
         if n:
             for mechanism in self.mechanisms:
                 mechanism(ctx)
+        if self._ask_codes is not None:
+            ctx.answers.ask = np.isin(ctx.answers.reasons, self._ask_codes)
         return ctx.answers
+
+    @property
+    def learns(self) -> bool:
+        """Whether any mechanism learns from labels (and so asks for them)."""
+        return bool(self._learners) or self.update is not None
+
+    def learn(
+        self,
+        x: object,
+        y: NDArray[np.int64] | Sequence[int],
+        times: NDArray[np.int64] | None = None,
+    ) -> int:
+        """Give the true classes ``y`` of inputs ``x`` (a labeler's answers to asked
+        queries) to every mechanism that learns from labels; returns how many labels
+        were given (0 for a defense without such a mechanism)."""
+        xs = validate_queries(x)
+        ys = np.asarray(y, dtype=np.int64)
+        if ys.shape != (len(xs),):
+            raise InputError(f"{len(xs)} labeled inputs but labels of shape {ys.shape}")
+        if len(ys) and (int(ys.min()) < 0 or int(ys.max()) >= self.n_classes):
+            raise InputError(f"labels must be classes in [0, {self.n_classes}), got {ys.tolist()}")
+        if not self.learns or not len(ys):
+            return 0
+        for mechanism in self._learners:
+            mechanism.learn(xs, ys, times)  # type: ignore[attr-defined]
+        if self.update is not None:
+            self.repairs.append(self.update.update(self.model, xs, ys))
+        self.labels_learned += len(ys)
+        return len(ys)
 
     def reset(self) -> None:
         """Forget all dynamic state: a new deployment of the same model."""
         for mechanism in self.mechanisms:
             mechanism.reset()
+        if self.update is not None:
+            self.update.restore(self.model)  # the model as deployed, before any update
         self._clock = 0

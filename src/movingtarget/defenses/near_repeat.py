@@ -320,11 +320,14 @@ def calibrate_defense(
         calibrate = getattr(mechanism, "calibrate", None)
         if not callable(calibrate):
             continue
+        cal = None
         if getattr(mechanism, "calibrate_on", "training") == "unseen" and unseen is not None:
             # the benign inputs fit its reference points, the unseen ones its threshold
-            out.append(calibrate(*unseen, model=defense.model, seed=seed, reference=x_benign))
+            cal = calibrate(*unseen, model=defense.model, seed=seed, reference=x_benign)
         elif x_benign is not None:
-            out.append(calibrate(x_benign, x_heldout, model=defense.model, seed=seed))
+            cal = calibrate(x_benign, x_heldout, model=defense.model, seed=seed)
+        if cal is not None:  # None: nothing to choose in this setting (exact correction)
+            out.append(cal)
     return out
 
 
