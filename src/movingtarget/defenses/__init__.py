@@ -3,17 +3,21 @@
 A composition is written as mechanisms joined by ``>`` in the order they run, e.g.
 ``memorize(on_repeat=abstain) > argmax``; the hello-world compositions have names:
 
-====================  =========================================
-name                  mechanisms
-====================  =========================================
-deterministic         argmax
-stochastic            sample(temperature=1)
-threshold-abstain     argmax > threshold(min_confidence=0.9)
-memorize-abstain      memorize(on_repeat=abstain) > argmax
-memorize-random       memorize(on_repeat=random) > argmax
-near-repeat-abstain   memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
-centroid-abstain      argmax > centroid(false_alarm=0.001)
-====================  =========================================
+=====================  =========================================
+name                   mechanisms
+=====================  =========================================
+deterministic          argmax
+stochastic             sample(temperature=1)
+threshold-abstain      argmax > threshold(min_confidence=0.9)
+memorize-abstain       memorize(on_repeat=abstain) > argmax
+memorize-random        memorize(on_repeat=random) > argmax
+near-repeat-abstain    memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
+centroid-abstain       argmax > centroid(false_alarm=0.001)
+moving-target-abstain  moving-target(abstain_on=disagreement, agreement=0.6)
+=====================  =========================================
+
+``moving-target`` needs a pool model (``pool``); building it around any other model
+is refused.
 
 A name means one composition: a config that gives a registered name other mechanisms
 is refused, so the same name never reports two different defenses.
@@ -33,6 +37,7 @@ from movingtarget.defenses.base import Context, Defense, Mechanism, validate_que
 from movingtarget.defenses.centroid import CentroidDetector
 from movingtarget.defenses.decision import Argmax, Sample
 from movingtarget.defenses.memorize import Memorize
+from movingtarget.defenses.moving_target import MovingTarget
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
 from movingtarget.errors import ConfigError
@@ -47,6 +52,7 @@ MECHANISMS.register("memorize")(Memorize)
 MECHANISMS.register("rate-limit")(RateLimit)
 MECHANISMS.register("near-repeat")(NearRepeat)
 MECHANISMS.register("centroid")(CentroidDetector)
+MECHANISMS.register("moving-target")(MovingTarget)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -57,6 +63,7 @@ COMPOSITIONS: dict[str, str] = {
     "memorize-random": "memorize(on_repeat=random) > argmax",
     "near-repeat-abstain": "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax",
     "centroid-abstain": "argmax > centroid(false_alarm=0.001)",
+    "moving-target-abstain": "moving-target(abstain_on=disagreement, agreement=0.6)",
 }
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -188,6 +195,7 @@ __all__ = [
     "Defense",
     "Mechanism",
     "Memorize",
+    "MovingTarget",
     "NearRepeat",
     "RateLimit",
     "Sample",
