@@ -18,6 +18,7 @@ from movingtarget.defenses import (
     parse_mechanism,
 )
 from movingtarget.defenses.near_repeat import calibrate_defense
+from movingtarget.models import ModelPool
 
 
 class FixedProba:
@@ -124,9 +125,13 @@ def test_rate_limit_decides_before_memorize() -> None:
     assert a.reason_labels() == ["model", "rate-limited"]
 
 
+#: MODEL as a pool of three identical members, for compositions that need a pool
+POOL = ModelPool([MODEL] * 3)
+
+
 @pytest.mark.parametrize("name", sorted(COMPOSITIONS))
 def test_every_named_composition_builds_and_answers(name: str) -> None:
-    d = build_defense(name, MODEL, seed=0)
+    d = build_defense(name, POOL if "moving-target" in COMPOSITIONS[name] else MODEL, seed=0)
     assert d.name == name
     # what experiments and the gateway do first (a no-op for uncalibrated mechanisms)
     calibrate_defense(d, queries([0, 1, 2] * 5, salt=np.random.default_rng(0).random()))

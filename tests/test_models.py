@@ -47,6 +47,7 @@ FAST: dict[str, dict[str, Any]] = {
     "adv-mlp": {"epochs": 2, "max_iter": 2},
     "adv-cnn": {"epochs": 2, "max_train": 1000, "lr": 3e-3, "batch_size": 32, "max_iter": 2},
     "noise-mlp": {"epochs": 5},
+    "pool": {"members": 3},
 }
 
 

@@ -3,20 +3,26 @@
 A composition is written as mechanisms joined by ``>`` in the order they run, e.g.
 ``memorize(on_repeat=abstain) > argmax``; the hello-world compositions have names:
 
-====================  =========================================
-name                  mechanisms
-====================  =========================================
-deterministic         argmax
-stochastic            sample(temperature=1)
-threshold-abstain     argmax > threshold(min_confidence=0.9)
-memorize-abstain      memorize(on_repeat=abstain) > argmax
-memorize-random       memorize(on_repeat=random) > argmax
-near-repeat-abstain   memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
-centroid-abstain      argmax > centroid(false_alarm=0.001)
-memorize-correct      correct(match=exact) > memorize(on_repeat=abstain) > argmax
-near-repeat-correct   correct(match=near) > memorize(on_repeat=abstain) >
-                      near-repeat(on_repeat=abstain) > argmax
-====================  =========================================
+=====================  =========================================
+name                   mechanisms
+=====================  =========================================
+deterministic          argmax
+stochastic             sample(temperature=1)
+threshold-abstain      argmax > threshold(min_confidence=0.9)
+memorize-abstain       memorize(on_repeat=abstain) > argmax
+memorize-random        memorize(on_repeat=random) > argmax
+near-repeat-abstain    memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax
+centroid-abstain       argmax > centroid(false_alarm=0.001)
+near-repeat-suspicion  memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) >
+                       argmax > suspicion
+memorize-correct       correct(match=exact) > memorize(on_repeat=abstain) > argmax
+near-repeat-correct    correct(match=near) > memorize(on_repeat=abstain) >
+                       near-repeat(on_repeat=abstain) > argmax
+moving-target-abstain  moving-target(abstain_on=disagreement, agreement=0.6)
+=====================  =========================================
+
+``moving-target`` needs a pool model (``pool``); building it around any other model
+is refused.
 
 The ``correct`` compositions ask for labels (``Answers.ask``) on the queries the
 other mechanisms flag, and answer labeled inputs with their label
@@ -43,6 +49,7 @@ from movingtarget.defenses.correct import Correct
 from movingtarget.defenses.decision import Argmax, Sample
 from movingtarget.defenses.labeling import LabelingQueue
 from movingtarget.defenses.memorize import Memorize
+from movingtarget.defenses.moving_target import MovingTarget
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
 from movingtarget.defenses.repair import GatedUpdate, RepairRecord
@@ -61,6 +68,7 @@ MECHANISMS.register("near-repeat")(NearRepeat)
 MECHANISMS.register("centroid")(CentroidDetector)
 MECHANISMS.register("suspicion")(Suspicion)
 MECHANISMS.register("correct")(Correct)
+MECHANISMS.register("moving-target")(MovingTarget)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -79,6 +87,7 @@ COMPOSITIONS: dict[str, str] = {
         "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain)"
         " > argmax"
     ),
+    "moving-target-abstain": "moving-target(abstain_on=disagreement, agreement=0.6)",
 }
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -215,6 +224,7 @@ __all__ = [
     "LabelingQueue",
     "Mechanism",
     "Memorize",
+    "MovingTarget",
     "NearRepeat",
     "RateLimit",
     "RepairRecord",

@@ -193,6 +193,12 @@ class Defense:
                 "mechanisms must be ordered gates, then the decision, then filters; got "
                 + " > ".join(m.describe() for m in mechanisms)
             )
+        for mechanism in mechanisms:
+            # a mechanism that needs a kind of model (moving-target: a pool) says so now,
+            # not at the first query
+            check = getattr(mechanism, "check_model", None)
+            if check is not None:
+                check(model)
         self.model = model
         self.mechanisms = list(mechanisms)
         self.name = name or self.describe()

@@ -1,5 +1,5 @@
-"""The metrics box: measured ``r``, ``r~``, abstention, query-trajectory features, and
-analytic predictions."""
+"""The metrics box: measured ``r``, ``r~``, abstention, query-trajectory features,
+analytic predictions, and the diversity of a model pool."""
 
 from movingtarget.metrics.analytic import (
     NONE,
@@ -9,6 +9,7 @@ from movingtarget.metrics.analytic import (
     test_set_prediction,
     verdict,
 )
+from movingtarget.metrics.diversity import PoolDiversity, disagreement, pool_diversity
 from movingtarget.metrics.laws import FirstMistake, FreshOnly
 from movingtarget.metrics.measured import (
     AttackMetrics,
@@ -29,13 +30,16 @@ __all__ = [
     "AttackMetrics",
     "FirstMistake",
     "FreshOnly",
+    "PoolDiversity",
     "Prediction",
     "Trajectory",
     "attack_metrics",
     "cumulative_r_tilde",
+    "disagreement",
     "first_detection",
     "natural_error",
     "per_input_success",
+    "pool_diversity",
     "predict",
     "repeat_mask",
     "test_set_prediction",

@@ -5,7 +5,8 @@ in :data:`MODELS`; :func:`build_model` trains it, or loads it from the cache.
 Reference models: ``logistic``, ``mlp`` (scikit-learn), ``cnn`` (PyTorch); the
 boundary-smoothing baselines ``torch-mlp``, ``adv-mlp``, ``adv-cnn`` (adversarial
 training, ART) and ``noise-mlp`` (Gaussian-noise training), see
-:mod:`movingtarget.models.smoothing`; the ``synthetic`` classifier with a chosen ``r``.
+:mod:`movingtarget.models.smoothing`; the ``synthetic`` classifier with a chosen ``r``;
+``pool``, K members of any of these (:mod:`movingtarget.models.pool`).
 torch is optional: this package imports it only when a torch model is built.
 
 Examples
@@ -40,6 +41,7 @@ from movingtarget.datasets.base import Split
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model, OnlineModel
 from movingtarget.models.checks import check_model, check_online_model
+from movingtarget.models.pool import ModelPool, pool
 from movingtarget.models.reference import cnn, logistic, mlp
 from movingtarget.models.sklearn import SklearnModel
 from movingtarget.models.smoothing import adv_cnn, adv_mlp, noise_mlp, torch_mlp
@@ -50,6 +52,7 @@ from movingtarget.registry import Registry
 __all__ = [
     "MODELS",
     "Model",
+    "ModelPool",
     "OnlineModel",
     "SklearnModel",
     "SyntheticClassifier",
@@ -73,6 +76,7 @@ MODELS.register("torch-mlp")(torch_mlp)
 MODELS.register("adv-mlp")(adv_mlp)
 MODELS.register("adv-cnn")(adv_cnn)
 MODELS.register("noise-mlp")(noise_mlp)
+MODELS.register("pool")(pool)
 
 #: Bump when the cache format changes: older entries are then ignored.
 CACHE_FORMAT = 1
