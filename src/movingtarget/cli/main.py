@@ -39,7 +39,7 @@ ConfigArg = Annotated[
     str | None,
     typer.Argument(
         help="A TOML config file, or a shipped config: hello-world, synthetic, "
-        "spambase, arms-race, arms-race-fashion, stateful (`movingtarget list`). "
+        "spambase, arms-race, arms-race-fashion, stateful, dynamic (`movingtarget list`). "
         "Default: hello-world."
     ),
 ]

@@ -25,6 +25,7 @@ BUILTIN_CONFIGS = (
     "arms-race",
     "arms-race-fashion",
     "stateful",
+    "dynamic",
 )
 
 

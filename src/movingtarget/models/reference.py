@@ -26,6 +26,16 @@ from movingtarget.models.torch import TorchModel, require_torch, resolve_device
 __all__ = ["cnn", "cnn_module", "logistic", "mlp", "subsample"]
 
 
+def sklearn_seed(seed: int) -> int:
+    """``seed`` in scikit-learn's range ``[0, 2**32)``: the same below it, folded above it
+    (derived seeds, such as an adversary's surrogate's, are 64-bit).
+
+    >>> sklearn_seed(7), sklearn_seed(2**32 + 7)
+    (7, 7)
+    """
+    return int(seed) % 2**32
+
+
 def subsample(
     x: NDArray[np.float32], y: NDArray[np.int64], max_train: int | None, seed: int
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -72,7 +82,8 @@ def logistic(
     True
     """
     est = make_pipeline(
-        StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+        StandardScaler(),
+        LogisticRegression(C=C, max_iter=max_iter, random_state=sklearn_seed(seed)),
     )
     return _fit_sklearn("logistic", est, split, max_train, seed)
 
@@ -101,7 +112,7 @@ def mlp(
             hidden_layer_sizes=tuple(int(h) for h in hidden),
             max_iter=max_iter,
             alpha=alpha,
-            random_state=seed,
+            random_state=sklearn_seed(seed),
         ),
     )
     return _fit_sklearn("mlp", est, split, max_train, seed)
