@@ -153,7 +153,7 @@ def test_feedback_is_stored_and_bound_to_the_key(served, digits_x):
     r = httpx.post(
         f"{url}/v1/feedback", json={"labels": [{"query_id": qid, "label": 3}]}, headers=auth(token)
     )
-    assert r.status_code == 200 and r.json() == {"stored": 1}
+    assert r.status_code == 200 and r.json() == {"stored": 1, "learned": 0}
     other = new_key(served["keys"], "other", rate=0)
     r = httpx.post(
         f"{url}/v1/feedback", json={"labels": [{"query_id": qid, "label": 3}]}, headers=auth(other)
@@ -252,7 +252,7 @@ def test_a_reused_request_id_never_reuses_query_ids(served, digits_x):
         json={"labels": [{"query_id": ids[0], "label": 1}, {"query_id": ids[1], "label": 2}]},
         headers=auth(token),
     )
-    assert r.json() == {"stored": 2}
+    assert r.json() == {"stored": 2, "learned": 0}
 
 
 # -- validation --------------------------------------------------------------------------

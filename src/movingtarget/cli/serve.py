@@ -135,6 +135,21 @@ def serve(
             help="A key held to its own history only and never shown to other keys (repeatable).",
         ),
     ] = None,
+    labeler_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--labeler-key",
+            metavar="NAME",
+            help="A key whose labels (/v1/feedback) repair the defense, for any recent query "
+            "(repeatable); other keys' labels are stored and never change an answer.",
+        ),
+    ] = None,
+    repair_window: Annotated[
+        int,
+        typer.Option(
+            help="Recent queries a labeler may label for repair (inputs kept in RAM only).",
+        ),
+    ] = 100_000,
     namespace: Namespace = "mt",
     seed: Annotated[int, typer.Option(help="Seed of the defense's own randomness.")] = 0,
     test_size: Annotated[float, typer.Option(help="Test share of the DATASET split.")] = 0.3,
@@ -205,6 +220,8 @@ def serve(
         memory_key_capacity=memory_key_capacity,
         cross_key_quorum=cross_key_quorum,
         trusted_keys=tuple(trusted_key or ()),
+        labeler_keys=tuple(labeler_key or ()),
+        repair_window=repair_window,
         seed=seed,
         test_size=test_size,
         split_seed=split_seed,

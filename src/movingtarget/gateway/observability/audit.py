@@ -147,6 +147,32 @@ class AuditLog:
         with self._lock:
             self._file.write("".join(lines))
 
+    def repair(
+        self,
+        key_id: int,
+        key_name: str,
+        query_ids: Sequence[str],
+        labels: Sequence[int],
+        learned: int,
+    ) -> None:
+        """One line for a labeler's repair: who labeled which queries as what, and how
+        many labels the defense learned (``"event": "repair"``; answer lines have none)."""
+        if self._file is None:
+            return
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        row = {
+            "event": "repair",
+            "key_id": int(key_id),
+            "key": key_name,
+            "time": now,
+            "query_ids": list(query_ids),
+            "labels": [int(v) for v in labels],
+            "learned": int(learned),
+            **self._static,
+        }
+        with self._lock:
+            self._file.write(json.dumps(row) + "\n")
+
     def close(self) -> None:
         """Flush and close the file."""
         with self._lock:

@@ -152,21 +152,25 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @json_route(app, "/v1/feedback", FeedbackRequest, FeedbackResponse, _ERRORS, tags=["v1"])
     async def feedback(request: Request) -> Response:
-        """Store the true labels of earlier queries of this key (for active learning)."""
+        """Store true labels of earlier queries. Any key may label its own queries: the
+        labels are stored for the record and never change an answer. A labeler key
+        (``--labeler-key``) may label any recent query, and for a defense that learns
+        (``correct``, a gated update) its labels repair the defense (``learned``)."""
         token = token_of(request)
         async with gateway.refusing(token):
             body = await read_body(request, FeedbackRequest, cfg.max_body_bytes)
         grant = await gateway.authorize(token, 0)
         k = served.n_classes
+        labeler = gateway.repairs and grant.name in gateway.labelers
         for item in body.labels:
-            if not gateway.ids.check(item.query_id, grant.key_id):
+            if not labeler and not gateway.ids.check(item.query_id, grant.key_id):
                 raise bad_request(f"query id {item.query_id!r} was not issued to this key")
             if item.label >= k:
                 raise bad_request(f"label {item.label} is not a class in [0, {k})")
-        stored = await run_in_threadpool(
-            gateway.keys.add_feedback, grant.key_id, [(i.query_id, i.label) for i in body.labels]
-        )
-        return JSONResponse({"stored": stored})
+        items = [(i.query_id, i.label) for i in body.labels]
+        learned = await gateway.repair(grant, items) if labeler else 0
+        stored = await run_in_threadpool(gateway.keys.add_feedback, grant.key_id, items)
+        return JSONResponse({"stored": stored, "learned": learned})
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Response:

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from movingtarget.errors import ConfigError
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass
@@ -134,6 +135,11 @@ class MicroBatcher(Generic[R]):
                 await self._task
             self._task = None
         self._pool.shutdown(wait=True)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the batch thread, between batches (state the handler uses, such
+        as a defense learning labels, is never touched by two threads at once)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def submit(
         self,

@@ -41,6 +41,11 @@ class GatewayConfig:
     cross_key_quorum: int = 2
     #: Names of keys held to their own history only, never shown to other keys.
     trusted_keys: tuple[str, ...] = ()
+    #: Names of keys whose labels (``/v1/feedback``) repair the defense; any other key's
+    #: labels are stored for the record and never change an answer.
+    labeler_keys: tuple[str, ...] = ()
+    #: Recent queries a labeler can label for repair (their inputs kept in RAM only).
+    repair_window: int = 100_000
     seed: int = 0
     test_size: float = 0.3
     split_seed: int = 0
@@ -85,6 +90,14 @@ class GatewayConfig:
             (
                 all(isinstance(n, str) and n.strip() for n in self.trusted_keys),
                 "--trusted-key must name a key",
+            ),
+            (
+                all(isinstance(n, str) and n.strip() for n in self.labeler_keys),
+                "--labeler-key must name a key",
+            ),
+            (
+                isinstance(self.repair_window, int) and self.repair_window >= 1,
+                f"--repair-window must be an integer >= 1, got {self.repair_window!r}",
             ),
             (bool(self.namespace.strip()), "--namespace must not be empty"),
             (

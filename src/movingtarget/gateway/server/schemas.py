@@ -105,9 +105,11 @@ class FeedbackRequest(BaseModel):
 
 
 class FeedbackResponse(BaseModel):
-    """How many labels were stored."""
+    """How many labels were stored, and how many repaired the defense (a labeler key's,
+    for a defense that learns; 0 for any other key)."""
 
     stored: int
+    learned: int = 0
 
 
 class Health(BaseModel):

@@ -12,7 +12,9 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -199,6 +201,13 @@ class Gateway:
             self._answer, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms
         )
         self.ready = False
+        #: Labeler keys' labels repair the defense (only these, and only if it learns):
+        #: the inputs of the last ``repair_window`` queries stay in RAM, by query id
+        #: (never on disk), for a labeler to label.
+        self.labelers = frozenset(self.config.labeler_keys)
+        self.repairs = bool(self.labelers) and defense.learns
+        self._recent: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Gateway:
@@ -299,6 +308,8 @@ class Gateway:
     ) -> list[Answers]:
         # runs on the batcher's thread: one batch at a time, in arrival order
         answers = self.defense.answer(x, clients, times)
+        if self.repairs:
+            self._remember(x, jobs)
         self.metrics.record_answers(answers)
         if self.audit.path is not None:
             rids: list[str] = []
@@ -319,6 +330,36 @@ class Gateway:
             out.append(mine)
             start = end
         return out
+
+    def _remember(self, x: NDArray[np.float32], jobs: list[Job]) -> None:
+        qids = [q for job in jobs for q in job.meta.query_ids]
+        with self._recent_lock:
+            for qid, row in zip(qids, x, strict=True):
+                self._recent[qid] = row.copy()
+            while len(self._recent) > self.config.repair_window:
+                self._recent.popitem(last=False)
+
+    async def repair(self, grant: Grant, labels: list[tuple[str, int]]) -> int:
+        """A labeler's labels: the defense learns those of recent queries (on the batch
+        thread, between batches); each repair is logged. Returns how many it learned.
+        Raises :class:`Problem` (400) naming a query id that is not a recent query."""
+        with self._recent_lock:
+            missing = [q for q, _ in labels if q not in self._recent]
+            if missing:
+                raise Problem(
+                    400,
+                    "invalid-input",
+                    f"query id {missing[0]!r} is not one of the last "
+                    f"{self.config.repair_window} queries this replica answered",
+                )
+            x = np.stack([self._recent[q] for q, _ in labels]) if labels else None
+        if x is None:
+            return 0
+        y = np.array([label for _, label in labels], np.int64)
+        learned = await self.batcher.call(lambda: self.defense.learn(x, y))
+        log.info("repair: key %r labeled %d queries, learned %d", grant.name, len(y), learned)
+        self.audit.repair(grant.key_id, grant.name, [q for q, _ in labels], y.tolist(), learned)
+        return int(learned)
 
     async def classify(
         self,
