@@ -54,3 +54,17 @@ def test_the_dynamic_defense_holds_r_tilde_below_every_fixed_defense(tmp_path: P
                 attack,
                 fixed,
             )
+
+
+def test_seeds_that_agree_exactly_do_not_make_a_bound_exceeded(tmp_path: Path) -> None:
+    """In the dynamic config the test set attacker gets the same r~ in all three seeds
+    against near-repeat memory (sample s.e. 0), a hair above the ``<= r`` bound; the
+    verdict uses the binomial s.e. of the rate as a floor and agrees, where a zero s.e.
+    read it as exceeded at z = inf."""
+    cfg = load_config(
+        "dynamic", ['defenses=["near-repeat-abstain"]', 'attacks=[{name = "test-set"}]']
+    )
+    run_experiment(cfg, tmp_path / "bound", workers=1)
+    (row,) = json.loads((tmp_path / "bound" / "summary.json").read_text())
+    assert row["r_tilde_se"] == 0 and row["r_tilde"] > row["r_tilde_predicted"]
+    assert row["se_used"] == "sample" and row["verdict"] == "agrees", row["verdict"]

@@ -305,6 +305,22 @@ def run_task(task: Task) -> dict[str, Any]:
     return out
 
 
+def sample_se_floor(sample_se: float, rate: float, queries: int) -> float:
+    """The s.e. a verdict uses without an analytic one: the seeds' sample s.e., but never
+    below the binomial s.e. of ``rate`` over all ``queries`` of the seeds (a few seeds
+    that happen to agree exactly have sample s.e. 0, which would turn any difference
+    from a bound, however small, into ``z = inf``).
+
+    >>> round(sample_se_floor(0.0, 0.06, 1200), 4), sample_se_floor(0.02, 0.06, 1200)
+    (0.0069, 0.02)
+    >>> sample_se_floor(float("nan"), 0.06, 400)
+    nan
+    """
+    if not (np.isfinite(sample_se) and np.isfinite(rate)) or queries <= 0:
+        return sample_se  # one seed: no sample s.e., no verdict
+    return max(sample_se, float(np.sqrt(rate * (1 - rate) / queries)))
+
+
 def _mean_se(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[~np.isnan(arr)]
@@ -430,7 +446,11 @@ def aggregate(
             analytic = row["r_tilde_predicted_se"]
             use_analytic = bool(np.isfinite(analytic))
             row["se_used"] = "analytic" if use_analytic else "sample"
-            se = analytic if use_analytic else row["r_tilde_comparable_se"]
+            se = (
+                analytic
+                if use_analytic
+                else sample_se_floor(row["r_tilde_comparable_se"], row[key], m * len(group))
+            )
             row["verdict"], row["z"] = verdict(
                 row["r_tilde_comparable"],
                 row["r_tilde_predicted"],
