@@ -208,6 +208,8 @@ def test_bad_memory_flags_are_one_line(tmp_path: Path, gateway_env) -> None:
         (["--cross-key-quorum", "-1"], "--cross-key-quorum must be >= 0"),
         (["--memory-ttl", "-5"], "--memory-ttl must be >= 0"),
         (["--store", "bloom://"], "bloom:// remembers whether"),
+        (["--repair-window", "0"], "--repair-window must be an integer >= 1, got 0"),
+        (["--labeler-key", " "], "--labeler-key must name a key"),
     ]:
         cmd = [sys.executable, "-m", "movingtarget", "serve", "--keys-db"]
         cmd += [f"sqlite:///{tmp_path / 'k.db'}", *flags]
