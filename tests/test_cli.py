@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,6 +76,20 @@ def test_default_run_reproduces_the_hello_world_table(tmp_path: Path) -> None:
     r = mem["rate"]
     assert abs(mem["r_tilde"] - r / (1 + r)) <= 3 * mem["r_tilde_predicted_se"]
     assert by[("noisy-repeat", "memorize-abstain")]["r_tilde"] > 0.9  # noise evades exact memory
+    # then the thesis: the dynamic defense holds every attacker below every fixed defense,
+    # the screening attacker (which breaks exact memorization) included, beyond 3 s.e.
+    thesis = json.loads((tmp_path / "hw" / "thesis" / "summary.json").read_text())
+    cell = {(r["attack"], r["defense"]): r for r in thesis}
+    assert cell[("screening", "memorize-abstain")]["r_tilde"] > 0.9
+    for attack in {r["attack"] for r in thesis}:
+        ours = cell[(attack, "dynamic")]
+        for fixed in ("deterministic", "memorize-abstain", "near-repeat-abstain"):
+            theirs = cell[(attack, fixed)]
+            se = math.hypot(ours["r_tilde_se"], theirs["r_tilde_se"], 1 / (400 * 5))
+            assert ours["r_tilde"] < theirs["r_tilde"] - 3 * se, (attack, fixed)
+    report = (tmp_path / "hw" / "report.md").read_text()
+    assert "## Then: thesis" in report and "(thesis/r_tilde.png)" in report
+    assert "then thesis: digits" in p.stdout
 
 
 def test_spambase_config(tmp_path: Path) -> None:
@@ -118,6 +133,8 @@ def test_spambase_config(tmp_path: Path) -> None:
             "config, --set dataset.path=PATH on the command line)",
         ),
         (["run", "--seeds", "0"], "Invalid value for '--seeds'"),
+        (["run", "--set", 'then=["thesys"]'], "then[0]: config 'thesys' does not exist"),
+        (["run", "--set", "then=3"], "then must be a list"),
         (["run", "--bogus"], "No such option: --bogus"),
         (["report", "/no/results"], "does not exist"),
     ],

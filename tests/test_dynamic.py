@@ -10,6 +10,7 @@ import pytest
 
 from movingtarget.experiment.config import load_config
 from movingtarget.experiment.runner import run_experiment
+from movingtarget.report.benign import benign_table
 
 pytest.importorskip("art")
 
@@ -46,6 +47,13 @@ def test_the_dynamic_defense_holds_r_tilde_below_every_fixed_defense(tmp_path: P
             # the 400 queries of one seed is the resolution
             se = max(se, 1 / 400)
             assert ours["r_tilde"] < theirs["r_tilde"] - 3 * se, (attack, fixed, ours, theirs)
+    # benign users: accuracy on what the defense answered within one point of the fixed
+    # model (the pool's mean), abstention reported beside it (docs/dynamic.md)
+    runs = json.loads((tmp_path / "dynamic" / "runs.json").read_text())
+    benign = benign_table(runs)
+    ours, fixed_acc = benign["dynamic"], benign["deterministic"]
+    assert fixed_acc["benign_accuracy_answered"][0] - ours["benign_accuracy_answered"][0] < 0.01
+    assert 0 < ours["abstain_benign"][0] < 0.2 and ours["abstain_benign_false"][0] < 0.05
     adaptive = [a for a in attacks if a.startswith("adaptive")]
     assert len(adaptive) == 1
     for attack in (*LOWER, adaptive[0]):

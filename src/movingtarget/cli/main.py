@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -75,16 +75,44 @@ def run(
     cache_dir: CacheOption = None,
 ) -> None:
     """Run an experiment: every attack against every defense, for every seed."""
-    from movingtarget.experiment import load_config, run_experiment
+    from movingtarget.experiment import load_config, record_then
     from movingtarget.report import write_report
 
-    overrides = list(set_ or [])
+    sizes = []  # --seeds and --queries size every run, --set only the main one
     if seeds is not None:
-        overrides.append(f"seeds={seeds}")
+        sizes.append(f"seeds={seeds}")
     if queries is not None:
-        overrides.append(f"arena.queries={queries}")
-    cfg = load_config(config, overrides)
+        sizes.append(f"arena.queries={queries}")
+    cfg = load_config(config, [*(set_ or []), *sizes])
+    # a companion's bad config fails before minutes of the main run, not after
+    then = [load_config(name, sizes) for name in cfg.then]
     output_folder(out)
+    results = _run_one(cfg, out, workers=workers, cache_dir=cache_dir, device=device)
+    names = []
+    for sub in then:
+        _run_one(sub, out / sub.name, workers=workers, cache_dir=cache_dir, device=device)
+        names.append(sub.name)
+    if names:
+        record_then(out, names)
+    write_report(out)
+    _print_results(cfg, results)
+    for sub, name in zip(then, names, strict=True):
+        from movingtarget.experiment import load_results
+        from movingtarget.report.matrix import matrix_lines
+
+        rows, runs = load_results(out / name)
+        print(f"\nthen {name}: {sub.dataset.display}, {sub.model.display}\n")
+        print("\n".join(matrix_lines(rows, runs)))
+    print(f"results: {out} (summary.json, report.md, r_tilde.png, logs/)")
+
+
+def _run_one(
+    cfg: Any, out: Path, *, workers: int | None, cache_dir: Path | None, device: str
+) -> Any:
+    """Run one experiment under a progress bar; write its own report."""
+    from movingtarget.experiment import run_experiment
+    from movingtarget.report import write_report
+
     total = len(cfg.seeds) * len(cfg.attacks) * len(cfg.defenses) * cfg.arena.queries
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -106,6 +134,11 @@ def run(
             on_task_done=lambda n: progress.advance(bar, n),
         )
     write_report(out)
+    return results
+
+
+def _print_results(cfg: Any, results: Any) -> None:
+    """The summary table, the verdicts and the warnings of one experiment."""
     title = (
         f"{cfg.name}: {cfg.dataset.display}, {cfg.model.display}, r = {results.r:.4f} (test split)"
     )
@@ -123,7 +156,6 @@ def run(
     for row in results.rows:
         if row.get("warning"):
             print(f"warning: {row['attack']} x {row['defense']}: {row['warning']}")
-    print(f"results: {out} (summary.json, report.md, r_tilde.png, logs/)")
 
 
 @app.command()

@@ -10,7 +10,15 @@ from movingtarget.experiment.config import (
     load_raw,
     parse_config,
 )
-from movingtarget.experiment.runner import Pools, Results, Task, make_pools, run_experiment
+from movingtarget.experiment.runner import (
+    Pools,
+    Results,
+    Task,
+    load_results,
+    make_pools,
+    record_then,
+    run_experiment,
+)
 
 __all__ = [
     "BUILTIN_CONFIGS",
@@ -23,7 +31,9 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "load_raw",
+    "load_results",
     "make_pools",
     "parse_config",
+    "record_then",
     "run_experiment",
 ]

@@ -26,6 +26,7 @@ BUILTIN_CONFIGS = (
     "arms-race-fashion",
     "stateful",
     "dynamic",
+    "thesis",
 )
 
 
@@ -228,6 +229,9 @@ class ExperimentConfig:
     resample: str = "order"
     #: ``movingtarget resilience``: the ``[resilience]`` table.
     resilience: ResilienceConfig = field(default_factory=lambda: ResilienceConfig())
+    #: Configs ``movingtarget run`` runs after this one (shipped names or paths), each
+    #: into a subfolder of the results named after it, their tables in this report.
+    then: tuple[str, ...] = ()
 
 
 def _suggest(key: str, allowed: list[str]) -> str:
@@ -343,6 +347,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         "pools",
         "resample",
         "resilience",
+        "then",
     ]
     _check_keys(raw, top, "")
     name = _typed(raw.get("name", Path(source).stem), str, "name")
@@ -433,7 +438,26 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         pools=pools,
         resample=resample,
         resilience=parse_resilience(raw.get("resilience")),
+        then=_then(raw.get("then", []), source),
     )
+
+
+def _then(value: Any, source: str) -> tuple[str, ...]:
+    """The ``then`` list: shipped config names, or files (relative to this config's)."""
+    out = []
+    base = Path(source).parent if Path(source).is_file() else Path(".")
+    for i, item in enumerate(_typed(value, list, "then")):
+        name = _typed(item, str, f"then[{i}]")
+        if name not in BUILTIN_CONFIGS:
+            path = Path(name) if Path(name).is_absolute() else base / name
+            if not path.is_file():
+                raise ConfigError(
+                    f"then[{i}]: config {name!r} does not exist (shipped configs: "
+                    f"{', '.join(BUILTIN_CONFIGS)})"
+                )
+            name = str(path)
+        out.append(name)
+    return tuple(out)
 
 
 _PATH_KEYS = ("path", "root", "images", "labels", "directory")

@@ -425,7 +425,9 @@ def aggregate(
                 "abstain_adversarial",
                 "abstain_benign",
                 "benign_accuracy",
+                "benign_accuracy_answered",
                 "abstain_benign_false",
+                "abstain_benign_near",
                 "queries_to_first_mistake",
                 "bad_queries",
                 "bad_queries_per_success",
@@ -597,3 +599,20 @@ def run_experiment(
             + "\n"
         )
     return results
+
+
+def record_then(out: str | Path, names: list[str]) -> None:
+    """Record in ``out/experiment.json`` the subfolders of the experiments run after it
+    (the config's ``then``), so its report shows their tables."""
+    path = Path(out) / "experiment.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["then"] = list(names)
+    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def load_results(out: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The summary rows and the per-run results of a results folder."""
+    root = Path(out)
+    rows = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    runs = json.loads((root / "runs.json").read_text(encoding="utf-8"))
+    return rows, runs

@@ -50,6 +50,9 @@ class AttackMetrics:
     abstain_benign: float
     benign_accuracy: float
     benign_error_answered: float
+    #: Accuracy on the benign queries the defense answered (NaN if it answered none):
+    #: what abstention costs is ``abstain_benign``, reported beside it.
+    benign_accuracy_answered: float = float("nan")
     queries_to_first_mistake: float = float("nan")
     bad_queries: int = 0
     bad_queries_per_success: float = float("nan")
@@ -98,6 +101,7 @@ def attack_metrics(log: EventLog, adversary: int = 0) -> AttackMetrics:
         abstain_benign=_rate(~answered),
         benign_accuracy=_rate(b_answer == b_true),
         benign_error_answered=_rate(b_answer[answered] != b_true[answered]),
+        benign_accuracy_answered=_rate(b_answer[answered] == b_true[answered]),
         queries_to_first_mistake=float(np.argmax(wins) + 1) if wins.any() else float("nan"),
         bad_queries=bad,
         bad_queries_per_success=bad / n_wins if n_wins else float("nan"),

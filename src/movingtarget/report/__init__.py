@@ -9,6 +9,8 @@ from typing import Any
 from movingtarget.errors import DataError
 from movingtarget.metrics.analytic import Z_MAX
 from movingtarget.report.arms_race import arms_race_section, has_arms_race, plot_tradeoff
+from movingtarget.report.benign import benign_lines
+from movingtarget.report.matrix import matrix_lines
 from movingtarget.report.plots import plot_r_tilde, r_tilde_figure
 from movingtarget.report.stateful import stateful_lines
 from movingtarget.report.tables import (
@@ -100,6 +102,34 @@ def _notes_section(rows: list[dict[str, Any]]) -> list[str]:
     return ["## Notes per row", "", *notes, ""] if notes else []
 
 
+def then_section(root: Path, meta: dict[str, Any]) -> list[str]:
+    """Markdown lines for the experiments run after this one (the config's ``then``),
+    each from its own subfolder: its matrix, its predictions, its plot, a link to its
+    report (nothing when there are none)."""
+    lines: list[str] = []
+    for name in meta.get("then") or []:
+        sub = root / str(name)
+        rows, runs = _load(sub / "summary.json"), _load(sub / "runs.json")
+        sub_meta = _load(sub / "experiment.json")
+        judged = [r for r in rows if r.get("verdict") in ("agrees", "disagrees", "exceeds")]
+        agree = sum(r["verdict"] == "agrees" for r in judged)
+        lines += [
+            f"## Then: {sub_meta['name']}",
+            "",
+            *header_lines(sub_meta)[:1],
+            "",
+            *matrix_lines(rows, runs),
+            "",
+            f"Analytic predictions (where the paper gives them): {agree} of {len(judged)} "
+            f"rows agree. The whole report, with every column, the predictions and the "
+            f"compositions: [{name}/report.md]({name}/report.md).",
+            "",
+            f"![cumulative r~ against queries sent]({name}/{PLOT_FILE})",
+            "",
+        ]
+    return lines
+
+
 def write_report(results_dir: str | Path) -> Path:
     """Write ``report.md`` and the plot for a results folder; return the report's path."""
     root = Path(results_dir)
@@ -137,9 +167,17 @@ def write_report(results_dir: str | Path) -> Path:
         "",
         markdown_table(rows),
         "",
+        "## `r~` at a glance",
+        "",
+        "The lowest `r~` of each attack in bold; below, what benign users got.",
+        "",
+        *matrix_lines(rows, runs),
+        "",
+        *then_section(root, meta),
         *_notes_section(rows),
         *stateful_lines(rows, runs),
         "",
+        *benign_lines(runs),
         *defenses_section(meta),
         f"![cumulative r~ against queries sent, with the predictions]({PLOT_FILE})",
         "",
@@ -171,5 +209,6 @@ __all__ = [
     "predicted_text",
     "r_tilde_figure",
     "table_rows",
+    "then_section",
     "write_report",
 ]
