@@ -54,6 +54,47 @@ def test_flags_throttle_then_suspend_one_query_after_the_other() -> None:
     assert d.answer(np.full((1, 3), 20.0, np.float32), [7], np.array([20])).reasons[0] == 1
 
 
+class OneByOne(Suspicion):
+    """The reference: every client scored one query after the other (``_client``)."""
+
+    def _quiet_clients(self, ids: list[int], *args: Any) -> list[int]:
+        return list(range(len(ids)))
+
+
+@pytest.mark.parametrize("history", [1, 8])
+def test_all_clients_at_once_answers_as_one_client_after_the_other(history: int) -> None:
+    # many clients in mixed batches: benign ones (distinct inputs), walkers (small steps,
+    # throttled, then suspended), repeaters (flagged), one client in a long run; the
+    # batched path must give the reference's answers, scores and suspensions exactly
+    rng = np.random.default_rng(3)
+    kw: dict[str, Any] = dict(throttle_at=2.5, suspend_at=5, step=0.3, history=history)
+    fast, ref = Suspicion(**kw), OneByOne(**kw)
+    d_fast = Defense(Fixed(), [Memorize(on_repeat="abstain"), Argmax(), fast])
+    d_ref = Defense(Fixed(), [Memorize(on_repeat="abstain"), Argmax(), ref])
+    walk = {c: rng.random(6).astype(np.float32) for c in range(40, 50)}
+    clock = 0
+    for batch in range(12):
+        n = 200 if batch != 5 else 300
+        clients = rng.integers(0, 60, n)
+        if batch == 5:
+            clients[:150] = 99  # one client's run longer than the step-by-step limit
+        x = rng.random((n, 6)).astype(np.float32) * 10
+        for j, c in enumerate(clients.tolist()):
+            if c in walk:  # a walker: each query a small step from its last
+                walk[c] = walk[c] + rng.normal(0, 0.05, 6).astype(np.float32)
+                x[j] = walk[c]
+            elif c >= 55:  # a repeater: one of three inputs
+                x[j] = np.float32(c % 3)
+        times = np.arange(clock, clock + n)
+        clock += n
+        a, b = d_fast.answer(x, clients, times), d_ref.answer(x, clients, times)
+        assert a.reason_labels() == b.reason_labels(), batch
+        assert np.array_equal(a.labels, b.labels)
+    assert fast.suspended == ref.suspended and len(fast.suspended) >= 5
+    for c in range(100):
+        assert fast.score(c) == pytest.approx(ref.score(c), rel=1e-9, abs=1e-12)
+
+
 def test_small_steps_count_and_the_step_is_calibrated_on_benign_pairs() -> None:
     rng = np.random.default_rng(0)
     benign = rng.random((500, 16)).astype(np.float32)

@@ -49,6 +49,10 @@ FLAG_REASONS = (
 #: Pairs of benign inputs drawn to calibrate ``step``.
 CALIBRATION_PAIRS = 20000
 
+#: Client runs in one batch up to this long are scored together, step by step; a
+#: longer run alone (one recursion in C).
+_SHORT_RUN = 64
+
 
 class Suspicion:
     """Filter: a per-client suspicion score that throttles, then suspends the client.
@@ -243,8 +247,102 @@ class Suspicion:
         sorted_clients = clients[order]
         starts = np.flatnonzero(np.r_[True, sorted_clients[1:] != sorted_clients[:-1]])
         ends = np.r_[starts[1:], len(order)]
-        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-            self._client(int(sorted_clients[lo]), order[lo:hi], flagged, flat, ctx)
+        ids = sorted_clients[starts].tolist()
+        # every client at once where nothing is to be acted on (the common case); one
+        # client after the other only where a score reaches a threshold
+        for i in self._quiet_clients(ids, starts, ends, order, flagged, flat, ctx):
+            self._client(ids[i], order[starts[i] : ends[i]], flagged, flat, ctx)
+
+    def _quiet_clients(
+        self,
+        ids: list[int],
+        starts: NDArray[np.intp],
+        ends: NDArray[np.intp],
+        order: NDArray[np.intp],
+        flagged: NDArray[np.bool_],
+        flat: NDArray[np.float32],
+        ctx: Context,
+    ) -> list[int]:
+        """Update, for all clients of the batch at once, those whose scores stay below
+        ``throttle_at`` throughout (their answers stand); return the indices of the
+        others (suspended, or reaching a threshold), which :meth:`_client` takes one by
+        one from the state this left untouched."""
+        n_seg, n = len(ids), len(order)
+        lengths = ends - starts
+        seg = np.repeat(np.arange(n_seg), lengths)  # segment of each sorted row
+        local = np.arange(n) - starts[seg]  # index of the row within its client's run
+        histories = [self._last.get(c) for c in ids]
+        hlen = np.array([0 if h is None else len(h) for h in histories], np.intp)
+        events = self.flag_weight * flagged[order].astype(np.float64)
+        xs = flat[order]  # each client's run, contiguous, in arrival order
+        if self.step is not None and self.step_weight:
+            small = self._small_steps_all(xs, histories, hlen, seg, local)
+            # one sign per query (see _client)
+            events = np.maximum(events, self.step_weight * small)
+        prior = np.array([self._score.get(c, 0.0) for c in ids])
+        # s_j = decay * s_{j-1} + e_j along each client's run: all runs step j together
+        # (runs are short when many clients share a batch); a long run is one C loop
+        after = np.empty(n)
+        long_runs = np.flatnonzero(lengths > _SHORT_RUN)
+        short_len = np.where(lengths > _SHORT_RUN, 0, lengths)
+        prev = prior.copy()
+        for j in range(int(short_len.max(initial=0))):
+            live = np.flatnonzero(short_len > j)
+            rows = starts[live] + j
+            prev[live] = self.decay * prev[live] + events[rows]
+            after[rows] = prev[live]
+        for i in long_runs.tolist():
+            lo, hi = int(starts[i]), int(ends[i])
+            after[lo:hi] = lfilter(
+                [1.0], [1.0, -self.decay], events[lo:hi], zi=[self.decay * prior[i]]
+            )[0]
+        before = np.where(local == 0, prior[seg], np.r_[0.0, after[:-1]])
+        loud = np.maximum.reduceat(before, starts) >= self.throttle_at
+        suspended = np.array([c in self.suspended for c in ids], bool)
+        slow = loud | suspended
+        answered = ctx.answers.labels[order] != ABSTAIN
+        last_answer = np.maximum.reduceat(np.where(answered, ctx.times[order], -1), starts)
+        final = after[ends - 1]
+        quiet = np.flatnonzero(~slow)
+        for i in quiet.tolist():
+            c = ids[i]
+            self._score[c] = float(final[i])
+            if last_answer[i] >= 0:
+                self._answered_at[c] = int(last_answer[i])
+            run = xs[starts[i] : ends[i]]
+            h = histories[i]
+            if len(run) < self.history and h is not None:
+                run = np.concatenate([h, run])
+            self._last[c] = run[-self.history :].copy()
+        return np.flatnonzero(slow).tolist()
+
+    def _small_steps_all(
+        self,
+        xs: NDArray[np.float32],
+        histories: list[NDArray[np.float32] | None],
+        hlen: NDArray[np.intp],
+        seg: NDArray[np.intp],
+        local: NDArray[np.intp],
+    ) -> NDArray[np.bool_]:
+        """:meth:`_small_steps` for every client's run at once: the query ``k`` rows
+        back is row ``r - k`` of the same run (contiguous slices), or, early in a run,
+        a row of that client's history."""
+        assert self.step is not None
+        n = len(xs)
+        best = np.full(n, np.inf)
+        kept = [h for h in histories if h is not None and len(h)]
+        hist = np.concatenate(kept) if kept else xs[:0]
+        hend = np.cumsum(hlen)
+        for k in range(1, self.history + 1):
+            if k < n:  # the same run, k rows back (float32 differences: no cancellation)
+                diff = xs[k:] - xs[:-k]
+                d2 = np.einsum("ij,ij->i", diff, diff)
+                np.minimum(best[k:], np.where(local[k:] >= k, d2, np.inf), out=best[k:])
+            back = np.flatnonzero((local < k) & (hlen[seg] >= k - local))
+            if len(back):  # the client's history, k - local rows from its end
+                diff = xs[back] - hist[hend[seg[back]] - (k - local[back])]
+                best[back] = np.minimum(best[back], np.einsum("ij,ij->i", diff, diff))
+        return np.sqrt(best) < self.step
 
     def _client(
         self,

@@ -1,0 +1,264 @@
+"""The dynamic defense's cost (issue 16). Not a test: prints Markdown.
+
+    python benchmarks/bench_dynamic.py            # digits/logistic and Fashion-MNIST/CNN
+    python benchmarks/bench_dynamic.py --quick    # smaller sizes
+
+Measures, in one run on one machine, interleaved (best of rounds):
+1. a pool of K members against one member: ``member_proba`` on a batch costs at most
+   K x one member's ``predict_proba`` (members are called once per batch, never per
+   query);
+2. defense throughput on the same batches of distinct queries: the bare member, the
+   pool's mean (``deterministic`` on the pool), the pool alone under the moving target
+   (``moving-target > ...`` with nothing else) and the composed dynamic defense
+   (correction memory holding labeled mistakes, exact and near-repeat memory, moving
+   target, suspicion over 100 clients); the ratio composed / moving-target alone is
+   what memory, repair and suspicion add beyond the pool's own inference;
+3. whole arena deployments of the same three (benign traffic, the noisy-repeat
+   attacker, an oracle labeling for the composed one);
+4. the time of one gated online update of a member (``partial_fit`` on labels, canary
+   accuracy before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from _common import best_of, machine
+from movingtarget.arena import Arena, ArenaConfig
+from movingtarget.attacks import build_adversary
+from movingtarget.datasets import load_dataset
+from movingtarget.defenses import GatedUpdate, build_defense
+from movingtarget.defenses.near_repeat import calibrate_defense
+from movingtarget.models import build_model
+
+MOVING = "moving-target(abstain_on=disagreement, agreement=0.6)"
+COMPOSED = (
+    "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > "
+    f"{MOVING} > suspicion"
+)
+CLIENTS = 100
+
+
+def distinct_queries(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n distinct inputs: pool inputs with tiny seeded noise (every one a new query)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), n)
+    return (x[idx] + rng.uniform(-1e-3, 1e-3, size=(n, *x.shape[1:]))).astype(np.float32)
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Best time of each run over ``rounds`` interleaved rounds (load hits all alike)."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            best[key] = min(best[key], best_of(fn, 1))
+    return best
+
+
+def composed_defense(pool: Any, split: Any, labeled: int) -> Any:
+    """The composed dynamic defense, calibrated on training inputs, its correction
+    memory holding ``labeled`` labeled training inputs (a repair loop that has run;
+    not the queried test inputs, which would make its answers cheap lookups)."""
+    d = build_defense(COMPOSED, pool, seed=0)
+    calibrate_defense(d, split.x_train[:2000], split.x_test[:500], seed=0)
+    if labeled:
+        d.learn(split.x_train[:labeled], split.y_train[:labeled])
+    return d
+
+
+def pool_rows(label: str, pool: Any, x: np.ndarray, batch: int) -> list[str]:
+    """member_proba of the pool against K single-member calls on the same batches."""
+    batches = [x[i : i + batch] for i in range(0, len(x), batch)]
+    member = pool.members[0]
+    k = len(pool.members)
+    best = interleaved(
+        {
+            "member": lambda: [member.predict_proba(b) for b in batches],
+            "pool": lambda: [pool.member_proba(b) for b in batches],
+        },
+        5,
+    )
+    ratio = best["pool"] / best["member"]
+    return [
+        f"| {label} | one member `predict_proba` | {batch} | {len(x) / best['member']:,.0f} | "
+        "1.00 | |",
+        f"| {label} | pool of {k} `member_proba` | {batch} | {len(x) / best['pool']:,.0f} | "
+        f"{ratio:.2f} | {ratio / k:.2f} |",
+    ]
+
+
+def defense_rows(label: str, pool: Any, split: Any, x: np.ndarray, batch: int) -> list[str]:
+    """The bare member, the pool's mean, the moving target alone and the composed
+    defense on the same batches of distinct queries."""
+    batches = [x[i : i + batch] for i in range(0, len(x), batch)]
+    clients = [
+        np.arange(i, i + len(b)) % CLIENTS
+        for i, b in zip(range(0, len(x), batch), batches, strict=True)
+    ]
+    member = pool.members[0]
+
+    def bare() -> None:
+        for b in batches:
+            member.predict_proba(b)
+
+    def defended(build: Callable[[], Any]) -> Callable[[], None]:
+        def go() -> None:
+            d = build()  # built and calibrated outside the timing would favour it: inside
+            for b, c in zip(batches, clients, strict=True):
+                d.answer(b, clients=c)
+
+        return go
+
+    composed_build = lambda: composed_defense(pool, split, 200)  # noqa: E731
+    runs: dict[str, Callable[[], object]] = {
+        "bare": bare,
+        "deterministic": defended(lambda: build_defense("deterministic", pool, seed=0)),
+        "moving": defended(lambda: build_defense(MOVING, pool, seed=0)),
+        "composed": defended(composed_build),
+    }
+    # the build and calibration on their own, to subtract from the composed row
+    t_build = best_of(composed_build, 3)
+    best = interleaved(runs, 3)
+    n = len(x)
+    names = {
+        "bare": "bare member `predict_proba`",
+        "deterministic": "pool mean (`deterministic` on the pool)",
+        "moving": "pool alone: `moving-target`",
+        "composed": "composed dynamic defense",
+    }
+    rows = []
+    for key, name in names.items():
+        rows.append(
+            f"| {label} | {name} | {batch} | {n / best[key]:,.0f} | "
+            f"{best[key] / best['bare']:.2f} |"
+        )
+    t_comp = best["composed"] - t_build
+    rows.append(
+        f"| {label} | composed ÷ moving-target alone | {batch} | | "
+        f"**{best['composed'] / best['moving']:.2f}** ({t_comp / best['moving']:.2f} "
+        f"without its {t_build * 1e3:.0f} ms build and calibration) |"
+    )
+    return rows
+
+
+def arena_rows(label: str, pool: Any, split: Any, queries: int, batch: int) -> list[str]:
+    """Whole deployments; the attacker's batches fixed at ``batch`` (an attacker that
+    keeps failing against the dynamic defense would otherwise probe one query at a time,
+    which measures its strategy, not the defense)."""
+    x, y = split.x_test, split.y_test
+    member = pool.members[0]
+    plain = ArenaConfig(
+        queries=queries, benign_ratio=1.0, benign_repeats=True, adversary_batch=batch
+    )
+    oracle = ArenaConfig(
+        queries=queries,
+        benign_ratio=1.0,
+        benign_repeats=True,
+        oracle_budget=10,
+        oracle_window=100,
+        oracle_delay=20,
+        adversary_batch=batch,
+    )
+
+    def deploy(build: Callable[[], Any], cfg: ArenaConfig) -> Callable[[], None]:
+        def go() -> None:
+            d = build()
+            a = build_adversary("noisy-repeat", x, y, d.n_classes, seed=0, eps=0.015686)
+            Arena(cfg).run(d, [a], x, y, seed=0)
+
+        return go
+
+    best = interleaved(
+        {
+            "bare": deploy(lambda: build_defense("deterministic", member, seed=0), plain),
+            "moving": deploy(lambda: build_defense(MOVING, pool, seed=0), plain),
+            "composed": deploy(lambda: composed_defense(pool, split, 200), oracle),
+        },
+        2,
+    )
+    total = 2 * queries
+    return [
+        f"| {label} | bare member (`deterministic`) | {total / best['bare']:,.0f} | 1.00 |",
+        f"| {label} | pool alone: `moving-target` | {total / best['moving']:,.0f} | "
+        f"{best['moving'] / best['bare']:.2f} |",
+        f"| {label} | composed, oracle 10/100 | {total / best['composed']:,.0f} | "
+        f"{best['composed'] / best['bare']:.2f} (÷ moving-target alone: "
+        f"**{best['composed'] / best['moving']:.2f}**) |",
+    ]
+
+
+def update_row(label: str, member: Any, split: Any, labels: int) -> str:
+    """One gated update: partial_fit on ``labels`` labels, canary of 1,000 before/after."""
+    gate = GatedUpdate(split.x_test[:1000], split.y_test[:1000], tolerance=1.0)
+    x = split.x_test[1000 : 1000 + labels]
+    y = split.y_test[1000 : 1000 + labels]
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        gate.update(member, x, y)
+        times.append(time.perf_counter() - t)
+    gate.restore(member)
+    return f"| {label} | {labels} labels, canary 1,000 | {min(times) * 1e3:.1f} ms |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    n_digits = 20_000 if args.quick else 100_000
+    n_fashion = 3_000 if args.quick else 10_000
+
+    import torch
+
+    print(f"Machine: {machine(f'torch {torch.__version__}')}\n")
+    digits = load_dataset("digits").split(test_size=0.3, seed=0)
+    dpool = build_model("pool", digits, seed=0, members=5, member="logistic")
+    fashion = load_dataset("fashion-mnist", limit=20_000).split(test_size=0.3, seed=0)
+    fpool = build_model(
+        "pool", fashion, seed=0, members=3, member="cnn", variation="seed", device="cpu"
+    )
+    dx = distinct_queries(digits.x_test, n_digits)
+    fx = distinct_queries(fashion.x_test, n_fashion)
+
+    print("| data / model | run | batch | queries/s | time ÷ one member | ÷ K |")
+    print("|---|---|---|---|---|---|")
+    for row in pool_rows("digits / logistic", dpool, dx, 1000):
+        print(row, flush=True)
+    for row in pool_rows("Fashion-MNIST / CNN", fpool, fx, 256):
+        print(row, flush=True)
+
+    print("\n| data / model | defense | batch | queries/s | time ÷ bare member |")
+    print("|---|---|---|---|---|")
+    for row in defense_rows("digits / logistic", dpool, digits, dx, 1000):
+        print(row, flush=True)
+    for row in defense_rows("Fashion-MNIST / CNN", fpool, fashion, fx, 256):
+        print(row, flush=True)
+
+    print("\n| data / model | arena deployment (noisy-repeat + benign) | queries/s | time ÷ bare |")
+    print("|---|---|---|---|")
+    for row in arena_rows(
+        "digits / logistic", dpool, digits, 20_000 if args.quick else 100_000, 1000
+    ):
+        print(row, flush=True)
+    for row in arena_rows(
+        "Fashion-MNIST / CNN", fpool, fashion, 3_000 if args.quick else 10_000, 256
+    ):
+        print(row, flush=True)
+
+    print("\n| model | gated online update | time |")
+    print("|---|---|---|")
+    cnn = build_model("cnn", fashion, seed=0, device="cpu")
+    for labels in (10, 100):
+        print(update_row("Fashion-MNIST / CNN", cnn, fashion, labels), flush=True)
+    mlp = build_model("mlp", digits, seed=0)
+    for labels in (10, 100):
+        print(update_row("digits / mlp", mlp, digits, labels), flush=True)
+
+
+if __name__ == "__main__":
+    main()
