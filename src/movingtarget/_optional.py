@@ -28,6 +28,10 @@ EXTRAS = {
     "torch": "torch",
     "art": "attacks",
     "packaging": "attacks",
+    "onnxruntime": "models",
+    "onnx": "models",
+    "skops": "models",
+    "skl2onnx": "models",
 }
 
 

@@ -246,6 +246,10 @@ from movingtarget.cli.serve import register as register_gateway  # noqa: E402
 
 register_gateway(app)
 
+from movingtarget.cli.export import export  # noqa: E402
+
+app.command("export")(export)
+
 
 def _user_error(exc: Exception) -> int:
     # the message as plain text (no markup, no wrapping): paths and brackets intact

@@ -489,12 +489,14 @@ def load_raw(path_or_name: str | Path | None = None) -> tuple[dict[str, Any], st
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {source} is not valid TOML: {exc}") from None
-    dataset = raw.get("dataset")
-    if base is not None and isinstance(dataset, dict):
+    # a config's own paths (a dataset's files, a model file) are relative to the config
+    for table in (raw.get("dataset"), raw.get("model")):
+        if base is None or not isinstance(table, dict):
+            continue
         for key in _PATH_KEYS:
-            value = dataset.get(key)
+            value = table.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
-                dataset[key] = str(base / value)
+                table[key] = str(base / value)
     return raw, source
 
 

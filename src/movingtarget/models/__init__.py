@@ -41,6 +41,7 @@ from movingtarget.datasets.base import Split
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model, OnlineModel
 from movingtarget.models.checks import check_model, check_online_model
+from movingtarget.models.files import file_model, load_model_file
 from movingtarget.models.pool import ModelPool, pool
 from movingtarget.models.reference import cnn, logistic, mlp
 from movingtarget.models.sklearn import SklearnModel
@@ -62,6 +63,7 @@ __all__ = [
     "check_model",
     "check_online_model",
     "default_cache_dir",
+    "load_model_file",
     "split_digest",
 ]
 
@@ -77,6 +79,7 @@ MODELS.register("adv-mlp")(adv_mlp)
 MODELS.register("adv-cnn")(adv_cnn)
 MODELS.register("noise-mlp")(noise_mlp)
 MODELS.register("pool")(pool)
+MODELS.register("file")(file_model)
 
 #: Bump when the cache format changes: older entries are then ignored.
 CACHE_FORMAT = 1

@@ -180,8 +180,12 @@ def wrap_model(
 ) -> Estimator:
     """``model`` as an ART estimator: with gradients where it has them (``gradients``
     False forces the black-box route), else scores from ``predict_proba``."""
+    from movingtarget.models.files import file_info
     from movingtarget.models.torch import TorchModel
 
+    info = file_info(model)
+    # a model file says which route it took: gradients (a PyTorch program) or scores only
+    origin = f"{info.format} file {info.path}" if info is not None else None
     shape = _shape_of(model, input_shape)
     lo, hi = float(clip_values[0]), float(clip_values[1])
     if not lo < hi:
@@ -201,7 +205,8 @@ def wrap_model(
             clip_values=(lo, hi),
             device_type=device,
         )
-        return Estimator(clf, CAPABILITIES, "torch model", (lo, hi), shape, shape, n)
+        source = f"{origin} (gradients through PyTorch)" if origin else "torch model"
+        return Estimator(clf, CAPABILITIES, source, (lo, hi), shape, shape, n)
     parts = _logistic_parts(model) if gradients else None
     if parts is not None:
         import_art()
@@ -216,7 +221,11 @@ def wrap_model(
         )
         clf = ScikitlearnLogisticRegression(lr, clip_values=(lo, hi), preprocessing=preprocessing)
         return Estimator(clf, CAPABILITIES, "logistic regression", (lo, hi), shape, (width,), n)
-    source = f"{type(model).__name__} (no gradients)"
+    source = (
+        f"{origin} (no gradients: ART's black-box estimator, scores only)"
+        if origin
+        else f"{type(model).__name__} (no gradients)"
+    )
     return wrap_black_box(
         lambda x: np.asarray(model.predict_proba(x), dtype=np.float32),
         shape=shape,
