@@ -48,6 +48,7 @@ FAST: dict[str, dict[str, Any]] = {
     "adv-cnn": {"epochs": 2, "max_train": 1000, "lr": 3e-3, "batch_size": 32, "max_iter": 2},
     "noise-mlp": {"epochs": 5},
     "pool": {"members": 3},
+    "file": {},  # an ONNX file of the logistic model, written by the test
 }
 
 
@@ -87,7 +88,13 @@ def test_check_model_on_every_registered_model(
     name: str, digits: Split, fashion: Split, tmp_path: Path
 ) -> None:
     split = split_for(name, digits, fashion)
-    model = build_model(name, split, cache_dir=tmp_path, **FAST[name])
+    params = dict(FAST[name])
+    if name == "file":
+        from movingtarget.models.export import export_model
+
+        logistic = build_model("logistic", split, cache_dir=tmp_path)
+        params["path"] = str(export_model(logistic, tmp_path / "logistic.onnx", split.x_test))
+    model = build_model(name, split, cache_dir=tmp_path, **params)
     assert isinstance(model, Model) and model.n_classes == split.n_classes
     p = check_model(model, split.x_test[:200])
     accuracy = (p.argmax(axis=1) == split.y_test[:200]).mean()

@@ -128,7 +128,7 @@ def _export_sklearn(model: SklearnModel, out: Path, x: NDArray[np.float32]) -> N
     skl2onnx = require("skl2onnx", "exporting a scikit-learn model to ONNX")
     from skl2onnx.common.data_types import DoubleTensorType
 
-    width = int(np.prod(x.shape[1:]))
+    width = int(model.n_features or np.prod(x.shape[1:]))
     # double precision: SklearnModel computes in float64, and a float32 graph would
     # differ from it by more than the round trip's 1e-5 on some inputs
     onx = skl2onnx.convert_sklearn(

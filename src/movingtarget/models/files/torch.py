@@ -165,7 +165,10 @@ class TorchFileModel(TorchModel):
         stated = tuple(int(s) for s in input_shape) if input_shape is not None else None
         if self.format == "torchscript":
             try:
-                program = torch.jit.load(io.BytesIO(blob), map_location=resolve_device(device))
+                with warnings.catch_warnings():
+                    # torch 2.10+ calls TorchScript deprecated; it still loads and runs it
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    program = torch.jit.load(io.BytesIO(blob), map_location=resolve_device(device))
             except Exception as exc:  # not a TorchScript archive, or a damaged one
                 first = " ".join(str(exc).split())[:200]
                 raise DataError(
