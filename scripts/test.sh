@@ -20,6 +20,9 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+# the example plugin (tests/test_plugins.py): registered through its entry points only
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+  -e examples/movingtarget-example-plugin
 
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy

@@ -53,7 +53,7 @@ from movingtarget.attacks.correlated import (
 )
 from movingtarget.registry import Registry
 
-ATTACKS: Registry[Adversary] = Registry("attack")
+ATTACKS: Registry[Adversary] = Registry("attack", "movingtarget.attacks")
 ATTACKS.register("test-set")(TestSetAttack)
 ATTACKS.register("test-set-targeted")(TargetedTestSetAttack)
 ATTACKS.register("rate-tracking")(RateTrackingAttack)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -15,6 +17,7 @@ from rich.text import Text
 from movingtarget._optional import missing_dependency
 from movingtarget.cli import command_group, output_folder, plain_metavars
 from movingtarget.errors import MovingTargetError
+from movingtarget.registry import PluginWarning
 
 app = command_group(
     "movingtarget", "Correlated test-time attacks on classifiers, and dynamic defenses."
@@ -216,19 +219,37 @@ def list_components() -> None:
     from movingtarget.defenses import COMPOSITIONS, MECHANISMS
     from movingtarget.experiment import BUILTIN_CONFIGS
     from movingtarget.models import MODELS
+    from movingtarget.registry import BUILTIN
+
+    def named(registry: Any, name: str) -> str:
+        # a plugin's name says which installed package provided it
+        origin = registry.origin(name)
+        return name if origin == BUILTIN else escape(f"{name} [{origin}]")
+
+    def names(registry: Any) -> str:
+        return ", ".join(named(registry, n) for n in registry.names())
 
     table = Table(show_header=True)
     table.add_column("box")
-    table.add_column("names")
-    table.add_row("datasets", ", ".join(DATASETS.names()))
-    table.add_row("models", ", ".join(MODELS.names()))
-    table.add_row("mechanisms", ", ".join(MECHANISMS.names()))
-    table.add_row("defenses", "\n".join(f"{k}: {v}" for k, v in COMPOSITIONS.items()))
-    table.add_row("attacks", ", ".join(ATTACKS.names()))
+    table.add_column(escape("names (a plugin's: [the package that provided it])"))
+    table.add_row("datasets", names(DATASETS))
+    table.add_row("models", names(MODELS))
+    table.add_row("mechanisms", names(MECHANISMS))
+    table.add_row(
+        "defenses", "\n".join(f"{named(COMPOSITIONS, k)}: {v}" for k, v in COMPOSITIONS.items())
+    )
+    table.add_row("attacks", names(ATTACKS))
     table.add_row(
         "per-input attacks", "\n".join(spec.describe() for spec in PER_INPUT_ATTACKS.values())
     )
     table.add_row("configs", ", ".join(BUILTIN_CONFIGS))
+    broken = [
+        line
+        for registry in (DATASETS, MODELS, MECHANISMS, COMPOSITIONS, ATTACKS)
+        for line in (registry.plugins.errors if registry.plugins else [])
+    ]
+    if broken:
+        table.add_row("broken plugins", escape("\n".join(broken)))
     console.print(table)
 
 
@@ -257,11 +278,30 @@ def _user_error(exc: Exception) -> int:
     return 2
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    # a broken plugin is one line, like any user error: no source line of ours beneath it
+    if issubclass(category, PluginWarning):
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {message}"), soft_wrap=True)
+        return
+    _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2, never a traceback.
 
     Usage errors (unknown flags, bad flag values) are Typer's own one-line messages.
     """
+    warnings.showwarning = _show_warning
     try:
         command = plain_metavars(typer.main.get_command(app))
         command.main(args=argv, prog_name="movingtarget", standalone_mode=True)

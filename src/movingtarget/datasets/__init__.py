@@ -24,7 +24,7 @@ from movingtarget.datasets.builtin import load_breast_cancer, load_digits
 from movingtarget.datasets.cifar import load_cifar10
 from movingtarget.datasets.idx import load_fashion_mnist, load_idx, read_idx
 from movingtarget.datasets.tabular import load_csv, load_npz, load_spambase
-from movingtarget.errors import DataError
+from movingtarget.errors import ConfigError, DataError
 from movingtarget.registry import Registry
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Dataset name -> loader. Register a new one with ``@DATASETS.register("name")``.
-DATASETS: Registry[Dataset] = Registry("dataset")
+DATASETS: Registry[Dataset] = Registry("dataset", "movingtarget.datasets")
 
 DATASETS.register("digits")(load_digits)
 DATASETS.register("breast-cancer")(load_breast_cancer)
@@ -69,7 +69,7 @@ def load_dataset(name: str, **params: Any) -> Dataset:
     movingtarget.errors.DataError: /no/such.csv: CSV file not found (set by ...
     """
     try:
-        return DATASETS.create(name, **params)
+        dataset = DATASETS.create(name, **params)
     except DataError as exc:
         for key in ("path", "root", "images", "labels"):
             value = params.get(key)
@@ -79,3 +79,6 @@ def load_dataset(name: str, **params: Any) -> Dataset:
                     f"--set dataset.{key}=PATH on the command line)"
                 ) from None
         raise
+    if not isinstance(dataset, Dataset):  # a user's module:attribute factory, or a plugin's
+        raise ConfigError(f"dataset {name!r} returned {type(dataset).__name__}, not a Dataset")
+    return dataset

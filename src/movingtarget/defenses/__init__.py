@@ -56,9 +56,9 @@ from movingtarget.defenses.repair import GatedUpdate, RepairRecord
 from movingtarget.defenses.suspicion import Suspicion
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model
-from movingtarget.registry import Registry
+from movingtarget.registry import NamedTexts, Registry
 
-MECHANISMS: Registry[Mechanism] = Registry("mechanism")
+MECHANISMS: Registry[Mechanism] = Registry("mechanism", "movingtarget.mechanisms")
 MECHANISMS.register("argmax")(Argmax)
 MECHANISMS.register("sample")(Sample)
 MECHANISMS.register("threshold")(ConfidenceThreshold)
@@ -70,25 +70,30 @@ MECHANISMS.register("suspicion")(Suspicion)
 MECHANISMS.register("correct")(Correct)
 MECHANISMS.register("moving-target")(MovingTarget)
 
-#: Named compositions: name -> composition text.
-COMPOSITIONS: dict[str, str] = {
-    "deterministic": "argmax",
-    "stochastic": "sample(temperature=1)",
-    "threshold-abstain": "argmax > threshold(min_confidence=0.9)",
-    "memorize-abstain": "memorize(on_repeat=abstain) > argmax",
-    "memorize-random": "memorize(on_repeat=random) > argmax",
-    "near-repeat-abstain": "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax",
-    "centroid-abstain": "argmax > centroid(false_alarm=0.001)",
-    "near-repeat-suspicion": (
-        "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax > suspicion"
-    ),
-    "memorize-correct": "correct(match=exact) > memorize(on_repeat=abstain) > argmax",
-    "near-repeat-correct": (
-        "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain)"
-        " > argmax"
-    ),
-    "moving-target-abstain": "moving-target(abstain_on=disagreement, agreement=0.6)",
-}
+#: Named compositions: name -> composition text (plugins add theirs: ``movingtarget.defenses``).
+COMPOSITIONS = NamedTexts(
+    {
+        "deterministic": "argmax",
+        "stochastic": "sample(temperature=1)",
+        "threshold-abstain": "argmax > threshold(min_confidence=0.9)",
+        "memorize-abstain": "memorize(on_repeat=abstain) > argmax",
+        "memorize-random": "memorize(on_repeat=random) > argmax",
+        "near-repeat-abstain": (
+            "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax"
+        ),
+        "centroid-abstain": "argmax > centroid(false_alarm=0.001)",
+        "near-repeat-suspicion": (
+            "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > argmax > suspicion"
+        ),
+        "memorize-correct": "correct(match=exact) > memorize(on_repeat=abstain) > argmax",
+        "near-repeat-correct": (
+            "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain)"
+            " > argmax"
+        ),
+        "moving-target-abstain": "moving-target(abstain_on=disagreement, agreement=0.6)",
+    },
+    "movingtarget.defenses",
+)
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)
 

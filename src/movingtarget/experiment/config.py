@@ -16,6 +16,7 @@ from typing import Any
 
 from movingtarget.arena.arena import ArenaConfig
 from movingtarget.errors import ConfigError
+from movingtarget.registry import is_import_path
 
 #: Configs shipped with the package, by name.
 BUILTIN_CONFIGS = (
@@ -275,6 +276,15 @@ def _component(raw: Any, where: str, default: str | None = None) -> ComponentSpe
     if raw is None and default is not None:
         return ComponentSpec(default)
     table = _typed(raw, dict, where)
+    if where in ("dataset", "model") and "factory" in table:
+        # a user's own function, module:attribute; it takes the table's other parameters
+        factory = _typed(table["factory"], str, f"{where}.factory")
+        if not is_import_path(factory):
+            raise ConfigError(
+                f"{where}.factory {factory!r}: write module:attribute, e.g. mypkg.{where}s:build"
+            )
+        table = {k: v for k, v in table.items() if k not in ("factory", "name")}
+        table["name"] = factory
     name = table.get("name", default)
     if name is None:
         raise ConfigError(f"{where} needs a 'name'")

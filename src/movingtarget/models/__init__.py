@@ -48,7 +48,7 @@ from movingtarget.models.sklearn import SklearnModel
 from movingtarget.models.smoothing import adv_cnn, adv_mlp, noise_mlp, torch_mlp
 from movingtarget.models.synthetic import SyntheticClassifier, synthetic
 from movingtarget.models.torch import TorchModel
-from movingtarget.registry import Registry
+from movingtarget.registry import Registry, is_import_path
 
 __all__ = [
     "MODELS",
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 #: Model name -> factory ``(split, *, seed=0, **params) -> Model``.
-MODELS: Registry[Model] = Registry("model")
+MODELS: Registry[Model] = Registry("model", "movingtarget.models")
 
 MODELS.register("logistic")(logistic)
 MODELS.register("mlp")(mlp)
@@ -215,8 +215,9 @@ def build_model(
     """
     factory = MODELS.get(name)
     args = _bind(name, split, seed, device, params)
-    if not getattr(factory, "cacheable", True):
-        return factory(split, **args)
+    # a user's module:attribute factory is never cached: its code may change, its name not
+    if is_import_path(name) or not getattr(factory, "cacheable", True):
+        return _checked(name, factory(split, **args), split)
     path = cache_path(name, split, seed=seed, cache_dir=cache_dir, **params)
     if path.exists():
         model = _load(path, split)
@@ -224,6 +225,22 @@ def build_model(
             if "device" in args and isinstance(model, TorchModel):
                 model.to(device)
             return model
-    model = factory(split, **args)
+    model = _checked(name, factory(split, **args), split)
     _save(path, model)
+    return model
+
+
+def _checked(name: str, model: object, split: Split) -> Model:
+    """``model`` if it is a model for ``split``; a :class:`ConfigError` naming the factory
+    otherwise (a user's factory that returns the wrong thing)."""
+    if not isinstance(model, Model):
+        raise ConfigError(
+            f"model {name!r} returned {type(model).__name__}, not a model (an object with "
+            "n_classes and predict_proba)"
+        )
+    if int(model.n_classes) != split.n_classes:
+        raise ConfigError(
+            f"model {name!r} answers {model.n_classes} classes but dataset {split.name!r} "
+            f"has {split.n_classes}"
+        )
     return model
