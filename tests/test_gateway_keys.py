@@ -158,14 +158,19 @@ def test_served_model_from_a_spec_or_a_saved_file(tmp_path: Path, monkeypatch):
     assert (served.name, served.input_shape, served.n_classes) == ("digits-logistic", (64,), 10)
     saved = tmp_path / "digits-logistic.pkl"
     saved.write_bytes(pickle.dumps({"model": served.model}))
-    again = load_served_model(str(saved))
-    assert again.version == served.version and again.input_shape == (64,)
+    # a pickle runs code when loaded: refused unless the operator trusts the file
+    with pytest.raises(ConfigError, match="a pickle runs any code"):
+        load_served_model(str(saved))
+    with pytest.warns(UserWarning, match="loading a pickle"):
+        again = load_served_model(str(saved), trust=True)
+    assert again.input_shape == (64,) and again.sha256 is not None
+    assert again.version == again.sha256[:12]  # a file's version is its bytes' digest
     (tmp_path / "junk.pkl").write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(DataError, match="not a model"):
-        load_served_model(str(tmp_path / "junk.pkl"))
+    with pytest.raises(DataError, match="not a model"), pytest.warns(UserWarning):
+        load_served_model(str(tmp_path / "junk.pkl"), trust=True)
     with pytest.raises(ConfigError, match="DATASET:MODEL"):
         load_served_model("logistic")
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(DataError, match="no such model file"):
         load_served_model(str(tmp_path / "missing.pkl"))
 
 

@@ -24,6 +24,11 @@ class MovingTargetError(ValueError):
     """
 
 
+class NoticeWarning(UserWarning):
+    """A warning meant for the user (a trusted pickle loaded, a broken plugin): the CLI
+    prints its message alone, on one line."""
+
+
 class DataError(MovingTargetError):
     """A dataset file is missing, unreadable, corrupt, or holds bad values."""
 

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from movingtarget.errors import ConfigError
+from movingtarget.errors import ConfigError, NoticeWarning
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ BUILTIN = "movingtarget"
 _ATTRIBUTE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-class PluginWarning(UserWarning):
+class PluginWarning(NoticeWarning):
     """A plugin failed to load (or clashed with a registered name); the others loaded."""
 
 

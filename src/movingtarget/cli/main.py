@@ -16,8 +16,7 @@ from rich.text import Text
 
 from movingtarget._optional import missing_dependency
 from movingtarget.cli import command_group, output_folder, plain_metavars
-from movingtarget.errors import MovingTargetError
-from movingtarget.registry import PluginWarning
+from movingtarget.errors import MovingTargetError, NoticeWarning
 
 app = command_group(
     "movingtarget", "Correlated test-time attacks on classifiers, and dynamic defenses."
@@ -286,8 +285,8 @@ def _show_warning(
     file: Any = None,
     line: str | None = None,
 ) -> None:
-    # a broken plugin is one line, like any user error: no source line of ours beneath it
-    if issubclass(category, PluginWarning):
+    # a broken plugin or a trusted pickle is one line, like a user error: no source line
+    if issubclass(category, NoticeWarning):
         err_console.print(Text.assemble(("warning:", "yellow"), f" {message}"), soft_wrap=True)
         return
     _SHOW_WARNING(message, category, filename, lineno, file, line)

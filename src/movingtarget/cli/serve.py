@@ -72,8 +72,10 @@ def serve(
     model: Annotated[
         str,
         typer.Option(
-            metavar="DATASET:MODEL",
-            help="DATASET:MODEL (e.g. digits:logistic) or a saved .pkl model.",
+            metavar="DATASET:MODEL|FILE",
+            help="DATASET:MODEL (e.g. digits:logistic) or a model file: .onnx, .pt "
+            "(TorchScript), .pt2 (torch.export, needs --trust), .skops, .pkl/.joblib "
+            "(needs --trust).",
         ),
     ] = "digits:logistic",
     defense: Annotated[
@@ -158,6 +160,29 @@ def serve(
     input_shape: Annotated[
         str | None, typer.Option(help="Input shape of a saved model that does not say it: 1,28,28.")
     ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option(
+            "--trust",
+            help="Load a model file that is read with pickle (.pkl, .joblib, .pt2): it can run "
+            "any code it holds, so only a file from a source you trust.",
+        ),
+    ] = False,
+    trusted_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-type",
+            metavar="TYPE",
+            help="A type a .skops file may hold besides those skops trusts (repeatable).",
+        ),
+    ] = None,
+    model_output: Annotated[
+        str,
+        typer.Option(
+            metavar="KIND",
+            help="What a model file outputs: auto (read from the graph), logits or probabilities.",
+        ),
+    ] = "auto",
     input_range: Annotated[
         str | None,
         typer.Option(
@@ -228,6 +253,9 @@ def serve(
         model_seed=model_seed,
         cache_dir=cache_dir,
         input_shape=_shape(input_shape),
+        trust=trust,
+        trusted_types=tuple(trusted_type or ()),
+        model_output=model_output,
         replica=replica,
         input_range=_range(input_range),
         out_of_domain=out_of_domain,
@@ -255,6 +283,13 @@ def serve(
         f"keys {redact(gateway.keys.url)})",
         err=True,
     )
+    if gateway.served.sha256:
+        typer.echo(
+            f"model file {gateway.served.source} ({gateway.served.format}, sha256 "
+            f"{gateway.served.sha256}), input {gateway.served.input_name!r} "
+            f"{list(gateway.served.input_shape)} {gateway.served.datatype}",
+            err=True,
+        )
     typer.echo(memory_banner(gateway.config, gateway.policy, gateway.defense), err=True)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -86,14 +86,17 @@ class AuditLog:
         model_version: str,
         mechanisms: Sequence[str],
         replica: str = "",
+        model_sha256: str | None = None,
     ) -> None:
         self.path = Path(path) if path else None
-        self._static = {
+        self._static: dict[str, str | None] = {
             "defense": defense,
             "model": model,
             "model_version": model_version,
             "replica": replica,
         }
+        if model_sha256 is not None:  # a model file: which bytes answered, for the record
+            self._static["model_sha256"] = model_sha256
         self._mechanisms = list(mechanisms)
         self._reasons = [r.label for r in Reason]
         self._lock = threading.Lock()

@@ -13,6 +13,8 @@ movingtarget_clipped_inputs_total      inputs clipped into the model's input dom
                                        (``--out-of-domain clip``)
 movingtarget_request_seconds{endpoint} request latency (histogram)
 movingtarget_batch_queries             queries per model batch (histogram)
+movingtarget_model_info{name,version,   the served model (sha256: of its model file,
+  format,sha256}                       empty for a DATASET:MODEL spec)
 =====================================  ===========================================
 
 Per key, on the operator's registry only (``serve --metrics-port``, loopback): a key
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from movingtarget.answers import ABSTAIN, Answers, Reason
 
@@ -93,6 +95,11 @@ class GatewayMetrics:
         )
         self.up = Gauge("movingtarget_up", "1 while the gateway serves.", registry=r)
         self.up.set(1)
+        self.model = Info(
+            "movingtarget_model",
+            "The served model: name, version, format and (for a model file) its SHA-256.",
+            registry=r,
+        )
         self._labels = [x.label for x in Reason]
         # the operator's registry: everything above, and the per-key series
         self.operator_registry = CollectorRegistry()
@@ -107,6 +114,7 @@ class GatewayMetrics:
             self.latency,
             self.batch,
             self.up,
+            self.model,
         ):
             o.register(collector)
         self.key_queries = Counter(

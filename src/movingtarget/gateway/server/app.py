@@ -179,6 +179,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             "status": "ok" if gateway.ready else "starting",
             "model": served.name,
             "model_version": served.version,
+            "model_sha256": served.sha256,
             "defense": gateway.defense.name,
         }
         return JSONResponse(content, status_code=200 if gateway.ready else 503)

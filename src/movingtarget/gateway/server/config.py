@@ -52,6 +52,12 @@ class GatewayConfig:
     model_seed: int = 0
     cache_dir: Path | None = None
     input_shape: tuple[int, ...] | None = None
+    #: A model file that is read with pickle (.pkl, .joblib, .pt2) loads only when trusted.
+    trust: bool = False
+    #: Types a .skops file may hold besides those skops trusts itself.
+    trusted_types: tuple[str, ...] = ()
+    #: A model file's output: "auto" (from the graph), "logits" or "probabilities".
+    model_output: str = "auto"
     replica: str = ""
     #: One input range [lo, hi] for every feature (default: the model's own domain).
     input_range: tuple[float, float] | None = None

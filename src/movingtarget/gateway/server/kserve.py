@@ -103,7 +103,10 @@ def _metadata(gw: Gateway, request: Request) -> dict[str, Any]:
     parameters: dict[str, Any] = {
         "defense": gw.defense.describe(),
         "n_classes": gw.served.n_classes,
+        "format": gw.served.format,
     }
+    if gw.served.sha256 is not None:
+        parameters["model_sha256"] = gw.served.sha256
     domain = request.app.state.domain
     if domain is not None:
         lo, hi = domain.bounds(gw.served.input_shape)
@@ -117,7 +120,8 @@ def _metadata(gw: Gateway, request: Request) -> dict[str, Any]:
         "name": gw.served.name,
         "versions": [gw.served.version],
         "platform": "movingtarget",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": shape}],
+        # the model file's own input: a client built from the graph finds it here
+        "inputs": [{"name": gw.served.input_name, "datatype": gw.served.datatype, "shape": shape}],
         "outputs": [{"name": n, "datatype": d, "shape": [-1]} for n, d in OUTPUTS.items()],
         "parameters": parameters,
     }

@@ -118,6 +118,8 @@ class Health(BaseModel):
     status: str
     model: str
     model_version: str
+    #: The SHA-256 of the served model file (null for a DATASET:MODEL spec).
+    model_sha256: str | None = None
     defense: str
 
 

@@ -195,6 +195,16 @@ class Gateway:
             model_version=served.version,
             mechanisms=deciding_mechanisms(defense),
             replica=self.replica,
+            model_sha256=served.sha256,
+        )
+        # what is deployed, for an operator's dashboard: the file's bytes by their digest
+        self.metrics.model.info(
+            {
+                "name": served.name,
+                "version": served.version,
+                "format": served.format,
+                "sha256": served.sha256 or "",
+            }
         )
         self.ids = QueryIds(secret_from_env())
         self.batcher: MicroBatcher[Answers] = MicroBatcher(
@@ -220,6 +230,9 @@ class Gateway:
             model_seed=config.model_seed,
             cache_dir=config.cache_dir,
             input_shape=config.input_shape,
+            trust=config.trust,
+            trusted_types=config.trusted_types,
+            output=config.model_output,
         )
         policy = tenant_policy(config)
         defense = build_served_defense(config, served, policy)

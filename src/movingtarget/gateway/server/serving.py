@@ -7,9 +7,13 @@
   model seed 0, overridable) and the reference model is trained, or loaded from the
   model cache — so a gateway and a local experiment with the same spec serve the
   very same model; or
-* a saved model file (``.pkl``): a pickled :class:`~movingtarget.models.Model`, or a
-  model-cache entry (``{"model": ...}``). Pickles run code when loaded: serve only
-  files you made.
+* a model file, read by :func:`~movingtarget.models.load_model_file`: ``.onnx``
+  (onnxruntime), ``.pt`` (TorchScript), ``.pt2`` (``torch.export``, with ``--trust``),
+  ``.skops`` (every type trusted, ``--trusted-type``), or a pickle (``.pkl``,
+  ``.joblib``: a pickled :class:`~movingtarget.models.Model`, a model-cache entry or a
+  fitted estimator) only with ``--trust``, since a pickle runs any code it holds. The
+  file's input name, shape and datatype are what the KServe metadata reports, and its
+  SHA-256 is the model's version prefix, in ``/healthz``, the audit log and metrics.
 
 A model served from a dataset also declares its input domain (see
 :func:`training_domain`): values outside it are refused or clipped before the defense
@@ -68,6 +72,13 @@ class ServedModel:
     #: Test-split inputs the model did not train on, halved (calibrate on, check on),
     #: for mechanisms calibrated on unseen inputs (None for a saved file).
     unseen: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+    #: The model file's SHA-256 (None for a DATASET:MODEL spec).
+    sha256: str | None = None
+    #: The input tensor's name and KServe datatype, as the model file declares them.
+    input_name: str = "input"
+    datatype: str = "FP32"
+    #: ``reference`` (a DATASET:MODEL spec) or the file format (``onnx``, ``skops``, ...).
+    format: str = "reference"
 
     def domain_for(self, input_range: tuple[float, float] | None) -> InputDomain | None:
         """The domain served: ``input_range`` (one range for every feature) if stated,
@@ -141,14 +152,20 @@ def load_served_model(
     model_seed: int = 0,
     cache_dir: str | Path | None = None,
     input_shape: tuple[int, ...] | None = None,
+    trust: bool = False,
+    trusted_types: tuple[str, ...] = (),
+    output: str = "auto",
 ) -> ServedModel:
     """The model that ``spec`` names (see the module docs)."""
+    from movingtarget.models.files import FORMATS
+
     path = Path(spec)
-    if path.suffix in (".pkl", ".pickle") or (path.exists() and path.is_file()):
-        return _load_file(path, input_shape)
+    if path.suffix.lower() in FORMATS or (path.exists() and path.is_file()):
+        return _load_file(path, input_shape, trust, trusted_types, output)
     if ":" not in spec:
         raise ConfigError(
-            f"--model {spec!r}: write DATASET:MODEL (e.g. digits:logistic) or a saved .pkl file"
+            f"--model {spec!r}: write DATASET:MODEL (e.g. digits:logistic) or a model file "
+            f"({', '.join(FORMATS)})"
         )
     from movingtarget.datasets import load_dataset
     from movingtarget.models import build_model
@@ -174,21 +191,45 @@ def load_served_model(
     )
 
 
-def _load_file(path: Path, input_shape: tuple[int, ...] | None) -> ServedModel:
+def _load_file(
+    path: Path,
+    input_shape: tuple[int, ...] | None,
+    trust: bool,
+    trusted_types: tuple[str, ...],
+    output: str,
+) -> ServedModel:
+    from movingtarget.models.files import FORMATS, file_info, file_sha256, load_model_file
+
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--model {path}: unknown model file type; use {', '.join(FORMATS)}")
     try:
-        with path.open("rb") as f:
-            obj: Any = pickle.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--model {path}: no such file") from None
-    except Exception as exc:  # any unreadable pickle is the user's file problem
-        raise DataError(f"--model {path}: cannot load ({type(exc).__name__}: {exc})") from None
-    model = obj.get("model") if isinstance(obj, dict) else obj
-    if not isinstance(model, Model):
-        raise DataError(f"--model {path}: holds {type(model).__name__}, not a model")
-    shape = input_shape or _shape_of(model)
+        model = load_model_file(
+            path,
+            input_shape=input_shape,
+            output=output,
+            trust=trust,
+            trusted_types=trusted_types,
+        )
+    except (ConfigError, DataError) as exc:  # named as the flag that gave the file
+        raise type(exc)(f"--model {exc}") from None
+    info = file_info(model)
+    shape = input_shape or (info.input_shape if info and info.input_shape else None)
+    shape = shape or _shape_of(model)
     if shape is None:
         raise ConfigError(
             f"--model {path}: the model does not say its input shape; pass --input-shape"
         )
+    digest = info.sha256 if info is not None else file_sha256(path)
     name = path.stem.split("-")[0] or "model"
-    return ServedModel(model, name, _version(model), shape, int(model.n_classes), str(path))
+    return ServedModel(
+        model,
+        name,
+        digest[:12],  # the file's bytes are its version: another file, another version
+        tuple(shape),
+        int(model.n_classes),
+        str(path),
+        sha256=digest,
+        input_name=info.input_name if info is not None else "input",
+        datatype=info.datatype if info is not None else "FP32",
+        format=info.format if info is not None else "pickle",
+    )

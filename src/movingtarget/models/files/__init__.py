@@ -95,8 +95,6 @@ def load_model_file(
     if fmt in ("torchscript", "torch-export"):
         from movingtarget.models.files.torch import TorchFileModel
 
-        if n_classes is None:
-            raise ConfigError(f"{p}: a PyTorch program does not state its classes: set n_classes")
         return TorchFileModel(
             p, n_classes=n_classes, input_shape=shape, output=output, trust=trust, device=device
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from movingtarget._optional import require
-from movingtarget.errors import ConfigError, DataError
+from movingtarget.errors import ConfigError, DataError, NoticeWarning
 from movingtarget.models.base import Model
 from movingtarget.models.files.common import FileInfo, read_bytes
 from movingtarget.models.sklearn import SklearnModel
@@ -28,7 +28,7 @@ __all__ = ["PICKLE_SUFFIXES", "load_pickle", "load_skops"]
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
 
-class UntrustedPickle(UserWarning):
+class UntrustedPickle(NoticeWarning):
     """A pickle was loaded because the user said it is trusted."""
 
 

@@ -27,6 +27,13 @@ __all__ = ["TorchFileModel"]
 _DTYPES = {"torch.float32": "FP32", "torch.float64": "FP64", "torch.float16": "FP16"}
 
 
+def _torch_says(exc: Exception) -> str:
+    """torch's own message, its last line only: TorchScript errors carry a serialized
+    traceback of the program above the line that says what went wrong."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
 def _wrap(torch: Any, program: Any, probabilities: bool) -> Any:
     """``program`` as a module of logits that :class:`TorchModel` can put in eval mode.
 
@@ -79,8 +86,8 @@ class TorchFileModel(TorchModel):
     ----------
     path : str or Path
         The program file.
-    n_classes : int
-        Classes ``k`` (a program does not state it; the dataset's when built by name).
+    n_classes : int, optional
+        Classes ``k``; by default the width of the program's output on a zero input.
     input_shape : tuple of int, optional
         Shape of one input; a ``.pt2`` program states it, a TorchScript one does not.
     output : str
@@ -106,7 +113,7 @@ class TorchFileModel(TorchModel):
         self,
         path: str | Path,
         *,
-        n_classes: int,
+        n_classes: int | None = None,
         input_shape: tuple[int, ...] | None = None,
         output: str = "auto",
         trust: bool = False,
@@ -126,6 +133,8 @@ class TorchFileModel(TorchModel):
             )
         blob = read_bytes(self.path)
         module, shape = self._load(blob, device, input_shape)
+        if n_classes is None:
+            n_classes = self._width(module, shape)
         super().__init__(
             module,
             n_classes,
@@ -136,6 +145,27 @@ class TorchFileModel(TorchModel):
         )
         self._blob = blob
         self._describe(hashlib.sha256(blob).hexdigest())
+
+    def _width(self, module: Any, shape: tuple[int, ...] | None) -> int:
+        """The number of classes: the width of the program's output on one zero input."""
+        torch = require_torch()
+        if shape is None:
+            self.input_shape = None
+            self._require_shape()
+        assert shape is not None
+        try:
+            with torch.no_grad():
+                out = module.to("cpu")(torch.zeros((1, *shape), dtype=torch.float32))
+        except Exception as exc:  # the program does not take inputs of this shape
+            raise ConfigError(
+                f"{self.path}: the program fails on an input of shape {shape} "
+                f"({_torch_says(exc)}): is input_shape right?"
+            ) from None
+        if out.ndim != 2:
+            raise DataError(
+                f"{self.path}: the program outputs shape {tuple(out.shape)}, not (n, k)"
+            )
+        return int(out.shape[1])
 
     def _describe(self, digest: str) -> None:
         self.input_shape = self._require_shape()
@@ -170,10 +200,9 @@ class TorchFileModel(TorchModel):
                     warnings.simplefilter("ignore", DeprecationWarning)
                     program = torch.jit.load(io.BytesIO(blob), map_location=resolve_device(device))
             except Exception as exc:  # not a TorchScript archive, or a damaged one
-                first = " ".join(str(exc).split())[:200]
                 raise DataError(
                     f"{where}: not a TorchScript program (save one with torch.jit.save; "
-                    f"torch says: {first})"
+                    f"torch says: {_torch_says(exc)})"
                 ) from None
             return _wrap(torch, program, self.output == "probabilities"), stated
         try:
@@ -181,10 +210,9 @@ class TorchFileModel(TorchModel):
                 warnings.simplefilter("ignore")
                 exported = torch.export.load(io.BytesIO(blob))
         except Exception as exc:
-            first = " ".join(str(exc).split())[:200]
             raise DataError(
                 f"{where}: not a torch.export program (save one with torch.export.save; "
-                f"torch says: {first})"
+                f"torch says: {_torch_says(exc)})"
             ) from None
         declared = _exported_shape(exported)
         if stated is not None and declared is not None and stated != declared:
