@@ -200,6 +200,17 @@ def test_bad_model_files_each_get_one_message(
         load_model_file(pt2, n_classes=10)
     with pytest.raises(DataError, match="not a TorchScript program"):
         load_model_file(pkl.rename(tmp_path / "lr.pt"), n_classes=10, input_shape=(64,))
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3]) for n in "xy"]
+    fancy = helper.make_graph([helper.make_node("FancyOp", ["x"], ["y"], domain="x.y")], "g", *io)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("x.y", 1)]
+    graph = helper.make_model(fancy, opset_imports=opsets)
+    graph.ir_version = 8
+    onnx.save(graph, str(tmp_path / "fancy.onnx"))
+    with pytest.raises(DataError, match=r"does not support an operator of this graph.*FancyOp"):
+        load_model_file(tmp_path / "fancy.onnx")
     with pytest.raises(ConfigError, match=r"unknown model file type '\.h5'"):
         load_model_file(tmp_path / "m.h5")
     cancer = load_dataset("breast-cancer").split(seed=0)

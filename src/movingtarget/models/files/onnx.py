@@ -125,9 +125,16 @@ class OnnxModel:
             self._session = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # a corrupt file or an operator the CPU provider lacks
             message = _one_line(exc)
-            if "NOT_IMPLEMENTED" in str(exc) or "implementation for" in message:
+            unsupported = (
+                "NOT_IMPLEMENTED",
+                "implementation for",
+                "No Op registered",
+                "not a registered",
+            )
+            if any(text in str(exc) for text in unsupported):
                 raise DataError(
-                    f"{where}: onnxruntime (CPU) cannot run this graph: {message}"
+                    f"{where}: onnxruntime (CPU) does not support an operator of this graph "
+                    f"({message}); export it with operators of the standard opsets 7-21"
                 ) from None
             raise DataError(f"{where}: not a valid ONNX model ({message})") from None
         inputs = self._session.get_inputs()
