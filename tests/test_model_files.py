@@ -203,8 +203,8 @@ def test_bad_model_files_each_get_one_message(
     import onnx
     from onnx import TensorProto, helper
 
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3]) for n in "xy"]
-    fancy = helper.make_graph([helper.make_node("FancyOp", ["x"], ["y"], domain="x.y")], "g", *io)
+    x, y = ([helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 3])] for n in "xy")
+    fancy = helper.make_graph([helper.make_node("FancyOp", ["x"], ["y"], domain="x.y")], "g", x, y)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("x.y", 1)]
     graph = helper.make_model(fancy, opset_imports=opsets)
     graph.ir_version = 8
