@@ -165,7 +165,10 @@ def test_list_shows_every_box(tmp_path: Path) -> None:
         assert name in p.stdout
 
 
-OPTIONAL = ("torch", "faiss", "redis", "fastapi", "uvicorn", "art", "httpx", "prometheus_client")
+OPTIONAL = (
+    "torch", "faiss", "redis", "fastapi", "uvicorn", "art", "httpx", "prometheus_client",
+    "onnxruntime", "onnx", "skops", "skl2onnx",
+)  # fmt: skip
 
 
 def test_core_run_needs_no_optional_dependency(tmp_path: Path) -> None:
@@ -231,6 +234,7 @@ NEIGHBOURS = 'defenses=["near-repeat(on_repeat=abstain, fingerprint=neighbours) 
         ("httpx", "serve", ["attack", "http://127.0.0.1:9", "--key", "k", "--out", "a"]),
         ("fastapi", "serve", ["audit", "audit.jsonl", "--keys-db", "sqlite:///k.db"]),
         ("redis", "memory", ["keys", "list", "--keys-db", "redis://127.0.0.1:9/0"]),
+        ("skl2onnx", "models", ["export", "digits:logistic", "-o", "m.onnx"]),
         (
             "faiss",
             "memory",
@@ -259,7 +263,7 @@ def test_missing_optional_dependency_names_its_extra(
 
 
 COMMANDS = [
-    ["run"], ["list"], ["report"], ["serve"], ["audit"], ["attack"],
+    ["run"], ["list"], ["report"], ["serve"], ["audit"], ["attack"], ["export"],
     ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
 ]  # fmt: skip
 
