@@ -327,3 +327,18 @@ def test_bad_model_files_from_the_command_line_are_one_line(tmp_path: Path) -> N
         assert p.returncode == 2, p.stderr
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_resilience_says_how_attacks_reach_a_model_file(tmp_path: Path) -> None:
+    lr, split = _hello_world_model(tmp_path, "logistic")
+    export_model(lr, tmp_path / "lr.onnx", split.x_test)
+    p = cli(
+        "resilience", "--inputs", "4", "--set", "model.name=file", "--set", "model.path=lr.onnx",
+        "--out", "res", cwd=tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    black_box = "attacks through onnx file lr.onnx (no gradients: ART's black-box estimator"
+    assert black_box in p.stdout.splitlines()[0]
+    report = json.loads((tmp_path / "res" / "resilience.json").read_text())
+    assert report["methods"] == {"2": "hopskipjump", "inf": "hopskipjump"}
+    assert report["estimator"].startswith("onnx file lr.onnx (no gradients")

@@ -197,7 +197,7 @@ def resilience(
     path = write_resilience_report(result, out)
     print(
         f"{cfg.name}: {result.model} on {result.dataset}, {result.inputs} inputs, "
-        f"{result.correct} correct\n"
+        f"{result.correct} correct; attacks through {result.estimator}\n"
     )
     print("\n".join(summary_lines(result)))
     for title, table in (

@@ -50,6 +50,8 @@ class ResilienceResult:
     detection: dict[str, Any] = field(default_factory=dict)
     comparison: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: How the attacks reached the model: its gradients, or a black box of its scores.
+    estimator: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """Summaries (not the per-input arrays) as plain JSON values."""
@@ -71,6 +73,7 @@ class ResilienceResult:
                 "inputs": self.inputs,
                 "correct": self.correct,
                 "methods": self.methods,
+                "estimator": self.estimator,
                 "eps": self.eps,
                 "groups": self.groups,
                 "per_class": self.per_class,
@@ -409,4 +412,5 @@ def run_resilience(
         detection=detection,
         comparison=comparison,
         seconds=time.perf_counter() - start,
+        estimator=est.source,
     )
