@@ -103,7 +103,8 @@ class GatedUpdate:
 
     def check(self, model: Model) -> None:
         """Refuse a model that cannot learn (:class:`ConfigError`)."""
-        if not isinstance(model, OnlineModel):
+        # a pool says whether its members can learn (``online``)
+        if not isinstance(model, OnlineModel) or not getattr(model, "online", True):
             raise ConfigError(
                 f"update: the model ({type(model).__name__}) has no partial_fit; use an "
                 "online model (mlp, torch-mlp, cnn, or an estimator with partial_fit)"

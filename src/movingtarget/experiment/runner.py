@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing as mp
 import os
@@ -18,7 +19,7 @@ from movingtarget.arena.arena import Arena
 from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import NO_TARGET, build_adversary
 from movingtarget.datasets import load_dataset
-from movingtarget.defenses import build_defense
+from movingtarget.defenses import GatedUpdate, build_defense
 from movingtarget.defenses.near_repeat import calibrate_defense, split_unseen
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
 from movingtarget.metrics.analytic import (
@@ -243,6 +244,15 @@ def calibrate_task(defense: Any, prepared: Prepared, seed: int) -> list[Any]:
     )
 
 
+def gated_update(table: dict[str, Any], pools: Pools, seed: int) -> GatedUpdate:
+    """The gate of a defense's ``update`` table: its canary is ``canary`` seeded items of
+    the benign pool (held out from training; the oracle labels queries, not these)."""
+    n = min(int(table.get("canary", 200)), len(pools.benign_y))
+    pick = np.sort(np.random.default_rng([seed, 0xCA7]).choice(len(pools.benign_y), n, False))
+    args = {k: v for k, v in table.items() if k != "canary"}
+    return GatedUpdate(pools.benign_x[pick], pools.benign_y[pick], **args)
+
+
 def run_task(task: Task) -> dict[str, Any]:
     """Run one deployment in this process; write its event log; return its metrics and
     the prediction for the attacker it ran."""
@@ -250,7 +260,14 @@ def run_task(task: Task) -> dict[str, Any]:
     model, pools = prepared.model, prepared.pools
     config: ExperimentConfig = _STATE["config"]
     seeds = DeploymentSeeds.from_seed(task.seed)
-    defense = build_defense(task.defense.spec, model, name=task.defense.name, seed=seeds.defense)
+    update = None
+    if task.defense.update is not None:
+        # the model learns in place: this deployment gets its own copy
+        model = copy.deepcopy(model)
+        update = gated_update(task.defense.update, pools, seeds.calibration)
+    defense = build_defense(
+        task.defense.spec, model, name=task.defense.name, seed=seeds.defense, update=update
+    )
     calibrations = calibrate_task(defense, prepared, seeds.calibration)
     adversary = build_adversary(
         task.attack.name,
@@ -296,6 +313,9 @@ def run_task(task: Task) -> dict[str, Any]:
         # per source input: the OARS / QPA success rate and the perturbation it took
         **fooled_metrics(log, pools.attacker_x),
         "calibration": [c.as_dict() for c in calibrations],
+        # gated model updates: how many, how many rolled back (canary accuracy fell)
+        "updates": len(defense.repairs),
+        "updates_rolled_back": sum(not r.accepted for r in defense.repairs),
         "curve_x": at.tolist(),
         "curve_y": curve[at - 1].tolist(),
     }

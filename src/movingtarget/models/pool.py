@@ -108,6 +108,21 @@ class ModelPool:
         """The members' mean probabilities, ``(n, k)``."""
         return self.member_proba(x).mean(axis=0)
 
+    @property
+    def online(self) -> bool:
+        """Whether every member can learn from labels (``partial_fit``)."""
+        return all(callable(getattr(m, "partial_fit", None)) for m in self.members)
+
+    def partial_fit(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> None:
+        """Update every member on the labeled inputs (only when :attr:`online`)."""
+        if not self.online:
+            raise ConfigError(
+                f"{self.describe()}: its members have no partial_fit; use online members "
+                "(mlp, torch-mlp, cnn)"
+            )
+        for m in self.members:
+            m.partial_fit(x, y)  # type: ignore[attr-defined]
+
     def describe(self) -> str:
         """E.g. ``pool(5 x logistic, bootstrap)``."""
         return f"pool({len(self.members)} x {self.member or '?'}, {self.variation})"
