@@ -48,6 +48,24 @@ class RepairRecord:
         return round(self.before - self.after, 12)
 
 
+def check_tolerance(tolerance: object, where: str) -> float:
+    """``tolerance`` as a float in ``[0, 1]``; a :class:`ConfigError` naming ``where``.
+
+    >>> check_tolerance(0.02, "refresh")
+    0.02
+    >>> check_tolerance(2, "refresh")
+    Traceback (most recent call last):
+    movingtarget.errors.ConfigError: refresh: tolerance must be in [0, 1], got 2
+    """
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float)
+        or not 0 <= tolerance <= 1
+    ):
+        raise ConfigError(f"{where}: tolerance must be in [0, 1], got {tolerance!r}")
+    return float(tolerance)
+
+
 class Canary:
     """A held-out benign canary set, and the accuracy a change to a model may lose on it.
 
@@ -89,13 +107,7 @@ class Canary:
                 f"{where}: canary needs one class per input and at least one input, got "
                 f"{len(self.x)} inputs and labels of shape {self.y.shape}"
             )
-        if (
-            isinstance(tolerance, bool)
-            or not isinstance(tolerance, int | float)
-            or not 0 <= tolerance <= 1
-        ):
-            raise ConfigError(f"{where}: tolerance must be in [0, 1], got {tolerance!r}")
-        self.tolerance = float(tolerance)
+        self.tolerance = check_tolerance(tolerance, where)
 
     def accuracy(self, model: Model) -> float:
         """The model's accuracy on the canary set."""
