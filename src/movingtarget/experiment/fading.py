@@ -44,13 +44,15 @@ __all__ = ["FadingConfig", "FadingResult", "decay_difference", "run_fading", "wi
 
 
 def _ints(value: object, where: str, least: int) -> tuple[int, ...]:
-    items = list(value) if isinstance(value, list | tuple) else [value]
+    items: list[Any] = list(value) if isinstance(value, list | tuple) else [value]
     if not items or any(
         isinstance(v, bool) or not isinstance(v, int | np.integer) or v < least for v in items
     ):
-        raise ConfigError(f"fading: {where} must be integers >= {least}, got {value!r}")
+        shown = list(value) if isinstance(value, tuple) else value
+        kind = "integers" if isinstance(value, list | tuple) else "an integer"
+        raise ConfigError(f"fading: {where} must be {kind} >= {least}, got {shown!r}")
     if len(set(items)) != len(items):
-        raise ConfigError(f"fading: {where} must not repeat a value, got {value!r}")
+        raise ConfigError(f"fading: {where} must not repeat a value, got {list(items)!r}")
     return tuple(int(v) for v in items)
 
 
