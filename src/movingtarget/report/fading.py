@@ -67,8 +67,7 @@ def fading_figure(rows: list[dict[str, Any]], window: int, title: str = "") -> F
 
     >>> rows = [{"members": 5, "every": e, "success": [0.8, 0.5], "success_se": [0.01, 0.02]}
     ...         for e in (0, 100)]
-    >>> sorted(line.get_gid() for line in fading_figure(rows, 100).axes[0].lines
-    ...        if line.get_gid())
+    >>> sorted({line.get_gid() for line in fading_figure(rows, 100).axes[0].lines})
     ['fading:5:0', 'fading:5:100']
     """
     from matplotlib.figure import Figure
