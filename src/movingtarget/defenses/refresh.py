@@ -67,10 +67,10 @@ def _positive_int(value: object, where: str, least: int = 1) -> int:
 class Refresh:
     """Replace pool members every ``every`` arrival times, gated on a canary set.
 
-    A gate that decides no query: before answering a batch whose first query arrives at
-    or after the next scheduled time (``every``, ``2 * every``, ...), it refreshes. A
-    refresh never fires before its time; in a batch that straddles one the whole batch
-    is answered by the members it arrived to (with one-query rounds, exactly on time).
+    A gate that decides no query: before the first query that arrives at or after the
+    next scheduled time (``every``, ``2 * every``, ...), it refreshes. A batch that
+    straddles a scheduled time is answered in two parts (:meth:`cuts`), so a refresh
+    fires exactly on time, never before, whatever the batching.
 
     Parameters
     ----------
@@ -189,6 +189,20 @@ class Refresh:
     def labels(self) -> int:
         """Labels kept for training now."""
         return min(sum(len(v) for v in self._labels_y), self.max_labels)
+
+    def cuts(self, times: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Positions in a batch of arrival ``times`` (increasing) where a scheduled
+        refresh falls: :class:`~movingtarget.defenses.base.Defense` answers the batch in
+        parts cut there, so every refresh fires on time whatever the batching.
+
+        >>> Refresh(every=10).cuts(np.arange(5, 25)).tolist()
+        [5, 15]
+        """
+        if not len(times):
+            return np.zeros(0, np.int64)
+        last = int(times[-1])
+        due = np.arange(self._next, last + 1, self.every, dtype=np.int64)
+        return np.searchsorted(times, due, side="left").astype(np.int64)
 
     def __call__(self, ctx: Context) -> None:
         if not len(ctx.times):
