@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -379,7 +379,3 @@ def _deployment(
         "abstain_benign": metrics.abstain_benign,
     }
 
-
-def sizes(config: FadingConfig) -> Sequence[tuple[int, int]]:
-    """The (pool size, refresh interval) pairs in the order they are run and reported."""
-    return [(k, e) for k in config.members for e in config.every]
