@@ -378,4 +378,3 @@ def _deployment(
         "benign_accuracy": metrics.benign_accuracy,
         "abstain_benign": metrics.abstain_benign,
     }
-
