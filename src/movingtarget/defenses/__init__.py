@@ -22,7 +22,9 @@ moving-target-abstain  moving-target(abstain_on=disagreement, agreement=0.6)
 =====================  =========================================
 
 ``moving-target`` needs a pool model (``pool``); building it around any other model
-is refused.
+is refused. So does ``refresh(every=N)``, a gate placed before it that replaces pool
+members every ``N`` queries, each new member kept only while a canary set's accuracy
+holds (:mod:`movingtarget.defenses.refresh`): ``refresh(every=200) > moving-target``.
 
 The ``correct`` compositions ask for labels (``Answers.ask``) on the queries the
 other mechanisms flag, and answer labeled inputs with their label
@@ -52,6 +54,7 @@ from movingtarget.defenses.memorize import Memorize
 from movingtarget.defenses.moving_target import MovingTarget
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
+from movingtarget.defenses.refresh import Refresh, RefreshRecord, supply_defense
 from movingtarget.defenses.repair import GatedUpdate, RepairRecord
 from movingtarget.defenses.suspicion import Suspicion
 from movingtarget.errors import ConfigError
@@ -69,6 +72,7 @@ MECHANISMS.register("centroid")(CentroidDetector)
 MECHANISMS.register("suspicion")(Suspicion)
 MECHANISMS.register("correct")(Correct)
 MECHANISMS.register("moving-target")(MovingTarget)
+MECHANISMS.register("refresh")(Refresh)
 
 #: Named compositions: name -> composition text.
 COMPOSITIONS: dict[str, str] = {
@@ -227,6 +231,8 @@ __all__ = [
     "MovingTarget",
     "NearRepeat",
     "RateLimit",
+    "Refresh",
+    "RefreshRecord",
     "RepairRecord",
     "Sample",
     "Suspicion",
@@ -235,5 +241,6 @@ __all__ = [
     "composition_text",
     "normalized_composition",
     "parse_mechanism",
+    "supply_defense",
     "validate_queries",
 ]

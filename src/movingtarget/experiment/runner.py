@@ -19,7 +19,13 @@ from movingtarget.arena.arena import Arena
 from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import NO_TARGET, build_adversary
 from movingtarget.datasets import load_dataset
-from movingtarget.defenses import GatedUpdate, build_defense
+from movingtarget.datasets.base import Split
+from movingtarget.defenses import (
+    GatedUpdate,
+    build_defense,
+    normalized_composition,
+    supply_defense,
+)
 from movingtarget.defenses.near_repeat import calibrate_defense, split_unseen
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
 from movingtarget.metrics.analytic import (
@@ -148,6 +154,21 @@ class Prepared:
     #: For mechanisms calibrated on unseen inputs: a half of the benign pool to
     #: calibrate on and the other half to report the alarm rate on.
     unseen: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+    #: The split, for mechanisms that train new models (``refresh``): kept only when a
+    #: defense of the config has one (the workers each get a copy).
+    split: Split | None = None
+
+
+def refreshes(config: ExperimentConfig) -> bool:
+    """Whether any defense of ``config`` trains new models while deployed (``refresh``).
+
+    >>> from movingtarget.experiment.config import load_config
+    >>> refreshes(load_config("thesis"))
+    False
+    """
+    return any(
+        name == "refresh" for d in config.defenses for name, _ in normalized_composition(d.spec)
+    )
 
 
 def prepare(
@@ -189,7 +210,8 @@ def prepare(
     unseen = None
     if len(pools.benign_y) >= 4:
         unseen = split_unseen(pools.benign_x, [split_seed, 0x5EE], CALIBRATION_SIZE)
-    return Prepared(model, pools, calibration_x, rates, unseen)
+    keep = split if refreshes(config) else None
+    return Prepared(model, pools, calibration_x, rates, unseen, keep)
 
 
 # Per-worker state, set once by the pool initializer (models are sent once, not per task).
@@ -269,6 +291,10 @@ def run_task(task: Task) -> dict[str, Any]:
         task.defense.spec, model, name=task.defense.name, seed=seeds.defense, update=update
     )
     calibrations = calibrate_task(defense, prepared, seeds.calibration)
+    if prepared.split is not None:
+        # a refresh trains new members on the training split, gated on the benign pool
+        # (held out from training, labeled: the defender's canary set)
+        supply_defense(defense, prepared.split, pools.benign_x, pools.benign_y)
     adversary = build_adversary(
         task.attack.name,
         pools.attacker_x,
@@ -290,6 +316,9 @@ def run_task(task: Task) -> dict[str, Any]:
     log = Arena(config.arena).run(
         defense, [adversary], pools.benign_x, pools.benign_y, seed=seeds.arena, inputs=True
     )
+    # the model is shared by this worker's tasks: put back what a refresh or a gated
+    # update changed, so the next task's defense gets it as deployed
+    defense.reset()
     if _STATE["logs"]:
         log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
     metrics = attack_metrics(log, 0)
