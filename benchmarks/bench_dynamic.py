@@ -16,7 +16,8 @@ Measures, in one run on one machine, interleaved (best of rounds):
 3. whole arena deployments of the same three (benign traffic, the noisy-repeat
    attacker, an oracle labeling for the composed one);
 4. the time of one gated online update of a member (``partial_fit`` on labels, canary
-   accuracy before and after).
+   accuracy before and after), and of one member refresh (``refresh(...)``: a new member
+   trained by the pool's recipe, gated on the canary).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from _common import best_of, machine
 from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary
 from movingtarget.datasets import load_dataset
-from movingtarget.defenses import GatedUpdate, build_defense
+from movingtarget.defenses import GatedUpdate, build_defense, supply_defense
 from movingtarget.defenses.near_repeat import calibrate_defense
 from movingtarget.models import build_model
 
@@ -206,6 +207,18 @@ def update_row(label: str, member: Any, split: Any, labels: int) -> str:
     return f"| {label} | {labels} labels, canary 1,000 | {min(times) * 1e3:.1f} ms |"
 
 
+def refresh_row(label: str, pool: Any, split: Any) -> str:
+    """One member refresh: a new member trained by the pool's recipe on the training
+    split, its canary accuracy (1,000 items), kept or rolled back; one query answered."""
+    d = build_defense(f"refresh(every=1) > {MOVING}", pool, seed=0)
+    supply_defense(d, split, split.x_test[:1000], split.y_test[:1000])
+    t = time.perf_counter()
+    d.answer(split.x_test[:1], times=np.array([1]))
+    took = time.perf_counter() - t
+    d.reset()  # the deployed members back
+    return f"| {label} | one member refresh (train + canary 1,000) | {took:.2f} s |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -250,7 +263,7 @@ def main() -> None:
     ):
         print(row, flush=True)
 
-    print("\n| model | gated online update | time |")
+    print("\n| model | update | time |")
     print("|---|---|---|")
     cnn = build_model("cnn", fashion, seed=0, device="cpu")
     for labels in (10, 100):
@@ -258,6 +271,8 @@ def main() -> None:
     mlp = build_model("mlp", digits, seed=0)
     for labels in (10, 100):
         print(update_row("digits / mlp", mlp, digits, labels), flush=True)
+    print(refresh_row("digits / logistic pool", dpool, digits), flush=True)
+    print(refresh_row("Fashion-MNIST / CNN pool", fpool, fashion), flush=True)
 
 
 if __name__ == "__main__":
