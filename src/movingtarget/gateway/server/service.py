@@ -140,6 +140,14 @@ def _defense_label(spec: str) -> str:
     return f"--defense {spec.strip()}" if spec.strip() in COMPOSITIONS else "--defense"
 
 
+def _secret_in_text(label: str) -> str:
+    return (
+        f"{label}: moving-target(secret=...) puts the schedule's secret on the command line, "
+        "where other users of this host can read it; drop it and pass --secret-file PATH or "
+        "set $MOVINGTARGET_SECRET"
+    )
+
+
 def _build(config: GatewayConfig, served: ServedModel) -> Defense:
     """The defense of ``config`` around the served model; a moving target in it gets the
     operator's secret and needs a pool (each refused in one line)."""
@@ -156,11 +164,7 @@ def _build(config: GatewayConfig, served: ServedModel) -> Defense:
                 f"{served.source} is not one: serve a pool, e.g. --model digits:pool"
             ) from None
         if any(m.keyed for m in movers):
-            raise ConfigError(
-                f"{label}: moving-target(secret=...) puts the schedule's secret on the command "
-                "line, where other users of this host can read it; drop it and pass "
-                "--secret-file PATH or set $MOVINGTARGET_SECRET"
-            )
+            raise ConfigError(_secret_in_text(label))
         key = schedule_key(operator_secret(f"{label}: the moving target's schedule"))
         for mover in movers:
             mover.use_secret(key)
@@ -295,9 +299,13 @@ class Gateway:
     def from_config(cls, config: GatewayConfig) -> Gateway:
         """Load the model, build the defense, open memory and keys."""
         config = config.check()
-        if any(name == "moving-target" for name, _ in normalized_composition(config.defense)):
+        movers = [p for n, p in normalized_composition(config.defense) if n == "moving-target"]
+        if movers:
             # before the model loads (seconds): a missing secret is told at once
-            operator_secret(f"{_defense_label(config.defense)}: the moving target's schedule")
+            label = _defense_label(config.defense)
+            if any(p.get("secret") is not None for p in movers):
+                raise ConfigError(_secret_in_text(label))
+            operator_secret(f"{label}: the moving target's schedule")
         served = load_served_model(
             config.model,
             test_size=config.test_size,
