@@ -124,7 +124,7 @@ def test_a_labelers_correction_survives_a_restart_on_sqlite(
         env=gateway_env,
         log=tmp_path / "serve.log",
     )
-    with server:
+    with server:  # closed on leaving, restarted inside
         url = server.url
         closed = _queue(url, attacker)
         assert closed.status_code == 403
@@ -152,11 +152,9 @@ def test_a_labelers_correction_survives_a_restart_on_sqlite(
         assert r.status_code == 200 and r.json() == {"stored": 1, "learned": 1}
         assert repeat["query_id"] not in _queue(url, labeler).text  # labeled: off the queue
         _corrected(url, keys, "after-label", x, truth, seed=1)
-    server.start()  # the same store and secret, a new process
-    try:
+        server.stop()
+        server.start()  # the same store, secret and port: a new process
         _corrected(server.url, keys, "after-restart", x, truth, seed=2)
-    finally:
-        server.close()
 
 
 def test_replicas_sharing_redis_share_the_queue_and_the_corrections(
