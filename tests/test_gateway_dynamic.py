@@ -185,8 +185,9 @@ def test_replicas_sharing_redis_share_the_queue_and_the_corrections(
 def test_the_labeling_queue_reads_an_outage_as_503(
     tmp_path: Path, gateway_env: dict[str, str]
 ) -> None:
-    """With its Redis gone, the queue answers a labeler 503 with nothing internal (no
-    address, no store named); a non-labeler is still told only 403."""
+    """A bad ``limit`` is one 400; with its Redis gone, the queue answers a labeler 503
+    with nothing internal (no address, no store named); a non-labeler is still told only
+    403."""
     keys = f"sqlite:///{tmp_path / 'keys.db'}"
     attacker, labeler = new_key(keys, "attacker", rate=0), new_key(keys, "labeler", rate=0)
     with running_redis() as redis:
@@ -194,6 +195,11 @@ def test_the_labeling_queue_reads_an_outage_as_503(
         server = GatewayServer(*args, env=gateway_env, log=tmp_path / "serve.log")
         with server:
             assert _queue(server.url, labeler).status_code == 200
+            for bad in ("0", "1001", "x", "9" * 5000, "²"):
+                r = httpx.get(
+                    f"{server.url}/v1/labeling-queue", params={"limit": bad}, headers=auth(labeler)
+                )
+                assert r.status_code == 400 and "limit must be an integer in [1, 1000]" in r.text
             redis.stop()
             down = _queue(server.url, labeler)
             assert down.status_code == 503 and down.headers["retry-after"]
