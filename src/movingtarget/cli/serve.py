@@ -230,6 +230,12 @@ def serve(
         # one secret for the whole process: fingerprints and query ids read it from the
         # environment, the moving target's schedule derives its own key from it
         os.environ[ENV] = read_secret_file(secret_file)
+        if secret_file.stat().st_mode & 0o077:
+            typer.echo(
+                f"warning: --secret-file {secret_file} can be read by other users of this "
+                f"host: chmod 600 {secret_file}",
+                err=True,
+            )
     config = GatewayConfig(
         model=model,
         defense=defense,
