@@ -43,13 +43,17 @@ def pool(gateway_env: dict[str, str]) -> ServedModel:
 
 
 @pytest.fixture(scope="module")
-def mistake(pool: ServedModel) -> tuple[np.ndarray, int, int]:
-    """A digit every pool member gets wrong, the same wrong class: (x, truth, served)."""
+def mistakes(pool: ServedModel) -> list[tuple[np.ndarray, int, int]]:
+    """Digits every pool member gets wrong, the same wrong class: (x, truth, served)."""
     data = load_dataset("digits")
     votes = pool.model.member_proba(data.x).argmax(axis=2)  # type: ignore[attr-defined]
     unanimous = (votes == votes[0]).all(axis=0) & (votes[0] != data.y)
-    i = int(np.flatnonzero(unanimous)[0])
-    return data.x[[i]], int(data.y[i]), int(votes[0, i])
+    return [(data.x[[i]], int(data.y[i]), int(votes[0, i])) for i in np.flatnonzero(unanimous)]
+
+
+@pytest.fixture(scope="module")
+def mistake(mistakes: list[tuple[np.ndarray, int, int]]) -> tuple[np.ndarray, int, int]:
+    return mistakes[0]
 
 
 def _near(x: np.ndarray, seed: int) -> np.ndarray:
@@ -107,15 +111,17 @@ def _corrected(url: str, keys: str, name: str, x: np.ndarray, truth: int, seed: 
 
 
 def test_a_labelers_correction_survives_a_restart_on_sqlite(
-    tmp_path: Path, gateway_env: dict[str, str], mistake: tuple[np.ndarray, int, int]
+    tmp_path: Path, gateway_env: dict[str, str], mistakes: list[tuple[np.ndarray, int, int]]
 ) -> None:
     """The dynamic gateway on a SQLite store: an attacker's exploited mistake is answered
     wrongly, its repeat refused and queued for a label; the attacker's own label (a
     non-labeler key) changes no answer, and the queue is closed to it (403, the same body
     whether the queue holds anything or not). The labeler reads the repeat from the queue
     and labels it; from then on every key's exact and near repeats get the true class,
-    reason ``corrected`` — and still after the gateway restarts on the same store."""
-    x, truth, wrong = mistake
+    reason ``corrected`` — and still after the gateway restarts on the same store. A
+    second mistake's repeat, queued before the restart, is still in the queue after it,
+    and the labeler's label for it (its input now only in the store) corrects it too."""
+    (x, truth, wrong), (x2, truth2, _) = mistakes[0], mistakes[1]
     keys = f"sqlite:///{tmp_path / 'keys.db'}"
     store = f"sqlite:///{tmp_path / 'memory.db'}"
     attacker, labeler = new_key(keys, "attacker", rate=0), new_key(keys, "labeler", rate=0)
@@ -152,9 +158,15 @@ def test_a_labelers_correction_survives_a_restart_on_sqlite(
         assert r.status_code == 200 and r.json() == {"stored": 1, "learned": 1}
         assert repeat["query_id"] not in _queue(url, labeler).text  # labeled: off the queue
         _corrected(url, keys, "after-label", x, truth, seed=1)
+        _, later = _exploit(url, new_key(keys, "attacker-2", rate=0), x2, truth2)
         server.stop()
         server.start()  # the same store, secret and port: a new process
         _corrected(server.url, keys, "after-restart", x, truth, seed=2)
+        kept = [q["query_id"] for q in _queue(server.url, labeler).json()["queries"]]
+        assert later["query_id"] in kept and repeat["query_id"] not in kept
+        r = _label(server.url, labeler, later["query_id"], truth2)
+        assert r.status_code == 200 and r.json() == {"stored": 1, "learned": 1}
+        _corrected(server.url, keys, "second-after-restart", x2, truth2, seed=5)
 
 
 def test_replicas_sharing_redis_share_the_queue_and_the_corrections(
