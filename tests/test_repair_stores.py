@@ -48,9 +48,12 @@ def test_labels_latest_wins_and_a_second_client_sees_them(store_url: str) -> Non
         [2, 3],
     ]
     assert len(labels) == 2
+    labels.add(np.array([7, 9], np.uint64), np.array([4, 5]))  # one relabeled, one new
+    assert len(labels) == 3 and labels.lookup(np.array([7], np.uint64)).tolist() == [4]
     other = _again(store_url, lambda: open_labels(store_url, namespace="t"))
     if other is not None:
-        assert other.lookup(np.array([7, 2**64 - 3], np.uint64)).tolist() == [3, 2]
+        assert other.lookup(np.array([7, 2**64 - 3], np.uint64)).tolist() == [4, 2]
+        assert len(other) == 3
         assert len(open_labels(store_url, namespace="other")) == 0  # namespaces apart
 
 

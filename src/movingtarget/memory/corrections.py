@@ -9,8 +9,8 @@ every store of the memory box, hashes, never raw inputs. The latest label of a k
 back end           where
 =================  =============================================================
 :class:`LabelTable`    this process (sorted arrays; the default of an experiment)
-:class:`SQLiteLabels`  one SQLite file: table ``lb_<namespace>(key, label)``; one
-                       machine, survives restarts
+:class:`SQLiteLabels`  one SQLite file: table ``lb_<namespace>(key, label)`` (its
+                       size in ``lb_meta``); one machine, survives restarts
 :class:`RedisLabels`   one Redis hash ``{<namespace>}:labels`` (field: the 8-byte key,
                        value: the class): shared by replicas, survives a gateway restart
 =================  =============================================================
@@ -153,6 +153,16 @@ class SQLiteLabels(ClosedOnExit):
                 f"CREATE TABLE IF NOT EXISTS {self._table} (key INTEGER PRIMARY KEY,"
                 " label INTEGER NOT NULL)"
             )
+            # the size, kept beside the table: the correction gate asks it every batch,
+            # and count(*) walks the whole table
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS lb_meta (namespace TEXT PRIMARY KEY,"
+                " size INTEGER NOT NULL)"
+            )
+            conn.execute(
+                f"INSERT OR IGNORE INTO lb_meta SELECT ?, count(*) FROM {self._table}",
+                (self.namespace,),
+            )
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -193,10 +203,18 @@ class SQLiteLabels(ClosedOnExit):
         if not k:
             return
         with self._transaction("record labels", write=True) as conn:
+            known = conn.execute(
+                f"SELECT count(*) FROM json_each(?) j JOIN {self._table} t ON t.key = j.value",
+                (json.dumps(k),),
+            ).fetchone()[0]
             conn.executemany(
                 f"INSERT INTO {self._table} (key, label) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET label = excluded.label",
                 zip(k, y, strict=True),
+            )
+            conn.execute(
+                "UPDATE lb_meta SET size = size + ? WHERE namespace = ?",
+                (len(k) - int(known), self.namespace),
             )
 
     def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
@@ -223,10 +241,14 @@ class SQLiteLabels(ClosedOnExit):
         """Forget every label of this namespace (other namespaces in the file stay)."""
         with self._transaction("clear labels", write=True) as conn:
             conn.execute(f"DELETE FROM {self._table}")
+            conn.execute("UPDATE lb_meta SET size = 0 WHERE namespace = ?", (self.namespace,))
 
     def __len__(self) -> int:
         with self._transaction("count labels", write=False) as conn:
-            return int(conn.execute(f"SELECT count(*) FROM {self._table}").fetchone()[0])
+            row = conn.execute(
+                "SELECT size FROM lb_meta WHERE namespace = ?", (self.namespace,)
+            ).fetchone()
+        return int(row[0])
 
     def ping(self) -> None:
         """A read that changes nothing (readiness)."""
