@@ -80,6 +80,7 @@ def _queue(url: str, token: str) -> httpx.Response:
 def _secret_file(tmp_path: Path, secret: str = SECRET) -> str:
     path = tmp_path / "secret"
     path.write_text(secret + "\n")
+    path.chmod(0o600)  # as an operator keeps it (readable by others: a warning line)
     return str(path)
 
 
@@ -260,6 +261,9 @@ def test_bad_dynamic_flags_are_one_line(tmp_path: Path, gateway_env: dict[str, s
     short.write_text("0123456789\n")
     pool_flags = ["--model", "digits:pool", "--defense", "dynamic"]
     bloom = ["--store", "bloom://", "--cross-key-quorum", "1", "--labeler-key", "l"]
+    readable = tmp_path / "readable"
+    readable.write_text(SECRET)
+    readable.chmod(0o644)
     for flags, message in [
         ([*pool_flags, "--secret-file", str(tmp_path / "none")], "--secret-file"),
         ([*pool_flags, "--secret-file", str(empty)], "is empty"),
@@ -280,12 +284,26 @@ def test_bad_dynamic_flags_are_one_line(tmp_path: Path, gateway_env: dict[str, s
         ),
         ([*pool_flags, "--secret-file", good, "--labeling-queue-capacity", "0"], ">= 1, got 0"),
     ]:
-        cmd = [sys.executable, "-m", "movingtarget", "serve", "--keys-db"]
-        cmd += [f"sqlite:///{tmp_path / 'k.db'}", *flags]
-        env = {**os.environ, **gateway_env}
-        env.pop("MOVINGTARGET_SECRET")  # only what the flags give
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-        assert out.returncode == 2, (flags, out.stderr)
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:"), (flags, out.stderr)
-        assert message in lines[0] and "Traceback" not in out.stderr, (flags, out.stderr)
+        lines = _refused(tmp_path, gateway_env, flags)
+        assert len(lines) == 1 and message in lines[0], (flags, lines)
+    # a secret other users may read is served with a warning (here refused for the model)
+    warned = _refused(tmp_path, gateway_env, ["--secret-file", str(readable), "--model", "x"])
+    assert (
+        warned[0] == f"warning: --secret-file {readable} can be read by other users of "
+        f"this host: chmod 600 {readable}"
+    )
+    assert len(warned) == 2 and warned[1].startswith("error:")
+
+
+def _refused(tmp_path: Path, gateway_env: dict[str, str], flags: list[str]) -> list[str]:
+    """``serve FLAGS``' lines on stderr, which must end in one error line, exit 2 and no
+    traceback."""
+    cmd = [sys.executable, "-m", "movingtarget", "serve", "--keys-db"]
+    cmd += [f"sqlite:///{tmp_path / 'k.db'}", *flags]
+    env = {**os.environ, **gateway_env}
+    env.pop("MOVINGTARGET_SECRET")  # only what the flags give
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2, (flags, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "Traceback" not in out.stderr, (flags, out.stderr)
+    return lines
