@@ -19,6 +19,9 @@ memorize-correct       correct(match=exact) > memorize(on_repeat=abstain) > argm
 near-repeat-correct    correct(match=near) > memorize(on_repeat=abstain) >
                        near-repeat(on_repeat=abstain) > argmax
 moving-target-abstain  moving-target(abstain_on=disagreement, agreement=0.6)
+dynamic                correct(match=near) > memorize(on_repeat=abstain) >
+                       near-repeat(on_repeat=abstain) >
+                       moving-target(abstain_on=disagreement, agreement=0.6) > suspicion
 =====================  =========================================
 
 ``moving-target`` needs a pool model (``pool``); building it around any other model
@@ -92,6 +95,11 @@ COMPOSITIONS: dict[str, str] = {
         " > argmax"
     ),
     "moving-target-abstain": "moving-target(abstain_on=disagreement, agreement=0.6)",
+    # the composed dynamic defense of section 7 (the `dynamic` config's and the gateway's)
+    "dynamic": (
+        "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain)"
+        " > moving-target(abstain_on=disagreement, agreement=0.6) > suspicion"
+    ),
 }
 
 _CALL = re.compile(r"^\s*([a-z][a-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.S)

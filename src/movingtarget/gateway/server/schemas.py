@@ -112,6 +112,24 @@ class FeedbackResponse(BaseModel):
     learned: int = 0
 
 
+class QueuedQuery(BaseModel):
+    """A query the defense asked a label for: its id (label it through /v1/feedback),
+    the input, why it was asked (an answer reason) and when (milliseconds since the
+    epoch)."""
+
+    query_id: str
+    input: Any
+    reason: str
+    asked_at: int
+
+
+class LabelingQueueResponse(BaseModel):
+    """The oldest queries waiting for a label, and how many wait in all."""
+
+    pending: int
+    queries: list[QueuedQuery]
+
+
 class Health(BaseModel):
     """Liveness and what is served."""
 
