@@ -26,6 +26,8 @@ BUILTIN_CONFIGS = (
     "arms-race-fashion",
     "stateful",
     "dynamic",
+    "dynamic-spambase",
+    "dynamic-fashion",
     "thesis",
 )
 
