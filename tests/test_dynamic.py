@@ -12,6 +12,7 @@ import pytest
 
 from movingtarget.experiment.config import load_config
 from movingtarget.experiment.runner import run_experiment
+from movingtarget.report import write_report
 from movingtarget.report.benign import benign_table
 
 pytest.importorskip("art")
@@ -88,11 +89,11 @@ OTHER_FIXED = {
     "dynamic-spambase": ("deterministic", "memorize-abstain", "near-repeat-abstain-5%"),
     "dynamic-fashion": FIXED,
 }
-#: Reduced runs: two seeds of 200 queries (and 2,000 Fashion-MNIST images), each well
-#: under a minute on two cores.
+#: Reduced runs, each well under a minute on two cores: two seeds of 200 queries on
+#: Spambase, of 100 on the first 1,200 Fashion-MNIST images (784 values per query).
 REDUCED = {
-    "dynamic-spambase": ["seeds=2", "arena.queries=200"],
-    "dynamic-fashion": ["seeds=2", "arena.queries=200", "dataset.limit=2000"],
+    "dynamic-spambase": (200, ["seeds=2", "arena.queries=200"]),
+    "dynamic-fashion": (100, ["seeds=2", "arena.queries=100", "dataset.limit=1200"]),
 }
 
 
@@ -135,9 +136,11 @@ def test_a_reduced_ablation_has_every_row_with_what_benign_users_got(
 ) -> None:
     if name == "dynamic-fashion" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST (Debian package dataset-fashion-mnist) is not installed")
-    cfg = load_config(name, REDUCED[name])
+    queries, overrides = REDUCED[name]
+    cfg = load_config(name, overrides)
     out = tmp_path / name
     run_experiment(cfg, out, workers=2)
+    write_report(out)
     rows = json.loads((out / "summary.json").read_text())
     cell = {(r["attack"], r["defense"]): r for r in rows}
     attacks = [a.display for a in cfg.attacks]
@@ -145,7 +148,7 @@ def test_a_reduced_ablation_has_every_row_with_what_benign_users_got(
     # every attack against every ablation row and every fixed defense
     assert set(cell) == {(a, d) for a in attacks for d in defenses}
     for row in rows:
-        assert row["seeds"] == 2 and row["queries"] == 200
+        assert row["seeds"] == 2 and row["queries"] == queries
         assert 0 <= row["r_tilde"] <= 1
     runs = json.loads((out / "runs.json").read_text())
     benign = benign_table(runs)
