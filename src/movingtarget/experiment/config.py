@@ -28,6 +28,8 @@ BUILTIN_CONFIGS = (
     "arms-race-fashion",
     "stateful",
     "dynamic",
+    "dynamic-spambase",
+    "dynamic-fashion",
     "thesis",
 )
 
