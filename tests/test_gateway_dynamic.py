@@ -10,6 +10,7 @@ its schedule draws.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -283,6 +284,13 @@ def test_bad_dynamic_flags_are_one_line(tmp_path: Path, gateway_env: dict[str, s
             "cannot keep corrections",
         ),
         ([*pool_flags, "--secret-file", good, "--labeling-queue-capacity", "0"], ">= 1, got 0"),
+        (
+            [*pool_flags, "--secret-file", good, "--update-tolerance", "0.01"],
+            "--update-tolerance: --model digits:pool cannot learn",
+        ),
+        ([*pool_flags, "--secret-file", good, "--update-tolerance", "2"], "must be in [0, 1]"),
+        (["--model", "digits:pool(members=x)"], "members must be a positive integer"),
+        (["--model", "digits:pool(members"], "write DATASET:MODEL or DATASET:MODEL(param"),
     ]:
         lines = _refused(tmp_path, gateway_env, flags)
         assert len(lines) == 1 and message in lines[0], (flags, lines)
@@ -307,3 +315,81 @@ def _refused(tmp_path: Path, gateway_env: dict[str, str], flags: list[str]) -> l
     lines = out.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and "Traceback" not in out.stderr, (flags, out.stderr)
     return lines
+
+
+def test_a_poisoning_labeler_is_rolled_back_and_audited(
+    tmp_path: Path, gateway_env: dict[str, str]
+) -> None:
+    """A pool of online members behind the dynamic defense learns from labeler keys'
+    labels, each model update gated on a canary (``--update-tolerance``). A labeler key
+    that labels 300 queries with wrong classes (ten partial_fit passes) would take canary
+    accuracy from about 0.94 to about 0.77: the update is rolled back, the response and
+    the audit log say so, and the members' answers on other inputs are what they were.
+    The same queries with their true classes are kept."""
+    keys = f"sqlite:///{tmp_path / 'keys.db'}"
+    audit = tmp_path / "audit.jsonl"
+    labeler = new_key(keys, "labeler", rate=0)
+    args = list(_dynamic_args(keys, f"sqlite:///{tmp_path / 'm.db'}", _secret_file(tmp_path)))
+    args[1] = "digits:pool(member=mlp, members=2)"
+    args += ["--update-tolerance", "0.01", "--update-steps", "10", "--audit", str(audit)]
+    data = load_dataset("digits").split(test_size=0.3, seed=0)
+    x, y = data.x_test[:300], data.y_test[:300]
+    probe = data.x_test[300:400]
+    with GatewayServer(*args, env=gateway_env, log=tmp_path / "serve.log") as server:
+        qids = []
+        for part in (x[:150], x[150:]):  # under the 256 inputs of one request
+            r = classify(server.url, labeler, part)
+            assert r.status_code == 200, r.text
+            qids += [a["query_id"] for a in r.json()["answers"]]
+
+        def label(classes: np.ndarray) -> dict:
+            body = {
+                "labels": [
+                    {"query_id": q, "label": int(c)} for q, c in zip(qids, classes, strict=True)
+                ]
+            }
+            resp = httpx.post(f"{server.url}/v1/feedback", json=body, headers=auth(labeler))
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+
+        def served(name: str) -> list[tuple[int, str]]:
+            # a fresh key (held to its own history) and two members: where they agree
+            # the schedule does not matter, where they disagree it abstains; so the
+            # answers are the members' own
+            r = classify(server.url, new_key(keys, name, rate=0), probe)
+            assert r.status_code == 200, r.text
+            return [(a["label"], a["reason"]) for a in r.json()["answers"]]
+
+        before = served("before")
+        poisoned = label((y + 1) % 10)
+        assert poisoned["model_update"] == "rolled back" and poisoned["learned"] == 300
+        assert served("after-poisoning") == before
+        honest = label(y)
+        assert honest["model_update"] == "kept"
+    rows = [json.loads(line) for line in audit.read_text().splitlines()]
+    repairs = [r for r in rows if r.get("event") == "repair"]
+    assert [r["model_update"] for r in repairs] == ["rolled back", "kept"]
+    assert repairs[0]["canary_before"] - repairs[0]["canary_after"] > 0.01
+    assert repairs[0]["key"] == "labeler" and len(repairs[0]["query_ids"]) == 300
+
+
+def test_a_served_refresh_trains_on_the_split_and_keeps_serving(
+    tmp_path: Path, gateway_env: dict[str, str]
+) -> None:
+    """``refresh(...)`` behind a gateway gets the served split's training data and a
+    canary (a dataset model), its schedule in the gateway's milliseconds: each request a
+    period after the last refreshes one member and is answered."""
+    keys = f"sqlite:///{tmp_path / 'keys.db'}"
+    token = new_key(keys, "user", rate=0)
+    defense = "refresh(every=1) > moving-target(abstain_on=disagreement)"
+    args = [
+        "--model", "digits:pool", "--defense", defense, "--keys-db", keys,
+        "--secret-file", _secret_file(tmp_path),
+    ]  # fmt: skip
+    x = load_dataset("digits").split(test_size=0.3, seed=0).x_test
+    with GatewayServer(*args, env=gateway_env, log=tmp_path / "serve.log") as server:
+        for i in range(3):
+            r = classify(server.url, token, x[i * 5 : i * 5 + 5])
+            assert r.status_code == 200, r.text
+            assert all(a["reason"] in ("model", "disagreement") for a in r.json()["answers"])
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()

@@ -79,6 +79,24 @@ def test_a_straddling_batch_is_answered_before_and_after_the_refresh(tmp_path: P
     assert seen == [(90, True), (100, False), (200, False), (300, False)]
 
 
+def test_a_gateways_clock_starts_the_schedule_and_a_gap_refreshes_once(tmp_path: Path) -> None:
+    # a gateway's times are milliseconds since the epoch: the schedule starts at the
+    # first arrival (no catching up from time 0), and a quiet spell of many periods
+    # ends in one refresh, not one per period
+    defense, _, refresh = refreshing(1000, tmp_path)
+    now = 1_760_000_000_000
+    ask(defense, now + np.arange(50))
+    assert refresh.records == []
+    ask(defense, np.full(10, now + 1000))
+    assert [r.time for r in refresh.records] == [now + 1000]
+    ask(defense, np.full(10, now + 25_500))  # 24 periods later
+    assert [r.time for r in refresh.records] == [now + 1000, now + 2000]
+    ask(defense, np.full(10, now + 25_900))  # the schedule now runs from the gap
+    assert len(refresh.records) == 2
+    ask(defense, np.full(10, now + 26_000))
+    assert [r.time for r in refresh.records][-1] == now + 26_000
+
+
 def test_a_defense_without_refresh_never_changes_its_pool(tmp_path: Path) -> None:
     pool = build_model("pool", SPLIT, seed=0, members=3, cache_dir=tmp_path)
     deployed = list(pool.members)

@@ -161,6 +161,20 @@ def serve(
     labeling_queue_per_key: Annotated[
         int, typer.Option(help="Most queries of one key in the labeling queue.")
     ] = 100,
+    update_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="Labeler keys' labels also update the model (partial_fit: mlp, cnn, a pool "
+            "of them), each update kept only while canary accuracy loses at most this much "
+            "(0.01: one point), else rolled back and written to the audit log.",
+        ),
+    ] = None,
+    update_steps: Annotated[
+        int, typer.Option(help="partial_fit passes over each labeled batch (--update-tolerance).")
+    ] = 1,
+    canary: Annotated[
+        int, typer.Option(help="Held-out test-split items the model-update gate measures.")
+    ] = 500,
     secret_file: Annotated[
         Path | None,
         typer.Option(
@@ -256,6 +270,9 @@ def serve(
         repair_window=repair_window,
         labeling_queue_capacity=labeling_queue_capacity,
         labeling_queue_per_key=labeling_queue_per_key,
+        update_tolerance=update_tolerance,
+        update_steps=update_steps,
+        canary=canary,
         seed=seed,
         test_size=test_size,
         split_seed=split_seed,

@@ -137,6 +137,7 @@ class Refresh:
 
     def _reset_state(self) -> None:
         self._next = self.every  # the next scheduled refresh
+        self._anchored = False  # the schedule counts from the first arrival seen
         self._count = 0  # refreshes so far (each replaces `replace` members)
         self._turn = 0  # the member replaced next
         self._deployed: list[Model] | None = None  # the members as deployed
@@ -200,17 +201,31 @@ class Refresh:
         """
         if not len(times):
             return np.zeros(0, np.int64)
+        self._anchor(int(times[0]))
         last = int(times[-1])
-        due = np.arange(self._next, last + 1, self.every, dtype=np.int64)
+        # one cut per due time, however long the batch spans (a quiet gateway: one)
+        span = (last - self._next) // self.every + 1 if last >= self._next else 0
+        due = self._next + self.every * np.arange(min(span, len(times)), dtype=np.int64)
         return np.searchsorted(times, due, side="left").astype(np.int64)
+
+    def _anchor(self, first: int) -> None:
+        """The schedule runs from time 0 (the arena's first arrival); a first arrival
+        more than a period later (a gateway's times are milliseconds since the epoch,
+        ``every`` a period in milliseconds) starts it there instead."""
+        if not self._anchored:
+            self._anchored = True
+            if first >= self._next + self.every:
+                self._next = first + self.every
 
     def __call__(self, ctx: Context) -> None:
         if not len(ctx.times):
             return
         first = int(ctx.times[0])
-        while first >= self._next:
+        self._anchor(first)
+        if first >= self._next:
             self._refresh(self._next, ctx.rng)
-            self._next += self.every
+            # after a gap of several periods (a quiet gateway) one refresh, not one each
+            self._next += self.every * ((first - self._next) // self.every + 1)
 
     def _refresh(self, time: int, rng: np.random.Generator) -> None:
         pool = self._pool

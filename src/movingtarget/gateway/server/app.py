@@ -186,9 +186,12 @@ def create_app(gateway: Gateway) -> FastAPI:
             if item.label >= k:
                 raise bad_request(f"label {item.label} is not a class in [0, {k})")
         items = [(i.query_id, i.label) for i in body.labels]
-        learned = await gateway.repair(grant, items) if labeler else 0
+        learned, update = await gateway.repair(grant, items) if labeler else (0, None)
         stored = await run_in_threadpool(gateway.keys.add_feedback, grant.key_id, items)
-        return JSONResponse({"stored": stored, "learned": learned})
+        content: dict[str, Any] = {"stored": stored, "learned": learned}
+        if update is not None:  # only a labeler's labels update the model
+            content["model_update"] = "kept" if update.accepted else "rolled back"
+        return JSONResponse(content)
 
     queue_errors: dict[int | str, dict[str, Any]] = {c: _ERRORS[c] for c in (400, 401, 429, 503)}
     queue_errors[403] = {"model": ErrorBody, "description": "Not a labeler key, or revoked."}

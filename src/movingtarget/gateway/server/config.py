@@ -50,6 +50,12 @@ class GatewayConfig:
     #: most of them from one key; asks over either are dropped.
     labeling_queue_capacity: int = 10_000
     labeling_queue_per_key: int = 100
+    #: Gate model updates from labeler keys' labels: the canary accuracy an update may
+    #: lose and be kept (None: the model itself never learns), on ``canary`` held-out
+    #: test-split items.
+    update_tolerance: float | None = None
+    update_steps: int = 1
+    canary: int = 500
     seed: int = 0
     test_size: float = 0.3
     split_seed: int = 0
@@ -112,6 +118,22 @@ class GatewayConfig:
                 isinstance(self.labeling_queue_per_key, int) and self.labeling_queue_per_key >= 1,
                 f"--labeling-queue-per-key must be an integer >= 1, "
                 f"got {self.labeling_queue_per_key!r}",
+            ),
+            (
+                self.update_tolerance is None
+                or (
+                    isinstance(self.update_tolerance, int | float)
+                    and 0 <= self.update_tolerance <= 1
+                ),
+                f"--update-tolerance must be in [0, 1], got {self.update_tolerance!r}",
+            ),
+            (
+                isinstance(self.update_steps, int) and self.update_steps >= 1,
+                f"--update-steps must be an integer >= 1, got {self.update_steps!r}",
+            ),
+            (
+                isinstance(self.canary, int) and self.canary >= 1,
+                f"--canary must be an integer >= 1, got {self.canary!r}",
             ),
             (bool(self.namespace.strip()), "--namespace must not be empty"),
             (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -110,6 +110,9 @@ class FeedbackResponse(BaseModel):
 
     stored: int
     learned: int = 0
+    #: With ``--update-tolerance``, for a labeler key: the gated model update was kept,
+    #: or rolled back because canary accuracy fell beyond the tolerance.
+    model_update: Literal["kept", "rolled back"] | None = None
 
 
 class QueuedQuery(BaseModel):

@@ -29,10 +29,13 @@ from movingtarget.defenses import (
     COMPOSITIONS,
     Correct,
     Defense,
+    GatedUpdate,
     build_mechanisms,
     normalized_composition,
+    supply_defense,
 )
 from movingtarget.defenses.moving_target import MovingTarget, check_pool
+from movingtarget.defenses.repair import RepairRecord
 from movingtarget.errors import ConfigError
 from movingtarget.gateway.access.base import Grant, KeyStore, token_digest
 from movingtarget.gateway.access.ids import QueryIds
@@ -169,7 +172,39 @@ def _build(config: GatewayConfig, served: ServedModel) -> Defense:
         for mover in movers:
             mover.use_secret(key)
     name = spec if spec in COMPOSITIONS else ""
-    return Defense(served.model, mechanisms, name=name, seed=config.seed)
+    refreshes = [m for m in mechanisms if callable(getattr(m, "supply", None))]
+    if (refreshes or config.update_tolerance is not None) and served.split is None:
+        flag = "--update-tolerance" if config.update_tolerance is not None else label
+        raise ConfigError(
+            f"{flag}: the model learns on its training data with a canary of held-out "
+            f"items, and --model {served.source} is a saved file: serve DATASET:MODEL"
+        )
+    canary = None
+    if served.split is not None:
+        test = served.split
+        n = min(config.canary, len(test.y_test))
+        pick = np.sort(
+            np.random.default_rng([config.split_seed, 0xCA7]).choice(len(test.y_test), n, False)
+        )
+        canary = (test.x_test[pick], test.y_test[pick])
+    update = None
+    if config.update_tolerance is not None and canary is not None:
+        update = GatedUpdate(
+            *canary, tolerance=float(config.update_tolerance), steps=config.update_steps
+        )
+    try:
+        defense = Defense(served.model, mechanisms, name=name, seed=config.seed, update=update)
+    except ConfigError as exc:
+        if update is None or "partial_fit" not in str(exc):
+            raise
+        why = str(exc).removeprefix("update: ")
+        raise ConfigError(
+            f"--update-tolerance: --model {served.source} cannot learn ({why})"
+        ) from None
+    if refreshes and served.split is not None and canary is not None:
+        # a refresh trains new members on the training split, gated on the canary
+        supply_defense(defense, served.split, *canary)
+    return defense
 
 
 def tenant_policy(config: GatewayConfig) -> TenantPolicy:
@@ -506,22 +541,41 @@ class Gateway:
             )
         return np.stack([found[q] for q in query_ids])
 
-    async def repair(self, grant: Grant, labels: list[tuple[str, int]]) -> int:
+    async def repair(
+        self, grant: Grant, labels: list[tuple[str, int]]
+    ) -> tuple[int, RepairRecord | None]:
         """A labeler's labels: the defense learns those of recent queries of this replica
         or of queries in the labeling queue (on the batch thread, between batches); the
         labeled ones leave the queue, and each repair is logged. Returns how many it
-        learned. Raises :class:`Problem` (400) naming a query id that is neither."""
+        learned and, with ``--update-tolerance``, the gated model update's record (kept
+        or rolled back). Raises :class:`Problem` (400) naming a query id that is
+        neither."""
         if not labels:
-            return 0
+            return 0, None
         qids = [q for q, _ in labels]
         x = await run_in_threadpool(self._labeled_inputs, qids)
         y = np.array([label for _, label in labels], np.int64)
-        learned = await self.batcher.call(lambda: self.defense.learn(x, y))
+
+        def learn() -> tuple[int, RepairRecord | None]:
+            before = len(self.defense.repairs)
+            n = self.defense.learn(x, y)
+            return n, (self.defense.repairs[-1] if len(self.defense.repairs) > before else None)
+
+        learned, record = await self.batcher.call(learn)
         if self.queue is not None:
             await run_in_threadpool(self.queue.remove, qids)
+        if record is not None and not record.accepted:
+            log.warning(
+                "repair: key %r's %d labels would drop canary accuracy %.4f -> %.4f: the "
+                "model update is rolled back",
+                grant.name,
+                len(y),
+                record.before,
+                record.after,
+            )
         log.info("repair: key %r labeled %d queries, learned %d", grant.name, len(y), learned)
-        self.audit.repair(grant.key_id, grant.name, [q for q, _ in labels], y.tolist(), learned)
-        return int(learned)
+        self.audit.repair(grant.key_id, grant.name, qids, y.tolist(), learned, update=record)
+        return int(learned), record
 
     async def classify(
         self,
