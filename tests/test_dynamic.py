@@ -20,8 +20,10 @@ pytest.importorskip("art")
 FIXED = ("deterministic", "memorize-abstain", "near-repeat-abstain")
 #: Attackers the composition holds below every fixed defense by more than 3 s.e.
 HELD = ("test-set", "noisy-repeat", "boosted-test-set", "screening")
-#: Attackers it holds lower, but not by 3 s.e. in three seeds (rare successes either way,
-#: or, for the many-account adaptive attacker, lower but far from zero)
+#: Attackers it holds lower, but not by 3 s.e. in three seeds of 400 queries (rare
+#: successes either way: each finds the few distinct mistakes of its pool once, so more
+#: queries do not separate them; or, for the many-account adaptive attacker, lower but far
+#: from zero). Square is held outside 3 s.e. at 1,000 queries (its own test below).
 LOWER = ("test-set-targeted", "rate-tracking", "square")
 
 
@@ -65,6 +67,34 @@ def test_the_dynamic_defense_holds_r_tilde_below_every_fixed_defense(tmp_path: P
                 attack,
                 fixed,
             )
+
+
+@pytest.mark.slow
+def test_a_bridged_query_attack_is_held_below_every_fixed_defense(tmp_path: Path) -> None:
+    # Square through the bridge, with m = 1,000 (at the config's 400 its few successes
+    # against the fixed model leave z at 2.9): the composition holds it below every
+    # fixed defense outside 3 s.e. (measured: 0.000 against 0.014 ± 0.003)
+    cfg = load_config(
+        "dynamic",
+        [
+            "arena.queries=1000",
+            "arena.benign_ratio=0.4",
+            'attacks=[{name = "square"}]',
+            "then=[]",
+            'defenses=["deterministic", "memorize-abstain", "near-repeat-abstain", '
+            '{name = "dynamic", mechanisms = "correct(match=near) > '
+            "memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain) > "
+            'moving-target(abstain_on=disagreement, agreement=0.6) > suspicion"}]',
+        ],
+    )
+    run_experiment(cfg, tmp_path / "square", workers=2)
+    rows = json.loads((tmp_path / "square" / "summary.json").read_text())
+    cell = {r["defense"]: r for r in rows}
+    ours = cell["dynamic"]
+    for fixed in FIXED:
+        theirs = cell[fixed]
+        se = max(math.hypot(ours["r_tilde_se"], theirs["r_tilde_se"]), 1 / 1000)
+        assert ours["r_tilde"] < theirs["r_tilde"] - 3 * se, (fixed, ours, theirs)
 
 
 def test_seeds_that_agree_exactly_do_not_make_a_bound_exceeded(tmp_path: Path) -> None:
