@@ -16,7 +16,9 @@ Measures, in one run on one machine, interleaved (best of rounds):
 3. whole arena deployments of the same three (benign traffic, the noisy-repeat
    attacker, an oracle labeling for the composed one);
 4. the time of one gated online update of a member (``partial_fit`` on labels, canary
-   accuracy before and after).
+   accuracy before and after), and of one member refresh (``refresh(...)``: a new member
+   trained by the pool's recipe, gated on the canary);
+5. loopback gateways on digits: the bare model, the pool alone and ``--defense dynamic``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from _common import best_of, machine
+from movingtarget.answers import MODEL
 from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary
 from movingtarget.datasets import load_dataset
-from movingtarget.defenses import GatedUpdate, build_defense
+from movingtarget.defenses import GatedUpdate, build_defense, supply_defense
 from movingtarget.defenses.near_repeat import calibrate_defense
 from movingtarget.models import build_model
 
@@ -44,11 +47,21 @@ COMPOSED = (
 CLIENTS = 100
 
 
-def distinct_queries(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """n distinct inputs: pool inputs with tiny seeded noise (every one a new query)."""
+def mixtures(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n new inputs for a small dataset (digits: 1,797 images): mixtures ``a * x_i +
+    (1 - a) * x_j`` of two pool inputs, ``a`` in [0.25, 0.75]; some still read as near
+    repeats or small steps (each row reports the share the model answered)."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), n)
-    return (x[idx] + rng.uniform(-1e-3, 1e-3, size=(n, *x.shape[1:]))).astype(np.float32)
+    i, j = rng.integers(0, len(x), n), rng.integers(0, len(x), n)
+    a = rng.uniform(0.25, 0.75, (n,) + (1,) * (x.ndim - 1))
+    return (a * x[i] + (1 - a) * x[j]).astype(np.float32)
+
+
+def real_images(split: Any, n: int, seed: int = 0) -> np.ndarray:
+    """n distinct real images (training and test inputs, shuffled): what benign users
+    send, none a repeat of another."""
+    x = np.concatenate([split.x_train, split.x_test])
+    return x[np.random.default_rng(seed).permutation(len(x))[:n]].astype(np.float32)
 
 
 def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -106,11 +119,15 @@ def defense_rows(label: str, pool: Any, split: Any, x: np.ndarray, batch: int) -
         for b in batches:
             member.predict_proba(b)
 
+    answered: dict[int, float] = {}  # share of queries the model decided, per defense
+
     def defended(build: Callable[[], Any]) -> Callable[[], None]:
         def go() -> None:
             d = build()  # built and calibrated outside the timing would favour it: inside
+            decided = 0
             for b, c in zip(batches, clients, strict=True):
-                d.answer(b, clients=c)
+                decided += int((d.answer(b, clients=c).reasons == MODEL).sum())
+            answered[id(go)] = decided / len(x)
 
         return go
 
@@ -133,8 +150,10 @@ def defense_rows(label: str, pool: Any, split: Any, x: np.ndarray, batch: int) -
     }
     rows = []
     for key, name in names.items():
+        share = answered.get(id(runs[key]))
+        note = f" (the model decided {share:.0%})" if share is not None and share < 1 else ""
         rows.append(
-            f"| {label} | {name} | {batch} | {n / best[key]:,.0f} | "
+            f"| {label} | {name}{note} | {batch} | {n / best[key]:,.0f} | "
             f"{best[key] / best['bare']:.2f} |"
         )
     t_comp = best["composed"] - t_build
@@ -206,6 +225,91 @@ def update_row(label: str, member: Any, split: Any, labels: int) -> str:
     return f"| {label} | {labels} labels, canary 1,000 | {min(times) * 1e3:.1f} ms |"
 
 
+def refresh_row(label: str, pool: Any, split: Any) -> str:
+    """One member refresh: a new member trained by the pool's recipe on the training
+    split, its canary accuracy (1,000 items), kept or rolled back; one query answered."""
+    d = build_defense(f"refresh(every=1) > {MOVING}", pool, seed=0)
+    supply_defense(d, split, split.x_test[:1000], split.y_test[:1000])
+    t = time.perf_counter()
+    d.answer(split.x_test[:1], times=np.array([1]))
+    took = time.perf_counter() - t
+    d.reset()  # the deployed members back
+    return f"| {label} | one member refresh (train + canary 1,000) | {took:.2f} s |"
+
+
+def gateway_rows(quick: bool) -> list[str]:
+    """Loopback gateways on digits: the bare model, the pool alone under the moving
+    target and the composed defense (``--defense dynamic``), batches of 64 fresh
+    inputs from 32 clients, in rounds alternating between the servers (forward, then
+    reverse), pooled requests/s and each round's ratio."""
+    import asyncio
+    import json
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from bench_gateway import load, new_token
+    from movingtarget.gateway.process import GatewayProcess, running
+
+    servers = [
+        ("bare model (`digits:logistic`, deterministic)", "digits:logistic", "deterministic"),
+        ("pool alone (`digits:pool`, moving-target)", "digits:pool", MOVING),
+        ("composed (`digits:pool`, `--defense dynamic`)", "digits:pool", "dynamic"),
+    ]
+    x = load_dataset("digits").x
+    n_req, rounds = (120, 4) if quick else (600, 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = {
+            "MOVINGTARGET_CACHE": str(root / "cache"),
+            "MOVINGTARGET_SECRET": "benchmark-secret-5b8e1f0c2d7a",
+        }
+        procs, tokens, reqs = [], [], []
+        for i, (_, model, defense) in enumerate(servers):
+            keys = f"sqlite:///{root / f'keys-{i}.db'}"
+            tokens.append(new_token(keys, "bench"))
+            args = ["--model", model, "--defense", defense, "--keys-db", keys]
+            procs.append(GatewayProcess(*args, env=env, log=root / f"server-{i}.log"))
+            batches = np.round(mixtures(x, n_req * 64, seed=100 + i), 4).reshape(n_req, 64, 64)
+            reqs.append(
+                [
+                    (f"r{i}-{j}", json.dumps({"inputs": b.tolist()}).encode())
+                    for j, b in enumerate(batches)
+                ]
+            )
+        done, secs = [0] * len(servers), [0.0] * len(servers)
+        ratios: list[list[float]] = [[] for _ in servers]
+        with running(*procs):
+            for i, gw in enumerate(procs):  # warm up: first batches, lazy imports
+                asyncio.run(load([gw.url], tokens[i], reqs[i][:8], 4, 30))
+            chunk = (n_req - 8) // rounds
+            for r in range(rounds):
+                order = range(len(procs)) if r % 2 == 0 else reversed(range(len(procs)))
+                rps = [0.0] * len(procs)
+                for i in order:
+                    part = reqs[i][8 + r * chunk : 8 + (r + 1) * chunk]
+                    res = asyncio.run(load([procs[i].url], tokens[i], part, 32, 60))
+                    assert set(res.statuses) == {200}, res.statuses
+                    done[i] += res.requests
+                    secs[i] += res.seconds
+                    rps[i] = res.rps
+                for i in range(len(procs)):
+                    ratios[i].append(rps[i] / rps[0])
+    pooled = [d / t for d, t in zip(done, secs, strict=True)]
+    rows = []
+    for i, (label, _, _) in enumerate(servers):
+        rows.append(
+            f"| {label} | {pooled[i] * 64:,.0f} | {pooled[i] / pooled[0]:.2f} "
+            f"(rounds: median {statistics.median(ratios[i]):.2f}) |"
+        )
+    extra = pooled[1] / pooled[2] - 1
+    rows.append(
+        f"| composed ÷ pool alone | | **{pooled[2] / pooled[1]:.2f}** (time per query "
+        f"{extra:+.0%}) |"
+    )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -222,8 +326,8 @@ def main() -> None:
     fpool = build_model(
         "pool", fashion, seed=0, members=3, member="cnn", variation="seed", device="cpu"
     )
-    dx = distinct_queries(digits.x_test, n_digits)
-    fx = distinct_queries(fashion.x_test, n_fashion)
+    dx = mixtures(digits.x_test, n_digits)
+    fx = real_images(fashion, n_fashion)
 
     print("| data / model | run | batch | queries/s | time ÷ one member | ÷ K |")
     print("|---|---|---|---|---|---|")
@@ -250,7 +354,7 @@ def main() -> None:
     ):
         print(row, flush=True)
 
-    print("\n| model | gated online update | time |")
+    print("\n| model | update | time |")
     print("|---|---|---|")
     cnn = build_model("cnn", fashion, seed=0, device="cpu")
     for labels in (10, 100):
@@ -258,6 +362,13 @@ def main() -> None:
     mlp = build_model("mlp", digits, seed=0)
     for labels in (10, 100):
         print(update_row("digits / mlp", mlp, digits, labels), flush=True)
+    print(refresh_row("digits / logistic pool", dpool, digits), flush=True)
+    print(refresh_row("Fashion-MNIST / CNN pool", fpool, fashion), flush=True)
+
+    print("\n| gateway (digits, loopback, batches of 64, 32 clients) | queries/s | ÷ bare |")
+    print("|---|---|---|")
+    for row in gateway_rows(args.quick):
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,23 @@ def test_spambase_config(tmp_path: Path) -> None:
         (["run", "--set", 'then=["thesys"]'], "then[0]: config 'thesys' does not exist"),
         (["run", "--set", "then=3"], "then must be a list"),
         (["run", "--bogus"], "No such option: --bogus"),
+        (
+            # Square's first tiles on Spambase's 57 features (a 3x19 view) at p_init 0.8
+            [
+                "run",
+                "dynamic-spambase",
+                "--seeds",
+                "1",
+                "--queries",
+                "20",
+                "--set",
+                'defenses=["deterministic"]',
+                "--set",
+                'attacks=[{name = "square"}]',
+            ],
+            "square: inputs of shape (57,) are seen as a 3x19 image, too narrow for its first "
+            "tiles (side 7 from p_init=0.8); set p_init to at most 0.109",
+        ),
         (["report", "/no/results"], "does not exist"),
     ],
 )

@@ -9,7 +9,7 @@ import pytest
 from movingtarget import ConfigError
 from movingtarget.answers import Reason
 from movingtarget.arena.arena import Arena, ArenaConfig
-from movingtarget.arena.transforms import NearDuplicates, shift
+from movingtarget.arena.transforms import NearDuplicates, rescale, shift
 from movingtarget.attacks import NoisyRepeatAttack
 from movingtarget.datasets import load_digits
 from movingtarget.defenses import COMPOSITIONS, NearRepeat, build_defense
@@ -131,11 +131,16 @@ def test_near_duplicate_benign_traffic() -> None:
 
 def test_transforms_keep_shape_and_range() -> None:
     x = np.random.default_rng(3).random((40, 64)).astype(np.float32)
-    out = NearDuplicates(["requantize", "levels", "shift", "brightness"], lo=0, hi=1).apply(
-        x, np.random.default_rng(0)
-    )
+    names = ["requantize", "levels", "shift", "brightness", "rescale"]
+    out = NearDuplicates(names, lo=0, hi=1).apply(x, np.random.default_rng(0))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     assert not np.array_equal(out, x)
+    # rescale: one factor per item within 5 %, whatever the features' scale (Spambase)
+    wide = x * np.array([1.0] * 63 + [15841.0], np.float32)
+    moved = rescale(wide, np.random.default_rng(1), 0.0, float(wide.max()) * 2)
+    factor = moved / wide
+    assert np.allclose(factor, factor[:, :1], rtol=1e-5)
+    assert (np.abs(factor - 1) <= 0.05 + 1e-6).all() and not np.allclose(factor, 1)
     img = np.arange(9, dtype=np.float32).reshape(1, 9)
     moved = shift(img, np.random.default_rng(0), 0, 8).reshape(3, 3)
     assert sorted(moved.reshape(-1).tolist()) != list(range(9))  # one row or column repeated

@@ -254,6 +254,20 @@ def test_registered_with_art_budgets_and_checked(digits) -> None:  # type: ignor
         build_adversary("square", pools.attacker_x, pools.attacker_y, 10, target=3)
 
 
+def test_square_refuses_inputs_too_narrow_for_its_tiles() -> None:
+    # Spambase's 57 features are seen as a 3x19 image; ART's Square starts with tiles of
+    # side round(sqrt(p_init * 57)) and fails with a bare ValueError when one is not
+    # narrower than 3: refused when the adversary is built, naming the largest p_init
+    x = np.random.default_rng(0).random((4, 57)).astype(np.float32)
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(ConfigError, match=r"3x19 image.*p_init=0.8.*at most 0.109"):
+        build_adversary("square", x, y, 2)
+    ok = build_adversary("square", x, y, 2, p_init=0.109)  # round(sqrt(6.2)) = 2 < 3
+    assert ok.attack.budget["p_init"] == 0.109
+    with pytest.raises(ConfigError, match="at most"):
+        build_adversary("square", x, y, 2, p_init=0.11)  # round(sqrt(6.27)) = 3
+
+
 def test_missing_art_names_the_attacks_extra(monkeypatch, digits) -> None:  # type: ignore[no-untyped-def]
     _, _, pools = digits
     monkeypatch.setitem(sys.modules, "art", None)

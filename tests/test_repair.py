@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -17,6 +22,7 @@ from movingtarget.experiment.config import parse_config
 from movingtarget.metrics.measured import attack_metrics
 from movingtarget.models import build_model
 from movingtarget.models.reference import mlp
+from movingtarget.report.benign import update_lines
 
 CORRECTED = int(Reason.CORRECTED)
 #: The oracle of the measured runs: 10 labels per 100 queries, 20 queries late.
@@ -263,3 +269,69 @@ def test_oracle_settings_in_an_experiment_config() -> None:
     assert (cfg.arena.oracle_budget, cfg.arena.oracle_window, cfg.arena.oracle_delay) == (5, 0, 3)
     with pytest.raises(ConfigError, match="oracle_delay"):
         parse_config({**base, "arena": {"oracle_delay": -4}})
+
+
+def _learning_config(update: dict[str, Any]) -> Any:
+    return parse_config(
+        {
+            "seeds": 2,
+            "defenses": [
+                "deterministic",
+                {
+                    "name": "learns",
+                    "mechanisms": "correct > memorize(on_repeat=abstain) > argmax",
+                    "update": update,
+                },
+            ],
+            "attacks": ["test-set"],
+            "dataset": {"name": "digits"},
+            "model": {"name": "pool", "members": 2, "member": "mlp"},
+            "arena": {"queries": 300, "oracle_budget": 10, "oracle_window": 100},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"tolerence": 0.1}, "unknown field defenses[1].update.'tolerence' (did you mean"),
+        ({"tolerance": 2}, "defenses[1].update: tolerance must be in [0, 1]"),
+        ({"tolerance": "low"}, "defenses[1].update.tolerance must be an integer or a number"),
+        ({"steps": 0}, "defenses[1].update: steps must be an integer >= 1"),
+        ({"canary": 0}, "defenses[1].update.canary must be an integer >= 1"),
+        ({"canary": True}, "defenses[1].update.canary must be an integer >= 1"),
+    ],
+)
+def test_a_bad_update_table_names_the_field(update: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _learning_config(update)
+    assert message in str(err.value)
+
+
+def test_a_config_gates_model_updates_on_a_canary_per_deployment(tmp_path: Path) -> None:
+    # a pool of online members learns from the oracle's labels, each update gated; the
+    # deterministic defense of the same run sees the model as trained (each deployment
+    # that learns has its own copy), so its results equal a run without the learner
+    from movingtarget.experiment.runner import run_experiment
+
+    cfg = _learning_config({"tolerance": 0.0, "canary": 150})
+    run_experiment(cfg, tmp_path / "both", workers=1)
+    runs = json.loads((tmp_path / "both" / "runs.json").read_text())
+    learner = [r for r in runs if r["defense"] == "learns"]
+    assert all(r["updates"] > 0 for r in learner)
+    # tolerance 0: an update that costs any canary accuracy is rolled back; some are
+    assert sum(r["updates_rolled_back"] for r in learner) > 0
+    assert update_lines(runs)[0].startswith("Gated model updates: learns ")
+    alone = dataclasses.replace(cfg, defenses=cfg.defenses[:1])
+    run_experiment(alone, tmp_path / "alone", workers=1)
+    fixed = [r for r in runs if r["defense"] == "deterministic"]
+    again = json.loads((tmp_path / "alone" / "runs.json").read_text())
+    assert [r["r_tilde"] for r in fixed] == [r["r_tilde"] for r in again]
+    assert all(r["updates"] == 0 for r in fixed)
+
+
+def test_a_pool_of_logistic_members_cannot_learn() -> None:
+    split = load_dataset("digits").split(seed=0)
+    pool = build_model("pool", split, members=2, member="logistic")
+    with pytest.raises(ConfigError, match="no partial_fit"):
+        GatedUpdate(split.x_test[:10], split.y_test[:10]).check(pool)

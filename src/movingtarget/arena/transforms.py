@@ -1,5 +1,6 @@
 """Near-duplicate transforms: how one benign item legitimately reaches a model twice
-in slightly different bytes (re-encoded, rounded, shifted by a pixel, brighter).
+in slightly different bytes (re-encoded, rounded, shifted by a pixel, brighter, or
+rescaled: the same e-mail with a few words added or cut).
 
 Each transform maps a batch ``(n, ...)`` to a batch of the same shape, batch-first,
 keeping values inside the pool's range ``[lo, hi]``. Flat inputs whose size is a
@@ -22,6 +23,8 @@ Transform = Callable[[NDArray[np.float32], np.random.Generator, float, float], N
 LEVELS = 32
 #: Largest brightness change, as a share of the value range.
 BRIGHTNESS = 0.05
+#: Largest relative change of the rescale transform.
+RESCALE = 0.05
 
 
 def requantize(
@@ -91,12 +94,28 @@ def brightness(
     return np.clip(moved, lo, hi).astype(np.float32)
 
 
+def rescale(
+    x: NDArray[np.float32], rng: np.random.Generator, lo: float, hi: float
+) -> NDArray[np.float32]:
+    """Multiply each item by one random factor in ``[1 - RESCALE, 1 + RESCALE]``.
+
+    Scale-free, so it suits features that do not share one range: a Spambase e-mail
+    re-sent with a few words added or cut has every word and character frequency
+    (100 x count / length) scaled by the same factor. On an image it is a contrast
+    change. Values stay inside ``[lo, hi]``.
+    """
+    factor = rng.uniform(1 - RESCALE, 1 + RESCALE, len(x))
+    moved = x * factor.reshape((-1,) + (1,) * (x.ndim - 1)).astype(np.float32)
+    return np.clip(moved, lo, hi).astype(np.float32)
+
+
 #: Transforms by name, as configs write them.
 TRANSFORMS: dict[str, Transform] = {
     "requantize": requantize,
     "levels": levels,
     "shift": shift,
     "brightness": brightness,
+    "rescale": rescale,
 }
 
 

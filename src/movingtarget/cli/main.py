@@ -209,6 +209,62 @@ def resilience(
     print(f"\nreport: {path} ({result.seconds:.1f} s)")
 
 
+@app.command()
+def fading(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path(
+        "results/fading"
+    ),
+    members: Annotated[
+        list[int] | None,
+        typer.Option(help="Pool size K (repeat for several; default 3 and 5)."),
+    ] = None,
+    every: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Refresh interval in queries, 0: never (repeat for several; default 0, 300, 75)."
+        ),
+    ] = None,
+    queries: Annotated[int, typer.Option(help="m: adversarial queries per deployment.")] = 1200,
+    window: Annotated[int, typer.Option(help="Adversarial queries per time window.")] = 200,
+    seeds: Annotated[int, typer.Option(help="Number of seeds.")] = 5,
+    dataset: Annotated[str, typer.Option(help="Dataset (`movingtarget list`).")] = "digits",
+    member: Annotated[str, typer.Option(help="The pool's member model.")] = "logistic",
+    cache_dir: CacheOption = None,
+) -> None:
+    """White fading to black box: a white-box attacker (an exact copy of the defense at
+    time 0, screened offline) against a defense that keeps refreshing its pool."""
+    from movingtarget.experiment.fading import FadingConfig, run_fading
+    from movingtarget.report.fading import fading_table, write_fading_report
+
+    given: dict[str, Any] = {"queries": queries, "window": window, "seeds": seeds}
+    if members:
+        given["members"] = tuple(members)
+    if every:
+        given["every"] = tuple(every)
+    cfg = FadingConfig(dataset=dataset, member=member, **given)
+    output_folder(out)
+    total = len(cfg.members) * len(cfg.every) * cfg.seeds * cfg.queries
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
+        transient=True,
+    )
+    with progress:
+        bar = progress.add_task("fading: adversarial queries", total=total)
+        result = run_fading(
+            cfg,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            on_run_done=lambda n: progress.advance(bar, n),
+        )
+    path = write_fading_report(result, out)
+    print("\n".join(fading_table(result.rows(), cfg.window)))
+    print(f"\nreport: {path}, {out / 'fading.png'} ({result.seconds:.0f} s)")
+
+
 @app.command("list")
 def list_components() -> None:
     """List every registered dataset, model, mechanism, defense and attack."""

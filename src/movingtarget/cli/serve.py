@@ -7,6 +7,7 @@ Registered on the main app by :func:`register`; user errors are
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -152,6 +153,39 @@ def serve(
             help="Recent queries a labeler may label for repair (inputs kept in RAM only).",
         ),
     ] = 100_000,
+    labeling_queue_capacity: Annotated[
+        int,
+        typer.Option(
+            help="Most queries the labeling queue holds (asked for a label, waiting for a "
+            "labeler; kept in --store with their inputs).",
+        ),
+    ] = 10_000,
+    labeling_queue_per_key: Annotated[
+        int, typer.Option(help="Most queries of one key in the labeling queue.")
+    ] = 100,
+    update_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="Labeler keys' labels also update the model (partial_fit: mlp, cnn, a pool "
+            "of them), each update kept only while canary accuracy loses at most this much "
+            "(0.01: one point), else rolled back and written to the audit log.",
+        ),
+    ] = None,
+    update_steps: Annotated[
+        int, typer.Option(help="partial_fit passes over each labeled batch (--update-tolerance).")
+    ] = 1,
+    canary: Annotated[
+        int, typer.Option(help="Held-out test-split items the model-update gate measures.")
+    ] = 500,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="The gateway's secret (its text): keys the moving target's schedule, the "
+            "memory's fingerprints and query ids; the same on every replica (default "
+            "$MOVINGTARGET_SECRET). A defense with a moving target needs one of the two.",
+        ),
+    ] = None,
     namespace: Namespace = "mt",
     seed: Annotated[int, typer.Option(help="Seed of the defense's own randomness.")] = 0,
     test_size: Annotated[float, typer.Option(help="Test share of the DATASET split.")] = 0.3,
@@ -226,9 +260,21 @@ def serve(
 
     from movingtarget._threads import limit_threads
     from movingtarget.gateway import Gateway, GatewayConfig, create_app
-    from movingtarget.gateway.server.service import memory_banner
+    from movingtarget.gateway.server.service import memory_banner, repair_banner
     from movingtarget.memory.urls import redact
 
+    if secret_file is not None:
+        from movingtarget.gateway.server.secret import ENV, read_secret_file
+
+        # one secret for the whole process: fingerprints and query ids read it from the
+        # environment, the moving target's schedule derives its own key from it
+        os.environ[ENV] = read_secret_file(secret_file)
+        if secret_file.stat().st_mode & 0o077:
+            typer.echo(
+                f"warning: --secret-file {secret_file} can be read by other users of this "
+                f"host: chmod 600 {secret_file}",
+                err=True,
+            )
     config = GatewayConfig(
         model=model,
         defense=defense,
@@ -247,6 +293,11 @@ def serve(
         trusted_keys=tuple(trusted_key or ()),
         labeler_keys=tuple(labeler_key or ()),
         repair_window=repair_window,
+        labeling_queue_capacity=labeling_queue_capacity,
+        labeling_queue_per_key=labeling_queue_per_key,
+        update_tolerance=update_tolerance,
+        update_steps=update_steps,
+        canary=canary,
         seed=seed,
         test_size=test_size,
         split_seed=split_seed,
@@ -291,6 +342,7 @@ def serve(
             err=True,
         )
     typer.echo(memory_banner(gateway.config, gateway.policy, gateway.defense), err=True)
+    typer.echo(repair_banner(gateway), err=True)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     )

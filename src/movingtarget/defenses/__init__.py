@@ -19,10 +19,15 @@ memorize-correct       correct(match=exact) > memorize(on_repeat=abstain) > argm
 near-repeat-correct    correct(match=near) > memorize(on_repeat=abstain) >
                        near-repeat(on_repeat=abstain) > argmax
 moving-target-abstain  moving-target(abstain_on=disagreement, agreement=0.6)
+dynamic                correct(match=near) > memorize(on_repeat=abstain) >
+                       near-repeat(on_repeat=abstain) >
+                       moving-target(abstain_on=disagreement, agreement=0.6) > suspicion
 =====================  =========================================
 
 ``moving-target`` needs a pool model (``pool``); building it around any other model
-is refused.
+is refused. So does ``refresh(every=N)``, a gate placed before it that replaces pool
+members every ``N`` queries, each new member kept only while a canary set's accuracy
+holds (:mod:`movingtarget.defenses.refresh`): ``refresh(every=200) > moving-target``.
 
 The ``correct`` compositions ask for labels (``Answers.ask``) on the queries the
 other mechanisms flag, and answer labeled inputs with their label
@@ -52,6 +57,7 @@ from movingtarget.defenses.memorize import Memorize
 from movingtarget.defenses.moving_target import MovingTarget
 from movingtarget.defenses.near_repeat import NearRepeat
 from movingtarget.defenses.ratelimit import RateLimit
+from movingtarget.defenses.refresh import Refresh, RefreshRecord, supply_defense
 from movingtarget.defenses.repair import GatedUpdate, RepairRecord
 from movingtarget.defenses.suspicion import Suspicion
 from movingtarget.errors import ConfigError
@@ -69,6 +75,7 @@ MECHANISMS.register("centroid")(CentroidDetector)
 MECHANISMS.register("suspicion")(Suspicion)
 MECHANISMS.register("correct")(Correct)
 MECHANISMS.register("moving-target")(MovingTarget)
+MECHANISMS.register("refresh")(Refresh)
 
 #: Named compositions: name -> composition text (plugins add theirs: ``movingtarget.defenses``).
 COMPOSITIONS = NamedTexts(
@@ -91,6 +98,11 @@ COMPOSITIONS = NamedTexts(
             " > argmax"
         ),
         "moving-target-abstain": "moving-target(abstain_on=disagreement, agreement=0.6)",
+        # the composed dynamic defense of section 7 (the `dynamic` config's and the gateway's)
+        "dynamic": (
+            "correct(match=near) > memorize(on_repeat=abstain) > near-repeat(on_repeat=abstain)"
+            " > moving-target(abstain_on=disagreement, agreement=0.6) > suspicion"
+        ),
     },
     "movingtarget.defenses",
 )
@@ -232,6 +244,8 @@ __all__ = [
     "MovingTarget",
     "NearRepeat",
     "RateLimit",
+    "Refresh",
+    "RefreshRecord",
     "RepairRecord",
     "Sample",
     "Suspicion",
@@ -240,5 +254,6 @@ __all__ = [
     "composition_text",
     "normalized_composition",
     "parse_mechanism",
+    "supply_defense",
     "validate_queries",
 ]

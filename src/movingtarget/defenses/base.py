@@ -12,6 +12,10 @@ and sees the answers that the mechanisms before it gave:
 
 The reason on each answer names the mechanism that decided it.
 
+A mechanism that changes the model at given arrival times (the continual refresh) has
+an optional member ``cuts(times)``: positions in the batch where it needs a new part;
+the defense then answers the batch part by part, each after the change it arrived to.
+
 A mechanism that learns from labels (the correction memory) has two optional
 members: ``ask_on``, the reason codes that make a query troubling (the defense then
 marks those queries in ``Answers.ask``), and ``learn(x, y, times)``, which
@@ -215,6 +219,11 @@ class Defense:
         codes = sorted(set().union(*(getattr(m, "ask_on", ()) for m in askers)))
         self._ask_codes = np.array(codes, np.uint8) if codes else None
         self._learners = [m for m in self.mechanisms if callable(getattr(m, "learn", None))]
+        self._cutters = [
+            m.cuts  # type: ignore[attr-defined]
+            for m in self.mechanisms
+            if callable(getattr(m, "cuts", None))
+        ]
         #: Labels given to :meth:`learn` since the defense was built (resets keep it).
         self.labels_learned = 0
 
@@ -250,15 +259,31 @@ class Defense:
         if times is None:
             times = np.arange(self._clock, self._clock + n, dtype=np.int64)
         self._clock = int(times[-1]) + 1 if n else self._clock
-        ctx = Context(
-            xs, client_ids, np.asarray(times, np.int64), Answers.undecided(n), self.model, self._rng
-        )
-        if n:
-            for mechanism in self.mechanisms:
-                mechanism(ctx)
+        times = np.asarray(times, np.int64)
+        answers = Answers.undecided(n)
+        # a mechanism that changes the model at given times (refresh) cuts the batch
+        # there, so each part is answered by the model as it stands at its arrival
+        cuts = sorted({int(c) for f in self._cutters for c in f(times) if 0 < c < n})
+        for lo, hi in zip([0, *cuts], [*cuts, n], strict=True):
+            part = slice(lo, hi)
+            whole = lo == 0 and hi == n
+            ctx = Context(
+                xs if whole else xs[part],
+                client_ids if whole else client_ids[part],
+                times if whole else times[part],
+                answers if whole else Answers.undecided(hi - lo),
+                self.model,
+                self._rng,
+            )
+            if hi > lo:
+                for mechanism in self.mechanisms:
+                    mechanism(ctx)
+            if not whole:
+                answers.labels[part] = ctx.answers.labels
+                answers.reasons[part] = ctx.answers.reasons
         if self._ask_codes is not None:
-            ctx.answers.ask = np.isin(ctx.answers.reasons, self._ask_codes)
-        return ctx.answers
+            answers.ask = np.isin(answers.reasons, self._ask_codes)
+        return answers
 
     @property
     def learns(self) -> bool:

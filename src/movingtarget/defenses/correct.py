@@ -27,52 +27,14 @@ from movingtarget.defenses.base import Context
 from movingtarget.defenses.labeling import DEFAULT_ASK_ON, parse_ask_on, reason_codes
 from movingtarget.errors import ConfigError
 from movingtarget.memory.calibration import TARGET_RATE, Calibration, calibrate_robust
+from movingtarget.memory.corrections import LabelMemory, LabelTable
 from movingtarget.memory.fingerprints import ExactFingerprint
 from movingtarget.memory.robust import RobustFingerprint
 
+__all__ = ["MATCHES", "Correct", "LabelTable"]
+
 MATCHES = ("exact", "near")
 _CORRECTED = int(Reason.CORRECTED)
-
-
-class LabelTable:
-    """Fingerprint keys and their labels, sorted for vectorized look-ups; the latest
-    label of a key wins.
-
-    Examples
-    --------
-    >>> t = LabelTable()
-    >>> t.add(np.array([5, 3], np.uint64), np.array([1, 2]))
-    >>> t.add(np.array([5], np.uint64), np.array([0]))     # relabeled
-    >>> t.lookup(np.array([3, 4, 5], np.uint64)).tolist()
-    [2, -1, 0]
-    """
-
-    def __init__(self) -> None:
-        self.keys = np.zeros(0, np.uint64)
-        self.labels = np.zeros(0, np.int64)
-
-    def __len__(self) -> int:
-        return int(self.keys.shape[0])
-
-    def add(self, keys: NDArray[np.uint64], labels: NDArray[np.int64]) -> None:
-        """Remember ``labels`` for ``keys`` (later ones replace earlier ones)."""
-        k = np.concatenate([self.keys, np.asarray(keys, np.uint64).ravel()])
-        y = np.concatenate([self.labels, np.asarray(labels, np.int64).ravel()])
-        # np.unique keeps the first of equal keys: reverse so the latest label is first
-        uniq, first = np.unique(k[::-1], return_index=True)
-        self.keys, self.labels = uniq, y[::-1][first]
-
-    def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
-        """The label of each key, -1 where none is known (any shape)."""
-        if not len(self.keys):
-            return np.full(np.shape(keys), -1, np.int64)
-        pos = np.searchsorted(self.keys, keys)
-        pos = np.minimum(pos, len(self.keys) - 1)
-        return np.where(self.keys[pos] == keys, self.labels[pos], -1)
-
-    def clear(self) -> None:
-        """Forget every label."""
-        self.keys, self.labels = np.zeros(0, np.uint64), np.zeros(0, np.int64)
 
 
 class Correct:
@@ -147,7 +109,9 @@ class Correct:
             self.exact = ExactFingerprint(secret)
         else:
             self.robust = RobustFingerprint(width=width, **self._robust_params)
-        self.table = LabelTable()
+        #: Where the labels live: this process by default; the gateway puts them in its
+        #: store (:mod:`movingtarget.memory.corrections`) after calibration.
+        self.table: LabelMemory = LabelTable()
         self.calibration: Calibration | None = None
         self.labels_learned = 0
 

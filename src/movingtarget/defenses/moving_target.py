@@ -143,6 +143,16 @@ class MovingTarget:
         self.margin = float(margin)
         self._key = None if secret is None else _secret_bytes(secret)
 
+    @property
+    def keyed(self) -> bool:
+        """Whether the schedule has its secret already (given, set, or drawn)."""
+        return self._key is not None
+
+    def use_secret(self, secret: bytes | str | int) -> None:
+        """Key the schedule with ``secret`` from now on (the gateway's operator secret,
+        set before serving); a ConfigError for an empty or mistyped one."""
+        self._key = _secret_bytes(secret)
+
     def check_model(self, model: object) -> None:
         """Called by :class:`~movingtarget.defenses.base.Defense`: the model must be a pool."""
         check_pool(model)

@@ -48,6 +48,77 @@ class RepairRecord:
         return round(self.before - self.after, 12)
 
 
+def check_tolerance(tolerance: object, where: str) -> float:
+    """``tolerance`` as a float in ``[0, 1]``; a :class:`ConfigError` naming ``where``.
+
+    >>> check_tolerance(0.02, "refresh")
+    0.02
+    >>> check_tolerance(2, "refresh")
+    Traceback (most recent call last):
+    movingtarget.errors.ConfigError: refresh: tolerance must be in [0, 1], got 2
+    """
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float)
+        or not 0 <= tolerance <= 1
+    ):
+        raise ConfigError(f"{where}: tolerance must be in [0, 1], got {tolerance!r}")
+    return float(tolerance)
+
+
+class Canary:
+    """A held-out benign canary set, and the accuracy a change to a model may lose on it.
+
+    :class:`GatedUpdate` and the continual refresh
+    (:class:`~movingtarget.defenses.refresh.Refresh`) measure a model here before and
+    after they change it, and keep the change only if :meth:`holds`.
+
+    Parameters
+    ----------
+    x, y:
+        Held-out benign inputs and their classes (at least one).
+    tolerance:
+        The accuracy a change may lose and still be kept, in ``[0, 1]``.
+    where:
+        Who uses it, for error messages (``update``, ``refresh``).
+
+    Examples
+    --------
+    >>> class Zero:
+    ...     n_classes = 2
+    ...     def predict_proba(self, x): return np.tile([1.0, 0.0], (len(x), 1))
+    >>> canary = Canary(np.zeros((4, 1), np.float32), [0, 0, 0, 1], tolerance=0.1)
+    >>> canary.accuracy(Zero()), canary.holds(0.75, 0.7), canary.holds(0.75, 0.6)
+    (0.75, True, False)
+    """
+
+    def __init__(
+        self,
+        x: NDArray[np.generic],
+        y: NDArray[np.integer] | Iterable[int],
+        *,
+        tolerance: float = 0.01,
+        where: str = "update",
+    ) -> None:
+        self.x = np.asarray(x, np.float32)
+        self.y = np.asarray(list(y), np.int64)
+        if len(self.y) == 0 or self.y.shape != (len(self.x),):
+            raise ConfigError(
+                f"{where}: canary needs one class per input and at least one input, got "
+                f"{len(self.x)} inputs and labels of shape {self.y.shape}"
+            )
+        self.tolerance = check_tolerance(tolerance, where)
+
+    def accuracy(self, model: Model) -> float:
+        """The model's accuracy on the canary set."""
+        guess = np.asarray(model.predict_proba(self.x)).argmax(axis=1)
+        return float((guess == self.y).mean())
+
+    def holds(self, before: float, after: float) -> bool:
+        """Whether a change from accuracy ``before`` to ``after`` may be kept."""
+        return after >= before - self.tolerance
+
+
 class GatedUpdate:
     """Update an online model on labels, rolling back what hurts a canary set.
 
@@ -85,25 +156,19 @@ class GatedUpdate:
         steps: int = 1,
         ask_on: str | Iterable[str] = DEFAULT_ASK_ON,
     ) -> None:
-        self.canary_x = np.asarray(canary_x, np.float32)
-        self.canary_y = np.asarray(list(canary_y), np.int64)
-        if len(self.canary_y) == 0 or self.canary_y.shape != (len(self.canary_x),):
-            raise ConfigError(
-                f"update: canary needs one class per input and at least one input, got "
-                f"{len(self.canary_x)} inputs and labels of shape {self.canary_y.shape}"
-            )
-        if not 0 <= tolerance <= 1:
-            raise ConfigError(f"update: tolerance must be in [0, 1], got {tolerance!r}")
+        self.canary = Canary(canary_x, canary_y, tolerance=tolerance, where="update")
+        self.canary_x, self.canary_y = self.canary.x, self.canary.y
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"update: steps must be an integer >= 1, got {steps!r}")
-        self.tolerance, self.steps = float(tolerance), int(steps)
+        self.tolerance, self.steps = self.canary.tolerance, int(steps)
         self.ask_names = parse_ask_on(ask_on, "update: ask_on")
         self.ask_on = reason_codes(self.ask_names)
         self._deployed: dict[str, Any] | None = None  # the model before any update
 
     def check(self, model: Model) -> None:
         """Refuse a model that cannot learn (:class:`ConfigError`)."""
-        if not isinstance(model, OnlineModel):
+        # a pool says whether its members can learn (``online``)
+        if not isinstance(model, OnlineModel) or not getattr(model, "online", True):
             raise ConfigError(
                 f"update: the model ({type(model).__name__}) has no partial_fit; use an "
                 "online model (mlp, torch-mlp, cnn, or an estimator with partial_fit)"
@@ -111,8 +176,7 @@ class GatedUpdate:
 
     def accuracy(self, model: Model) -> float:
         """The model's accuracy on the canary set."""
-        guess = np.asarray(model.predict_proba(self.canary_x)).argmax(axis=1)
-        return float((guess == self.canary_y).mean())
+        return self.canary.accuracy(model)
 
     def update(self, model: Model, x: NDArray[np.float32], y: NDArray[np.int64]) -> RepairRecord:
         """One gated update on a labeled batch; the model is changed in place or not at all."""
@@ -124,7 +188,7 @@ class GatedUpdate:
         for _ in range(self.steps):
             model.partial_fit(x, y)  # type: ignore[attr-defined]
         after = self.accuracy(model)
-        accepted = after >= before - self.tolerance
+        accepted = self.canary.holds(before, after)
         if not accepted:
             _restore(model, snapshot)
         return RepairRecord(labels=len(y), before=before, after=after, accepted=accepted)

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from movingtarget.arena.arena import ArenaConfig
 from movingtarget.errors import ConfigError
 from movingtarget.registry import is_import_path
@@ -27,6 +29,8 @@ BUILTIN_CONFIGS = (
     "arms-race-fashion",
     "stateful",
     "dynamic",
+    "dynamic-spambase",
+    "dynamic-fashion",
     "thesis",
 )
 
@@ -51,6 +55,9 @@ class DefenseSpec:
 
     name: str
     mechanisms: str | list[dict[str, Any]] | None = None
+    #: Gated online updates of the model from the oracle's labels (``tolerance``,
+    #: ``steps``, ``canary``: held-out benign items the gate measures; ``ask_on``).
+    update: dict[str, Any] | None = None
 
     @property
     def spec(self) -> str | list[dict[str, Any]]:
@@ -374,13 +381,14 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
             defenses.append(DefenseSpec(d))
             continue
         table = _typed(d, dict, where)
-        _check_keys(table, ["name", "mechanisms"], f"{where}.")
+        _check_keys(table, ["name", "mechanisms", "update"], f"{where}.")
         dname = _typed(table.get("name"), str, f"{where}.name")
         mech = table.get("mechanisms")
         if mech is not None:
             _typed(mech, (str, list), f"{where}.mechanisms")
             _check_registered_name(dname, mech, where)
-        defenses.append(DefenseSpec(dname, mech))
+        update = _update(table["update"], f"{where}.update") if "update" in table else None
+        defenses.append(DefenseSpec(dname, mech, update))
     if not defenses:
         raise ConfigError("'defenses' is empty")
     names = [d.name for d in defenses]
@@ -450,6 +458,32 @@ def parse_config(raw: dict[str, Any], *, source: str = "config") -> ExperimentCo
         resilience=parse_resilience(raw.get("resilience")),
         then=_then(raw.get("then", []), source),
     )
+
+
+UPDATE_FIELDS = ["tolerance", "steps", "canary", "ask_on"]
+
+
+def _update(value: Any, where: str) -> dict[str, Any]:
+    """A defense's ``update`` table, checked now (the gate itself is built per
+    deployment, on that deployment's canary items)."""
+    from movingtarget.defenses import GatedUpdate
+
+    table = dict(_typed(value, dict, where))
+    _check_keys(table, UPDATE_FIELDS, f"{where}.")
+    canary = table.setdefault("canary", 200)
+    if isinstance(canary, bool) or not isinstance(canary, int) or canary < 1:
+        raise ConfigError(f"{where}.canary must be an integer >= 1, got {canary!r}")
+    if "tolerance" in table:
+        _typed(table["tolerance"], (int, float), f"{where}.tolerance")
+    try:  # the gate's own checks, on a stand-in canary
+        GatedUpdate(
+            np.zeros((1, 1), np.float32),
+            [0],
+            **{k: v for k, v in table.items() if k != "canary"},
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).removeprefix('update: ')}") from None
+    return table
 
 
 def _then(value: Any, source: str) -> tuple[str, ...]:

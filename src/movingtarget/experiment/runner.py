@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing as mp
 import os
@@ -18,7 +19,13 @@ from movingtarget.arena.arena import Arena
 from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import NO_TARGET, build_adversary
 from movingtarget.datasets import load_dataset
-from movingtarget.defenses import build_defense
+from movingtarget.datasets.base import Split
+from movingtarget.defenses import (
+    GatedUpdate,
+    build_defense,
+    normalized_composition,
+    supply_defense,
+)
 from movingtarget.defenses.near_repeat import calibrate_defense, split_unseen
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
 from movingtarget.metrics.analytic import (
@@ -147,6 +154,21 @@ class Prepared:
     #: For mechanisms calibrated on unseen inputs: a half of the benign pool to
     #: calibrate on and the other half to report the alarm rate on.
     unseen: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+    #: The split, for mechanisms that train new models (``refresh``): kept only when a
+    #: defense of the config has one (the workers each get a copy).
+    split: Split | None = None
+
+
+def refreshes(config: ExperimentConfig) -> bool:
+    """Whether any defense of ``config`` trains new models while deployed (``refresh``).
+
+    >>> from movingtarget.experiment.config import load_config
+    >>> refreshes(load_config("thesis"))
+    False
+    """
+    return any(
+        name == "refresh" for d in config.defenses for name, _ in normalized_composition(d.spec)
+    )
 
 
 def prepare(
@@ -188,7 +210,8 @@ def prepare(
     unseen = None
     if len(pools.benign_y) >= 4:
         unseen = split_unseen(pools.benign_x, [split_seed, 0x5EE], CALIBRATION_SIZE)
-    return Prepared(model, pools, calibration_x, rates, unseen)
+    keep = split if refreshes(config) else None
+    return Prepared(model, pools, calibration_x, rates, unseen, keep)
 
 
 # Per-worker state, set once by the pool initializer (models are sent once, not per task).
@@ -243,6 +266,15 @@ def calibrate_task(defense: Any, prepared: Prepared, seed: int) -> list[Any]:
     )
 
 
+def gated_update(table: dict[str, Any], pools: Pools, seed: int) -> GatedUpdate:
+    """The gate of a defense's ``update`` table: its canary is ``canary`` seeded items of
+    the benign pool (held out from training; the oracle labels queries, not these)."""
+    n = min(int(table.get("canary", 200)), len(pools.benign_y))
+    pick = np.sort(np.random.default_rng([seed, 0xCA7]).choice(len(pools.benign_y), n, False))
+    args = {k: v for k, v in table.items() if k != "canary"}
+    return GatedUpdate(pools.benign_x[pick], pools.benign_y[pick], **args)
+
+
 def run_task(task: Task) -> dict[str, Any]:
     """Run one deployment in this process; write its event log; return its metrics and
     the prediction for the attacker it ran."""
@@ -250,8 +282,19 @@ def run_task(task: Task) -> dict[str, Any]:
     model, pools = prepared.model, prepared.pools
     config: ExperimentConfig = _STATE["config"]
     seeds = DeploymentSeeds.from_seed(task.seed)
-    defense = build_defense(task.defense.spec, model, name=task.defense.name, seed=seeds.defense)
+    update = None
+    if task.defense.update is not None:
+        # the model learns in place: this deployment gets its own copy
+        model = copy.deepcopy(model)
+        update = gated_update(task.defense.update, pools, seeds.calibration)
+    defense = build_defense(
+        task.defense.spec, model, name=task.defense.name, seed=seeds.defense, update=update
+    )
     calibrations = calibrate_task(defense, prepared, seeds.calibration)
+    if prepared.split is not None:
+        # a refresh trains new members on the training split, gated on the benign pool
+        # (held out from training, labeled: the defender's canary set)
+        supply_defense(defense, prepared.split, pools.benign_x, pools.benign_y)
     adversary = build_adversary(
         task.attack.name,
         pools.attacker_x,
@@ -273,6 +316,9 @@ def run_task(task: Task) -> dict[str, Any]:
     log = Arena(config.arena).run(
         defense, [adversary], pools.benign_x, pools.benign_y, seed=seeds.arena, inputs=True
     )
+    # the model is shared by this worker's tasks: put back what a refresh or a gated
+    # update changed, so the next task's defense gets it as deployed
+    defense.reset()
     if _STATE["logs"]:
         log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
     metrics = attack_metrics(log, 0)
@@ -296,6 +342,9 @@ def run_task(task: Task) -> dict[str, Any]:
         # per source input: the OARS / QPA success rate and the perturbation it took
         **fooled_metrics(log, pools.attacker_x),
         "calibration": [c.as_dict() for c in calibrations],
+        # gated model updates: how many, how many rolled back (canary accuracy fell)
+        "updates": len(defense.repairs),
+        "updates_rolled_back": sum(not r.accepted for r in defense.repairs),
         "curve_x": at.tolist(),
         "curve_y": curve[at - 1].tolist(),
     }

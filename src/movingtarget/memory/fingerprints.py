@@ -35,11 +35,16 @@ def _loops() -> ModuleType:
     return loops("movingtarget.memory._fingerprint_loops")
 
 
+#: The secret used when none is set: public (it is in this file), so fine for
+#: experiments and never good enough for a deployed gateway.
+DEVELOPMENT_SECRET = "movingtarget-development-secret"
+
+
 def secret_from_env(secret: bytes | str | None = None) -> bytes:
     """The memory secret: the argument, else ``$MOVINGTARGET_SECRET``, else a fixed
     development value (fine for experiments; set a real one for a deployed gateway)."""
     if secret is None:
-        secret = os.environ.get("MOVINGTARGET_SECRET", "movingtarget-development-secret")
+        secret = os.environ.get("MOVINGTARGET_SECRET", DEVELOPMENT_SECRET)
     return secret.encode() if isinstance(secret, str) else secret
 
 

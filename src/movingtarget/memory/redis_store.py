@@ -31,6 +31,8 @@ the keys; all share the namespace's hash tag, so this holds on Redis Cluster too
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -433,3 +435,36 @@ class _RedisErrors:
         if "UNINDEXED" in str(exc):
             raise ConfigError(self.store._unindexed_message()) from None
         raise DataError(f"{where}: cannot {self.doing}: {exc}") from None
+
+
+def connect_redis(url: str) -> tuple[redis.Redis, str]:
+    """A client for ``url`` (bytes replies, the store's timeouts) and the URL as it may be
+    shown (password hidden); for the gateway's other shared state (corrections, the
+    labeling queue) kept beside the memory."""
+    require("redis", "the Redis memory")
+    import redis
+
+    shown = redact(url)
+    try:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=_CONNECT_TIMEOUT_S, socket_timeout=_REPLY_TIMEOUT_S
+        )
+    except ValueError as err:
+        raise ConfigError(f"Redis store URL {shown!r}: {err}") from None
+    return client, shown
+
+
+@contextmanager
+def redis_errors(url: str, doing: str) -> Iterator[None]:
+    """redis-py errors as one movingtarget error naming ``url`` (password hidden): an
+    unreachable server is :class:`Unavailable`, any other error a :class:`DataError`."""
+    import redis
+
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise Unavailable(
+            f"Redis store {url}: cannot {doing}: server unreachable ({exc})"
+        ) from None
+    except redis.exceptions.RedisError as exc:
+        raise DataError(f"Redis store {url}: cannot {doing}: {exc}") from None

@@ -60,6 +60,22 @@ def check_namespace(namespace: str, where: str) -> str:
     return namespace
 
 
+def sqlite_failure(path: str, err: sqlite3.Error, doing: str, timeout: float) -> DataError:
+    """One :class:`DataError` naming ``path``, what could not be done and why."""
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        hint = f"another process held the write lock for more than {timeout:g} s"
+    elif "not a database" in text or "malformed" in text or "corrupt" in text:
+        hint = "the file is not a readable SQLite database (corrupt?); it was left untouched"
+    elif "unable to open" in text:
+        hint = "the file cannot be opened or created (a directory? no permission?)"
+    elif "readonly" in text or "permission" in text.lower():
+        hint = "the file or its directory is not writable"
+    else:
+        hint = text
+    return DataError(f"SQLite store {path}: cannot {doing}: {hint} ({text})")
+
+
 def enter_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Switch ``conn``'s database to WAL mode, retrying for up to ``timeout`` seconds.
 
@@ -153,18 +169,7 @@ class SQLiteStore(ClosedOnExit):
 
     # -- connection and errors -----------------------------------------------------
     def _fail(self, err: sqlite3.Error, doing: str) -> DataError:
-        text = str(err)
-        if "locked" in text or "busy" in text:
-            hint = f"another process held the write lock for more than {self.timeout:g} s"
-        elif "not a database" in text or "malformed" in text or "corrupt" in text:
-            hint = "the file is not a readable SQLite database (corrupt?); it was left untouched"
-        elif "unable to open" in text:
-            hint = "the file cannot be opened or created (a directory? no permission?)"
-        elif "readonly" in text or "permission" in text.lower():
-            hint = "the file or its directory is not writable"
-        else:
-            hint = text
-        return DataError(f"SQLite store {self.path}: cannot {doing}: {hint} ({text})")
+        return sqlite_failure(self.path, err, doing, self.timeout)
 
     def _connect(self) -> sqlite3.Connection:
         parent = Path(self.path).resolve().parent

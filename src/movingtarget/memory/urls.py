@@ -205,3 +205,57 @@ def open_store(
         capacity=capacity,
         durability=options.get("durability", "process"),
     )
+
+
+def backend_of(url: str, what: str) -> tuple[str, str]:
+    """Where the store ``url`` lives, for state kept beside the memory (the gateway's
+    corrections and labeling queue): ``("memory", "")``, ``("sqlite", PATH)`` or
+    ``("redis", CLIENT_URL)``. Query options (bounds, durability) belong to the memory's
+    fingerprints and are not carried over. ``what`` names the state in errors.
+
+    >>> backend_of("sqlite:///m.db?ttl=5", "corrections")
+    ('sqlite', 'm.db')
+    >>> backend_of("redis://h:6379/2", "corrections")
+    ('redis', 'redis://h:6379/2')
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"store URL must be text, got {url!r}")
+    try:
+        shown = redact(url)
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("unix",) and parts.netloc:
+            parts.port  # noqa: B018 -- urlsplit checks the port only when it is read
+    except ValueError:
+        raise ConfigError(f"store URL {redact_safely(url)!r}: cannot read it") from None
+    scheme = parts.scheme
+    if scheme == "memory":
+        return "memory", ""
+    if scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or not parts.path[1:]:
+            raise ConfigError(
+                f"store URL {shown!r}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
+        return "sqlite", parts.path[1:]
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ConfigError(f"store URL {shown!r}: write redis://HOST:PORT/DB")
+        return "redis", url.strip().split("?", 1)[0]
+    if scheme == "unix":
+        db = dict(parse_qsl(parts.query)).get("db", "0")
+        if not parts.path or not db.isdigit():
+            raise ConfigError(f"store URL {shown!r}: write unix:///path/to/redis.sock?db=N")
+        return "redis", f"unix://{parts.netloc}{parts.path}?db={db}"
+    if scheme == "bloom":
+        raise ConfigError(
+            f"store URL {shown!r}: bloom:// remembers whether a fingerprint was seen, and "
+            f"cannot keep {what}: use memory://, sqlite:///PATH or redis://HOST:PORT/DB"
+        )
+    raise ConfigError(f"store URL {shown!r}: unknown scheme {scheme!r}; use one of {SCHEMES}")
+
+
+def redact_safely(url: str) -> str:
+    """:func:`redact`, or a placeholder for a URL too malformed to read."""
+    try:
+        return redact(url)
+    except ValueError:
+        return "<unreadable URL>"

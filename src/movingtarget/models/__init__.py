@@ -81,8 +81,9 @@ MODELS.register("noise-mlp")(noise_mlp)
 MODELS.register("pool")(pool)
 MODELS.register("file")(file_model)
 
-#: Bump when the cache format changes: older entries are then ignored.
-CACHE_FORMAT = 1
+#: Bump when the cache format changes: older entries are then ignored. 2: a pool keeps
+#: the recipe of its members (a continual refresh trains new ones with it).
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> Path:

@@ -33,7 +33,7 @@ from movingtarget.datasets.base import Split
 from movingtarget.errors import ConfigError
 from movingtarget.models.base import Model
 
-__all__ = ["VARIATIONS", "ModelPool", "member_seed", "pool"]
+__all__ = ["VARIATIONS", "MemberRecipe", "ModelPool", "member_seed", "pool"]
 
 #: How members are made to differ.
 VARIATIONS = ("bootstrap", "seed")
@@ -50,6 +50,49 @@ def member_seed(seed: int, index: int) -> int:
     return int(state) >> 1
 
 
+@dataclasses.dataclass(frozen=True)
+class MemberRecipe:
+    """How a pool's members are trained, kept with the pool so that a continual refresh
+    (:class:`~movingtarget.defenses.refresh.Refresh`) can train a new member the way the
+    deployed ones were.
+
+    Examples
+    --------
+    >>> from movingtarget.datasets import load_digits
+    >>> split = load_digits().split(seed=0)
+    >>> m = MemberRecipe("logistic").train(split, seed=3)
+    >>> m.n_classes
+    10
+    """
+
+    member: str
+    variation: str = "bootstrap"
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    device: str = "auto"
+
+    def train(
+        self,
+        split: Split,
+        seed: int,
+        extra_x: NDArray[np.float32] | None = None,
+        extra_y: NDArray[np.int64] | None = None,
+    ) -> Model:
+        """One member trained with ``seed``: under ``"bootstrap"`` on
+        :func:`bootstrap_split` of that seed. ``extra_x, extra_y`` (labeled inputs) are
+        added to its training set after the resample, so none of them is left out."""
+        from movingtarget.models import MODELS, _bind  # the registry imports this module
+
+        data = bootstrap_split(split, seed) if self.variation == "bootstrap" else split
+        if extra_x is not None and extra_y is not None and len(extra_y):
+            data = dataclasses.replace(
+                data,
+                x_train=np.concatenate([data.x_train, np.asarray(extra_x, np.float32)]),
+                y_train=np.concatenate([data.y_train, np.asarray(extra_y, np.int64)]),
+            )
+        args = _bind(self.member, data, seed, self.device, dict(self.params))
+        return MODELS.get(self.member)(data, **args)
+
+
 class ModelPool:
     """K trained models behind one :class:`~movingtarget.models.base.Model`.
 
@@ -63,6 +106,9 @@ class ModelPool:
         The registered name the members were built from (for reports).
     variation:
         How they were made to differ (for reports).
+    recipe:
+        How to train another member (set by :func:`pool`; None for a pool of given models,
+        which a refresh then refuses).
 
     Examples
     --------
@@ -78,8 +124,16 @@ class ModelPool:
     [[0.5, 0.5]]
     """
 
+    #: Class default: a pool unpickled from an older cache entry has no recipe.
+    recipe: MemberRecipe | None = None
+
     def __init__(
-        self, members: list[Model], *, member: str = "", variation: str = "bootstrap"
+        self,
+        members: list[Model],
+        *,
+        member: str = "",
+        variation: str = "bootstrap",
+        recipe: MemberRecipe | None = None,
     ) -> None:
         if not members:
             raise ConfigError("model 'pool': members must hold at least one model")
@@ -90,6 +144,7 @@ class ModelPool:
         self.n_classes = classes.pop()
         self.member = member
         self.variation = variation
+        self.recipe = recipe
         shape = getattr(members[0], "input_shape", None)
         if shape is not None:
             self.input_shape = tuple(shape)
@@ -107,6 +162,21 @@ class ModelPool:
     def predict_proba(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
         """The members' mean probabilities, ``(n, k)``."""
         return self.member_proba(x).mean(axis=0)
+
+    @property
+    def online(self) -> bool:
+        """Whether every member can learn from labels (``partial_fit``)."""
+        return all(callable(getattr(m, "partial_fit", None)) for m in self.members)
+
+    def partial_fit(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> None:
+        """Update every member on the labeled inputs (only when :attr:`online`)."""
+        if not self.online:
+            raise ConfigError(
+                f"{self.describe()}: its members have no partial_fit; use online members "
+                "(mlp, torch-mlp, cnn)"
+            )
+        for m in self.members:
+            m.partial_fit(x, y)  # type: ignore[attr-defined]
 
     def describe(self) -> str:
         """E.g. ``pool(5 x logistic, bootstrap)``."""
@@ -151,7 +221,7 @@ def pool(
     >>> len(p.members), p.n_classes, p.describe()
     (3, 10, 'pool(3 x logistic, bootstrap)')
     """
-    from movingtarget.models import MODELS, _bind  # the registry imports this module
+    from movingtarget.models import MODELS  # the registry imports this module
 
     if isinstance(members, bool) or not isinstance(members, int | np.integer) or members < 1:
         raise ConfigError(f"model 'pool': members must be a positive integer, got {members!r}")
@@ -163,12 +233,7 @@ def pool(
         raise ConfigError(
             f"model 'pool': member must name a registered model other than 'pool', got {member!r}"
         )
-    factory = MODELS.get(member)  # an unknown name: the registry's error, with the choices
-    params = dict(member_params or {})
-    trained: list[Model] = []
-    for i in range(int(members)):
-        s = member_seed(seed, i)
-        data = bootstrap_split(split, s) if variation == "bootstrap" else split
-        args = _bind(member, data, s, device, params)
-        trained.append(factory(data, **args))
-    return ModelPool(trained, member=member, variation=variation)
+    MODELS.get(member)  # an unknown name: the registry's error, with the choices
+    recipe = MemberRecipe(member, variation, dict(member_params or {}), device)
+    trained = [recipe.train(split, member_seed(seed, i)) for i in range(int(members))]
+    return ModelPool(trained, member=member, variation=variation, recipe=recipe)

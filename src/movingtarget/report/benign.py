@@ -85,4 +85,21 @@ def benign_lines(runs: list[dict[str, Any]]) -> list[str]:
     for name, cols in benign_table(runs).items():
         cells = " | ".join(fmt(*cols[key]) for key, _ in BENIGN_COLUMNS)
         lines.append(f"| {name} | {cells} |")
-    return [*lines, ""]
+    return [*lines, "", *update_lines(runs)]
+
+
+def update_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per defense whose model learned from labels (gated updates): updates
+    per deployment and how many were rolled back for losing canary accuracy.
+
+    >>> update_lines([{"defense": "d", "updates": 4, "updates_rolled_back": 1}])
+    ['Gated model updates: d 4.0 per deployment, 1.0 rolled back.', '']
+    """
+    parts = []
+    for name in dict.fromkeys(r["defense"] for r in runs):
+        group = [r for r in runs if r["defense"] == name]
+        if any(r.get("updates") for r in group):
+            n = sum(r.get("updates", 0) for r in group) / len(group)
+            back = sum(r.get("updates_rolled_back", 0) for r in group) / len(group)
+            parts.append(f"{name} {n:.1f} per deployment, {back:.1f} rolled back")
+    return [f"Gated model updates: {'; '.join(parts)}.", ""] if parts else []

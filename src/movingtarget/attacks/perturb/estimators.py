@@ -258,6 +258,22 @@ def wrap_black_box(
     return Estimator(clf, capabilities, source, clip_values, shape, shape, n_classes)
 
 
+def image_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` as ART image data: a 3-d shape as it is, else one channel ``(1, h, w)``
+    with ``h * w = d`` as square as ``d`` allows (a :class:`ConfigError` when ``h < 2``).
+
+    >>> image_shape((64,)), image_shape((57,))
+    ((1, 8, 8), (1, 3, 19))
+    """
+    if len(shape) == 3:
+        return tuple(shape)
+    d = int(np.prod(shape))
+    h = max(k for k in range(1, int(np.sqrt(d)) + 1) if d % k == 0)
+    if h < 2:
+        raise ConfigError(f"inputs of {d} features cannot be seen as an image for this attack")
+    return (1, h, d // h)
+
+
 def scores_view(est: Estimator, *, image: bool = False) -> Estimator:
     """``est`` as a black box of class *probabilities* (a network's logits go through a
     softmax), for score-based attacks that check for probabilities (ART's SimBA).
@@ -266,13 +282,7 @@ def scores_view(est: Estimator, *, image: bool = False) -> Estimator:
     as square as ``d`` allows, for attacks that take only image data (ART's Square,
     whose tiles need both sides > 1).
     """
-    shape = est.art_shape
-    if image and len(shape) != 3:
-        d = int(np.prod(shape))
-        h = max(k for k in range(1, int(np.sqrt(d)) + 1) if d % k == 0)
-        if h < 2:
-            raise ConfigError(f"inputs of {d} features cannot be seen as an image for this attack")
-        shape = (1, h, d // h)
+    shape = image_shape(est.art_shape) if image else est.art_shape
 
     def proba(x: NDArray[np.float32]) -> NDArray[np.float32]:
         out = np.asarray(est.art.predict(est.to_art(x)), dtype=np.float64)

@@ -30,6 +30,7 @@ extra.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from numpy.typing import NDArray
 
 from movingtarget.attacks.perturb.estimators import (
     data_range,
+    image_shape,
     import_art,
     scores_view,
     wrap_black_box,
@@ -80,6 +82,8 @@ class ArtAttack:
         self.n_classes = int(n_classes)
         self.clip_values = (float(clip_values[0]), float(clip_values[1]))
         self.norm = norm
+        if name == "square":
+            _check_square_tiles(self.shape, float(self.budget["p_init"]))
         import_art()  # a missing ART fails here, naming the extra, not inside a thread
 
     def __call__(self, predict: Predict, sources: Sources) -> NDArray[np.float32]:
@@ -137,6 +141,21 @@ class ArtAttack:
             if (int(np.argmax(est.art.predict(img), axis=1)[0]) == goal) == hit:
                 return img
         return None
+
+
+def _check_square_tiles(shape: tuple[int, ...], p_init: float) -> None:
+    """ART's Square starts with square tiles of side ``round(sqrt(p_init * h * w))``,
+    which must be shorter than both sides of the image it sees (else ART fails inside
+    ``generate`` with a bare ``ValueError``)."""
+    _, h, w = image_shape(shape)
+    side = max(round(math.sqrt(p_init * h * w)), 1)
+    if side >= min(h, w):
+        most = math.floor((min(h, w) - 0.5) ** 2 / (h * w) * 1000) / 1000  # rounded down
+        raise ConfigError(
+            f"square: inputs of shape {shape} are seen as a {h}x{w} image, too narrow for "
+            f"its first tiles (side {side} from p_init={p_init:g}); set p_init to at most "
+            f"{most:g}"
+        )
 
 
 def art_adversary(

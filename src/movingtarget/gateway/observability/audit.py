@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from movingtarget.answers import ABSTAIN, Answers, Reason
-from movingtarget.defenses import Defense
+from movingtarget.defenses import Defense, RepairRecord
 from movingtarget.errors import ConfigError, DataError
 
 # which registered mechanism sets each reason (the decision mechanism sets "model")
@@ -157,13 +157,16 @@ class AuditLog:
         query_ids: Sequence[str],
         labels: Sequence[int],
         learned: int,
+        update: RepairRecord | None = None,
     ) -> None:
-        """One line for a labeler's repair: who labeled which queries as what, and how
-        many labels the defense learned (``"event": "repair"``; answer lines have none)."""
+        """One line for a labeler's repair: who labeled which queries as what, how many
+        labels the defense learned (``"event": "repair"``; answer lines have none) and,
+        for a gated model update, its canary accuracy before and after and whether it
+        was kept (``"model_update": "kept"`` or ``"rolled back"``)."""
         if self._file is None:
             return
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        row = {
+        row: dict[str, object] = {
             "event": "repair",
             "key_id": int(key_id),
             "key": key_name,
@@ -173,6 +176,10 @@ class AuditLog:
             "learned": int(learned),
             **self._static,
         }
+        if update is not None:
+            row["model_update"] = "kept" if update.accepted else "rolled back"
+            row["canary_before"] = round(update.before, 6)
+            row["canary_after"] = round(update.after, 6)
         with self._lock:
             self._file.write(json.dumps(row) + "\n")
 

@@ -5,6 +5,7 @@ endpoint               what
 =====================  =============================================================
 POST /v1/classify      answer one input or a batch (class or ABSTAIN, reason, query id)
 POST /v1/feedback      true labels for earlier query ids (stored for active learning)
+GET  /v1/labeling-queue  queries the defense asked labels for (labeler keys only)
 GET  /healthz          liveness and readiness (no key)
 GET  /metrics          Prometheus metrics
 GET  /docs             OpenAPI documentation (no key), /openapi.json
@@ -28,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from movingtarget import __version__ as _pkg_version
 from movingtarget.answers import Answers
 from movingtarget.gateway.access.ids import request_id
-from movingtarget.gateway.problems import bad_request
+from movingtarget.gateway.problems import Problem, bad_request
 from movingtarget.gateway.server.http import (
     BODY_SCHEMAS,
     LatencyMiddleware,
@@ -46,6 +47,7 @@ from movingtarget.gateway.server.schemas import (
     FeedbackRequest,
     FeedbackResponse,
     Health,
+    LabelingQueueResponse,
 )
 from movingtarget.gateway.server.service import Gateway
 
@@ -83,6 +85,22 @@ def answers_json(
             }
         )
     return out
+
+
+#: Most queued queries one /v1/labeling-queue response lists.
+MAX_QUEUE_PAGE = 1000
+
+
+def _limit(text: str | None) -> int:
+    """The ``limit`` query parameter: 100 by default, an integer in [1, 1000]."""
+    if text is None:
+        return 100
+    # ASCII digits, and few of them: int() refuses (ValueError) very long digit strings
+    ok = text.isascii() and text.isdigit() and len(text) <= 4
+    if not ok or not 1 <= int(text) <= MAX_QUEUE_PAGE:
+        shown = text if len(text) <= 20 else text[:17] + "..."
+        raise bad_request(f"limit must be an integer in [1, {MAX_QUEUE_PAGE}], got {shown!r}")
+    return int(text)
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -168,9 +186,54 @@ def create_app(gateway: Gateway) -> FastAPI:
             if item.label >= k:
                 raise bad_request(f"label {item.label} is not a class in [0, {k})")
         items = [(i.query_id, i.label) for i in body.labels]
-        learned = await gateway.repair(grant, items) if labeler else 0
+        learned, update = await gateway.repair(grant, items) if labeler else (0, None)
         stored = await run_in_threadpool(gateway.keys.add_feedback, grant.key_id, items)
-        return JSONResponse({"stored": stored, "learned": learned})
+        content: dict[str, Any] = {"stored": stored, "learned": learned}
+        if update is not None:  # only a labeler's labels update the model
+            content["model_update"] = "kept" if update.accepted else "rolled back"
+        return JSONResponse(content)
+
+    queue_errors: dict[int | str, dict[str, Any]] = {c: _ERRORS[c] for c in (400, 401, 429, 503)}
+    queue_errors[403] = {"model": ErrorBody, "description": "Not a labeler key, or revoked."}
+    queue_errors[404] = {
+        "model": ErrorBody,
+        "description": "No labeling queue: no --labeler-key, or a defense that does not learn.",
+    }
+
+    @app.get(
+        "/v1/labeling-queue",
+        response_model=LabelingQueueResponse,
+        responses=queue_errors,
+        tags=["v1"],
+    )
+    async def labeling_queue(request: Request) -> Response:
+        """The queries the defense asked labels for (oldest first, ``?limit=`` of them, 100
+        by default, at most 1000), for a labeler key only: label them through
+        ``/v1/feedback`` by query id, on any replica. Any other key gets 403 and nothing
+        else, whether or not a queue exists."""
+        grant = await gateway.authorize(token_of(request), 0)
+        if grant.name not in gateway.labelers:
+            # the same answer whatever the queue holds, or whether there is one
+            raise Problem(403, "forbidden", "only a labeler key may read the labeling queue")
+        if gateway.queue is None:
+            raise Problem(
+                404,
+                "not-found",
+                "no labeling queue: this gateway's defense does not learn from labels",
+            )
+        limit = _limit(request.query_params.get("limit"))
+        pending, entries = await gateway.labeling_queue(limit)
+        shape = served.input_shape
+        queries = [
+            {
+                "query_id": e.query_id,
+                "input": e.x.reshape(shape).tolist(),
+                "reason": e.reason,
+                "asked_at": e.time,
+            }
+            for e in entries
+        ]
+        return JSONResponse({"pending": pending, "queries": queries})
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Response:

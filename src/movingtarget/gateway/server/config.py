@@ -46,6 +46,16 @@ class GatewayConfig:
     labeler_keys: tuple[str, ...] = ()
     #: Recent queries a labeler can label for repair (their inputs kept in RAM only).
     repair_window: int = 100_000
+    #: Most queries the labeling queue holds (asked queries waiting for a labeler), and
+    #: most of them from one key; asks over either are dropped.
+    labeling_queue_capacity: int = 10_000
+    labeling_queue_per_key: int = 100
+    #: Gate model updates from labeler keys' labels: the canary accuracy an update may
+    #: lose and be kept (None: the model itself never learns), on ``canary`` held-out
+    #: test-split items.
+    update_tolerance: float | None = None
+    update_steps: int = 1
+    canary: int = 500
     seed: int = 0
     test_size: float = 0.3
     split_seed: int = 0
@@ -104,6 +114,32 @@ class GatewayConfig:
             (
                 isinstance(self.repair_window, int) and self.repair_window >= 1,
                 f"--repair-window must be an integer >= 1, got {self.repair_window!r}",
+            ),
+            (
+                isinstance(self.labeling_queue_capacity, int) and self.labeling_queue_capacity >= 1,
+                f"--labeling-queue-capacity must be an integer >= 1, "
+                f"got {self.labeling_queue_capacity!r}",
+            ),
+            (
+                isinstance(self.labeling_queue_per_key, int) and self.labeling_queue_per_key >= 1,
+                f"--labeling-queue-per-key must be an integer >= 1, "
+                f"got {self.labeling_queue_per_key!r}",
+            ),
+            (
+                self.update_tolerance is None
+                or (
+                    isinstance(self.update_tolerance, int | float)
+                    and 0 <= self.update_tolerance <= 1
+                ),
+                f"--update-tolerance must be in [0, 1], got {self.update_tolerance!r}",
+            ),
+            (
+                isinstance(self.update_steps, int) and self.update_steps >= 1,
+                f"--update-steps must be an integer >= 1, got {self.update_steps!r}",
+            ),
+            (
+                isinstance(self.canary, int) and self.canary >= 1,
+                f"--canary must be an integer >= 1, got {self.canary!r}",
             ),
             (bool(self.namespace.strip()), "--namespace must not be empty"),
             (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -110,6 +110,27 @@ class FeedbackResponse(BaseModel):
 
     stored: int
     learned: int = 0
+    #: With ``--update-tolerance``, for a labeler key: the gated model update was kept,
+    #: or rolled back because canary accuracy fell beyond the tolerance.
+    model_update: Literal["kept", "rolled back"] | None = None
+
+
+class QueuedQuery(BaseModel):
+    """A query the defense asked a label for: its id (label it through /v1/feedback),
+    the input, why it was asked (an answer reason) and when (milliseconds since the
+    epoch)."""
+
+    query_id: str
+    input: Any
+    reason: str
+    asked_at: int
+
+
+class LabelingQueueResponse(BaseModel):
+    """The oldest queries waiting for a label, and how many wait in all."""
+
+    pending: int
+    queries: list[QueuedQuery]
 
 
 class Health(BaseModel):

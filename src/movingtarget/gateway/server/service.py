@@ -18,13 +18,24 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
-from movingtarget.answers import Answers
-from movingtarget.defenses import Defense, build_defense
+from movingtarget.answers import Answers, Reason
+from movingtarget.defenses import (
+    COMPOSITIONS,
+    Correct,
+    Defense,
+    GatedUpdate,
+    build_mechanisms,
+    normalized_composition,
+    supply_defense,
+)
+from movingtarget.defenses.moving_target import MovingTarget, check_pool
+from movingtarget.defenses.repair import RepairRecord
 from movingtarget.errors import ConfigError
 from movingtarget.gateway.access.base import Grant, KeyStore, token_digest
 from movingtarget.gateway.access.ids import QueryIds
@@ -34,8 +45,10 @@ from movingtarget.gateway.observability.metrics import GatewayMetrics
 from movingtarget.gateway.problems import Problem
 from movingtarget.gateway.server.batching import Arrival, Job, MicroBatcher
 from movingtarget.gateway.server.config import GatewayConfig
+from movingtarget.gateway.server.secret import operator_secret, schedule_key
 from movingtarget.gateway.server.serving import ServedModel, load_served_model
-from movingtarget.memory.fingerprints import secret_from_env
+from movingtarget.memory.asked import AskedQueue, QueueEntry, open_queue
+from movingtarget.memory.fingerprints import ExactFingerprint, secret_from_env
 from movingtarget.memory.stores import InProcessStore, Store
 from movingtarget.memory.tenancy import TenantMemory, TenantPolicy
 
@@ -70,9 +83,10 @@ def build_served_defense(
     composition share each memory. Memory time is milliseconds since the epoch;
     capacities count queries (a robust near-repeat query holds one entry per band).
     """
+    from movingtarget.memory.corrections import open_labels
     from movingtarget.memory.urls import open_store
 
-    defense = build_defense(config.defense, served.model, seed=config.seed)
+    defense = _build(config, served)
     # calibrate approximate memories first: calibration forgets what a store holds, and
     # the shared or persistent store must keep it (every replica calibrates the same)
     if served.calibration_x is not None or served.unseen is not None:
@@ -114,6 +128,82 @@ def build_served_defense(
             # shared back end is opened on first use, so nothing is opened twice here
             memory.shared  # noqa: B018
         mech.store = memory  # type: ignore[attr-defined]
+    for i, mech in enumerate(defense.mechanisms):
+        if isinstance(mech, Correct):
+            # after calibration, which forgets labels: the store keeps the corrections
+            # (keyed band or exact digests, never inputs) for every replica and restart
+            space = _space(config.namespace, served.name, i, "correct", "labels")
+            mech.table = open_labels(config.store, namespace=space)
+    return defense
+
+
+def _defense_label(spec: str) -> str:
+    """``--defense NAME`` for a named composition, else ``--defense`` (its text may be
+    long)."""
+    return f"--defense {spec.strip()}" if spec.strip() in COMPOSITIONS else "--defense"
+
+
+def _secret_in_text(label: str) -> str:
+    return (
+        f"{label}: moving-target(secret=...) puts the schedule's secret on the command line, "
+        "where other users of this host can read it; drop it and pass --secret-file PATH or "
+        "set $MOVINGTARGET_SECRET"
+    )
+
+
+def _build(config: GatewayConfig, served: ServedModel) -> Defense:
+    """The defense of ``config`` around the served model; a moving target in it gets the
+    operator's secret and needs a pool (each refused in one line)."""
+    spec = config.defense.strip()
+    label = _defense_label(spec)
+    mechanisms = build_mechanisms(config.defense)
+    movers = [m for m in mechanisms if isinstance(m, MovingTarget)]
+    if movers:
+        try:
+            check_pool(served.model)
+        except ConfigError:
+            raise ConfigError(
+                f"{label}: its moving target serves the members of a pool, and --model "
+                f"{served.source} is not one: serve a pool, e.g. --model digits:pool"
+            ) from None
+        if any(m.keyed for m in movers):
+            raise ConfigError(_secret_in_text(label))
+        key = schedule_key(operator_secret(f"{label}: the moving target's schedule"))
+        for mover in movers:
+            mover.use_secret(key)
+    name = spec if spec in COMPOSITIONS else ""
+    refreshes = [m for m in mechanisms if callable(getattr(m, "supply", None))]
+    if (refreshes or config.update_tolerance is not None) and served.split is None:
+        flag = "--update-tolerance" if config.update_tolerance is not None else label
+        raise ConfigError(
+            f"{flag}: the model learns on its training data with a canary of held-out "
+            f"items, and --model {served.source} is a saved file: serve DATASET:MODEL"
+        )
+    canary = None
+    if served.split is not None:
+        test = served.split
+        n = min(config.canary, len(test.y_test))
+        pick = np.sort(
+            np.random.default_rng([config.split_seed, 0xCA7]).choice(len(test.y_test), n, False)
+        )
+        canary = (test.x_test[pick], test.y_test[pick])
+    update = None
+    if config.update_tolerance is not None and canary is not None:
+        update = GatedUpdate(
+            *canary, tolerance=float(config.update_tolerance), steps=config.update_steps
+        )
+    try:
+        defense = Defense(served.model, mechanisms, name=name, seed=config.seed, update=update)
+    except ConfigError as exc:
+        if update is None or "partial_fit" not in str(exc):
+            raise
+        why = str(exc).removeprefix("update: ")
+        raise ConfigError(
+            f"--update-tolerance: --model {served.source} cannot learn ({why})"
+        ) from None
+    if refreshes and served.split is not None and canary is not None:
+        # a refresh trains new members on the training split, gated on the canary
+        supply_defense(defense, served.split, *canary)
     return defense
 
 
@@ -148,6 +238,25 @@ def memory_banner(
     return (
         f"memory policy: {policy.describe()}; queries kept {kept}{held}; "
         f"{trusted} trusted key name(s), held to their own history and never shown to others"
+    )
+
+
+def repair_banner(gateway: Gateway) -> str:
+    """Who teaches the defense, and where its corrections and labeling queue live, for
+    the start-up line (never a secret, never a password)."""
+    from movingtarget.memory.urls import redact_safely
+
+    cfg = gateway.config
+    movers = [m for m in gateway.defense.mechanisms if isinstance(m, MovingTarget)]
+    schedule = "; moving target keyed by the operator's secret" if movers else ""
+    if not gateway.defense.learns:
+        return f"repair: the defense does not learn from labels{schedule}"
+    if not gateway.repairs:
+        return f"repair: no --labeler-key, so labels never change an answer{schedule}"
+    return (
+        f"repair: {len(gateway.labelers)} labeler key name(s); corrections and the labeling "
+        f"queue (<= {cfg.labeling_queue_capacity:,} queries, <= "
+        f"{cfg.labeling_queue_per_key:,} per key) in {redact_safely(cfg.store)}{schedule}"
     )
 
 
@@ -218,11 +327,30 @@ class Gateway:
         self.repairs = bool(self.labelers) and defense.learns
         self._recent: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
         self._recent_lock = threading.Lock()
+        #: Where asked queries wait for a labeler: in ``--store`` beside the memory, so
+        #: any replica can read it and learn from a labeler's label, after a restart too
+        #: (None unless this gateway repairs).
+        self.queue: AskedQueue | None = None
+        if self.repairs:
+            self.queue = open_queue(
+                self.config.store,
+                namespace=_space(self.config.namespace, served.name, "labeling_queue"),
+                capacity=self.config.labeling_queue_capacity,
+                per_client=self.config.labeling_queue_per_key,
+            )
+            self._asked_fp = ExactFingerprint()
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Gateway:
         """Load the model, build the defense, open memory and keys."""
         config = config.check()
+        movers = [p for n, p in normalized_composition(config.defense) if n == "moving-target"]
+        if movers:
+            # before the model loads (seconds): a missing secret is told at once
+            label = _defense_label(config.defense)
+            if any(p.get("secret") is not None for p in movers):
+                raise ConfigError(_secret_in_text(label))
+            operator_secret(f"{label}: the moving target's schedule")
         served = load_served_model(
             config.model,
             test_size=config.test_size,
@@ -251,6 +379,10 @@ class Gateway:
         await self.batcher.stop()
         self.audit.close()
         self.keys.close()
+        for shared in self._shared_state():
+            close = getattr(shared, "close", None)
+            if close is not None:
+                close()
 
     # -- readiness ---------------------------------------------------------------------
 
@@ -274,8 +406,29 @@ class Gateway:
             except Exception:
                 log.warning("readiness: a memory store cannot be reached", exc_info=True)
                 ok = False
+        for shared in self._shared_state():
+            try:
+                shared.ping()
+            except Exception:
+                log.warning("readiness: a memory store cannot be reached", exc_info=True)
+                ok = False
         checks["memory"] = ok
         return checks
+
+    def _shared_state(self) -> list[Any]:
+        """The correction memories and the labeling queue kept in the store."""
+        tables = [m.table for m in self.defense.mechanisms if isinstance(m, Correct)]
+        return [*tables, *([self.queue] if self.queue is not None else [])]
+
+    async def labeling_queue(self, limit: int) -> tuple[int, list[QueueEntry]]:
+        """How many queries wait for a label, and the ``limit`` oldest (a labeler's view)."""
+        queue = self.queue
+        assert queue is not None
+
+        def read() -> tuple[int, list[QueueEntry]]:
+            return len(queue), queue.pending(limit)
+
+        return await run_in_threadpool(read)
 
     async def readiness(self) -> dict[str, bool]:
         """Whether this replica can answer: started, key store and memories reachable
@@ -323,6 +476,8 @@ class Gateway:
         answers = self.defense.answer(x, clients, times)
         if self.repairs:
             self._remember(x, jobs)
+            if answers.ask is not None and answers.ask.any():
+                self._queue_asked(x, clients, times, jobs, answers)
         self.metrics.record_answers(answers)
         if self.audit.path is not None:
             rids: list[str] = []
@@ -352,27 +507,88 @@ class Gateway:
             while len(self._recent) > self.config.repair_window:
                 self._recent.popitem(last=False)
 
-    async def repair(self, grant: Grant, labels: list[tuple[str, int]]) -> int:
-        """A labeler's labels: the defense learns those of recent queries (on the batch
-        thread, between batches); each repair is logged. Returns how many it learned.
-        Raises :class:`Problem` (400) naming a query id that is not a recent query."""
+    def _queue_asked(
+        self,
+        x: NDArray[np.float32],
+        clients: NDArray[np.int64],
+        times: NDArray[np.int64],
+        jobs: list[Job],
+        answers: Answers,
+    ) -> None:
+        # the queries the defense asked labels for (its ask_on rule) go to the labeling
+        # queue, one entry per distinct input (an attacker's repeats hold one)
+        assert self.queue is not None and answers.ask is not None
+        rows = np.flatnonzero(answers.ask)
+        qids = [q for job in jobs for q in job.meta.query_ids]
+        fps = self._asked_fp.fingerprint(x[rows]).tolist()
+        flat = x[rows].reshape(len(rows), -1)
+        entries = [
+            QueueEntry(
+                qids[r],
+                int(fp),
+                int(clients[r]),
+                int(times[r]),
+                Reason(int(answers.reasons[r])).label,
+                flat[j],
+            )
+            for j, (r, fp) in enumerate(zip(rows.tolist(), fps, strict=True))
+        ]
+        self.queue.offer(entries)
+
+    def _labeled_inputs(self, query_ids: list[str]) -> NDArray[np.float32]:
+        # recent queries of this replica first (RAM), then the shared labeling queue
         with self._recent_lock:
-            missing = [q for q, _ in labels if q not in self._recent]
-            if missing:
-                raise Problem(
-                    400,
-                    "invalid-input",
-                    f"query id {missing[0]!r} is not one of the last "
-                    f"{self.config.repair_window} queries this replica answered",
-                )
-            x = np.stack([self._recent[q] for q, _ in labels]) if labels else None
-        if x is None:
-            return 0
+            found = {q: self._recent[q] for q in query_ids if q in self._recent}
+        rest = [q for q in dict.fromkeys(query_ids) if q not in found]
+        if rest and self.queue is not None:
+            shape = self.served.input_shape
+            found |= {q: e.x.reshape(shape) for q, e in self.queue.get(rest).items()}
+        missing = [q for q in query_ids if q not in found]
+        if missing:
+            raise Problem(
+                400,
+                "invalid-input",
+                f"query id {missing[0]!r} is not one of the last "
+                f"{self.config.repair_window} queries this replica answered, nor in the "
+                "labeling queue",
+            )
+        return np.stack([found[q] for q in query_ids])
+
+    async def repair(
+        self, grant: Grant, labels: list[tuple[str, int]]
+    ) -> tuple[int, RepairRecord | None]:
+        """A labeler's labels: the defense learns those of recent queries of this replica
+        or of queries in the labeling queue (on the batch thread, between batches); the
+        labeled ones leave the queue, and each repair is logged. Returns how many it
+        learned and, with ``--update-tolerance``, the gated model update's record (kept
+        or rolled back). Raises :class:`Problem` (400) naming a query id that is
+        neither."""
+        if not labels:
+            return 0, None
+        qids = [q for q, _ in labels]
+        x = await run_in_threadpool(self._labeled_inputs, qids)
         y = np.array([label for _, label in labels], np.int64)
-        learned = await self.batcher.call(lambda: self.defense.learn(x, y))
+
+        def learn() -> tuple[int, RepairRecord | None]:
+            before = len(self.defense.repairs)
+            n = self.defense.learn(x, y)
+            return n, (self.defense.repairs[-1] if len(self.defense.repairs) > before else None)
+
+        learned, record = await self.batcher.call(learn)
+        if self.queue is not None:
+            await run_in_threadpool(self.queue.remove, qids)
+        if record is not None and not record.accepted:
+            log.warning(
+                "repair: key %r's %d labels would drop canary accuracy %.4f -> %.4f: the "
+                "model update is rolled back",
+                grant.name,
+                len(y),
+                record.before,
+                record.after,
+            )
         log.info("repair: key %r labeled %d queries, learned %d", grant.name, len(y), learned)
-        self.audit.repair(grant.key_id, grant.name, [q for q, _ in labels], y.tolist(), learned)
-        return int(learned)
+        self.audit.repair(grant.key_id, grant.name, qids, y.tolist(), learned, update=record)
+        return int(learned), record
 
     async def classify(
         self,

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget.datasets.base import Split
 from movingtarget.errors import ConfigError, DataError
 from movingtarget.gateway.server.inputs import InputDomain
 from movingtarget.models.base import Model
@@ -72,6 +73,9 @@ class ServedModel:
     #: Test-split inputs the model did not train on, halved (calibrate on, check on),
     #: for mechanisms calibrated on unseen inputs (None for a saved file).
     unseen: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+    #: The dataset split the model was trained on (None for a saved file): the training
+    #: data a refresh trains new members on, the test split a canary is drawn from.
+    split: Split | None = None
     #: The model file's SHA-256 (None for a DATASET:MODEL spec).
     sha256: str | None = None
     #: The input tensor's name and KServe datatype, as the model file declares them.
@@ -168,13 +172,25 @@ def load_served_model(
             f"({', '.join(FORMATS)})"
         )
     from movingtarget.datasets import load_dataset
+    from movingtarget.defenses import parse_mechanism
     from movingtarget.models import build_model
 
-    dataset_name, model_name = (part.strip() for part in spec.split(":", 1))
+    dataset_name, model_text = (part.strip() for part in spec.split(":", 1))
+    # MODEL or MODEL(param=value, ...), as a mechanism is written: digits:pool(member=mlp)
+    try:
+        model_name, params = parse_mechanism(model_text)
+    except ConfigError:
+        raise ConfigError(
+            f"--model {spec!r}: write DATASET:MODEL or DATASET:MODEL(param=value, ...)"
+        ) from None
     split = load_dataset(dataset_name).split(test_size=test_size, seed=split_seed)
-    model = build_model(model_name, split, seed=model_seed, cache_dir=cache_dir)
+    model = build_model(model_name, split, seed=model_seed, cache_dir=cache_dir, **params)
     shape = input_shape or split.input_shape
     name = f"{dataset_name}-{model_name}"
+    if params:  # store namespaces take plain names: the parameters as a short digest
+        name += (
+            "-" + hashlib.blake2b(repr(sorted(params.items())).encode(), digest_size=4).hexdigest()
+        )
     # the runner's calibration sample: the same thresholds as a local experiment
     cal = split.x_train
     if len(cal) > CALIBRATION_SIZE:
@@ -187,7 +203,16 @@ def load_served_model(
 
     unseen = split_unseen(split.x_test, [split_seed, 0x5EE], CALIBRATION_SIZE)
     return ServedModel(
-        model, name, _version(model), tuple(shape), split.n_classes, spec, cal, domain, unseen
+        model,
+        name,
+        _version(model),
+        tuple(shape),
+        split.n_classes,
+        spec,
+        cal,
+        domain,
+        unseen,
+        split,
     )
 
 
