@@ -157,7 +157,7 @@ def serve(
         int,
         typer.Option(
             help="Most queries the labeling queue holds (asked for a label, waiting for a "
-            "labeler; kept in --store with their inputs).",
+            "labeler; kept in the store with their inputs).",
         ),
     ] = 10_000,
     labeling_queue_per_key: Annotated[
@@ -172,7 +172,7 @@ def serve(
         ),
     ] = None,
     update_steps: Annotated[
-        int, typer.Option(help="partial_fit passes over each labeled batch (--update-tolerance).")
+        int, typer.Option(help="partial_fit passes over each labeled batch of a gated model update.")
     ] = 1,
     canary: Annotated[
         int, typer.Option(help="Held-out test-split items the model-update gate measures.")
