@@ -61,7 +61,13 @@ def test_the_dynamic_defense_holds_r_tilde_below_every_fixed_defense(tmp_path: P
     assert 0 < ours["abstain_benign"][0] < 0.2 and ours["abstain_benign_false"][0] < 0.05
     adaptive = [a for a in attacks if a.startswith("adaptive")]
     assert len(adaptive) == 1
-    for attack in (*LOWER, adaptive[0]):
+    # the many-account adaptive attacker: held below every fixed defense outside 3 s.e.
+    # too (measured 0.42 ± 0.04 against 0.90 and more), though far from zero
+    for fixed in FIXED:
+        ours, theirs = cell[adaptive[0], "dynamic"], cell[adaptive[0], fixed]
+        se = max(math.hypot(ours["r_tilde_se"], theirs["r_tilde_se"]), 1 / 400)
+        assert ours["r_tilde"] < theirs["r_tilde"] - 3 * se, (fixed, ours, theirs)
+    for attack in LOWER:
         for fixed in FIXED:
             assert cell[attack, "dynamic"]["r_tilde"] < cell[attack, fixed]["r_tilde"], (
                 attack,
