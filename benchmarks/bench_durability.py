@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from movingtarget.memory import open_store
-from movingtarget.memory._redis_launcher import RedisServer
+from movingtarget.memory.stores._redis_launcher import RedisServer
 
 
 def calls_per_second(store, calls: int, rng: np.random.Generator) -> float:

@@ -23,11 +23,11 @@ from functools import partial
 import numpy as np
 
 from _common import best_of, machine
-from movingtarget.memory.bloom import BloomStore
-from movingtarget.memory.fingerprints import ExactFingerprint
-from movingtarget.memory.neighbours import RandomProjectionEncoder
-from movingtarget.memory.robust import RobustFingerprint
+from movingtarget.memory.fingerprints.exact import ExactFingerprint
+from movingtarget.memory.fingerprints.neighbours import RandomProjectionEncoder
+from movingtarget.memory.fingerprints.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore
+from movingtarget.memory.stores.bloom import BloomStore
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from movingtarget.defenses import MECHANISMS
 from movingtarget.gateway.access.base import KeyLimits
 from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.process import GatewayProcess, running
-from movingtarget.memory._redis_launcher import RedisServer
+from movingtarget.memory.stores._redis_launcher import RedisServer
 
 # -- a small HTTP/1.1 client ----------------------------------------------------------
 

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from _common import machine
-from movingtarget.memory.neighbours import NeighbourIndex, _require_faiss
+from movingtarget.memory.fingerprints.neighbours import NeighbourIndex, _require_faiss
 
 faiss = _require_faiss()
 

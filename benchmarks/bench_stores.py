@@ -38,8 +38,8 @@ import numpy as np
 
 from _common import machine
 from movingtarget.memory import BloomStore, InProcessStore, SQLiteStore, Store
-from movingtarget.memory._redis_launcher import RedisServer
-from movingtarget.memory.redis_store import RedisStore
+from movingtarget.memory.stores._redis_launcher import RedisServer
+from movingtarget.memory.stores.redis_store import RedisStore
 
 STORES = ("memory", "bloom", "sqlite", "redis")
 

@@ -33,7 +33,7 @@ from movingtarget.defenses import build_defense
 from movingtarget.gateway.server.config import GatewayConfig
 from movingtarget.gateway.server.service import build_served_defense
 from movingtarget.gateway.server.serving import ServedModel, load_served_model
-from movingtarget.memory.urls import open_store
+from movingtarget.memory.stores.urls import open_store
 
 KEYS = 10  # accounts of the many-account attacker
 POPULAR = 20  # benign keys sending one popular input

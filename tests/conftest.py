@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from movingtarget.memory._redis_launcher import RedisServer
+from movingtarget.memory.stores._redis_launcher import RedisServer
 from redis_server import running_redis
 
 

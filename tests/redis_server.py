@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from movingtarget.memory._redis_launcher import RedisServer, find_redis_server
+from movingtarget.memory.stores._redis_launcher import RedisServer, find_redis_server
 
 MISSING = (
     "redis-server is not installed, and the Redis store tests need a real server: "

@@ -12,7 +12,7 @@ import pytest
 from movingtarget import ConfigError
 from movingtarget.defenses import build_defense
 from movingtarget.memory import BloomStore, Store, open_store
-from movingtarget.memory.bloom import blocked_false_positive, design
+from movingtarget.memory.stores.bloom import blocked_false_positive, design
 
 
 def _keys(n: int, seed: int) -> np.ndarray:

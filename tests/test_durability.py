@@ -12,7 +12,7 @@ from movingtarget.errors import ConfigError
 from movingtarget.gateway.access.base import KeyLimits
 from movingtarget.gateway.access.keys import open_keys
 from movingtarget.memory import open_store
-from movingtarget.memory._redis_launcher import RedisServer, find_redis_server
+from movingtarget.memory.stores._redis_launcher import RedisServer, find_redis_server
 
 # PRAGMA synchronous reads back as 1 for NORMAL, 2 for FULL
 NORMAL, FULL = 1, 2

@@ -18,7 +18,7 @@ from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.access.limits import BucketState, charge
 from movingtarget.gateway.problems import Problem
 from movingtarget.gateway.server.batching import MicroBatcher
-from movingtarget.memory._redis_launcher import RedisServer
+from movingtarget.memory.stores._redis_launcher import RedisServer
 from together import at_once
 
 

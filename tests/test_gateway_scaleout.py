@@ -21,7 +21,7 @@ from movingtarget.defenses import build_defense
 from movingtarget.experiment.runner import make_pools
 from movingtarget.gateway.process import running
 from movingtarget.gateway.server.serving import load_served_model
-from movingtarget.memory._redis_launcher import RedisServer
+from movingtarget.memory.stores._redis_launcher import RedisServer
 from movingtarget.metrics.measured import attack_metrics
 
 __all__ = ["digits_x", "gateway_env"]  # fixtures

@@ -12,8 +12,12 @@ import pytest
 from movingtarget import ConfigError
 from movingtarget.datasets import load_digits
 from movingtarget.errors import InputError
-from movingtarget.memory.calibration import TARGET_RATE, calibrate_robust, robust_stream_matches
-from movingtarget.memory.robust import RobustFingerprint
+from movingtarget.memory.fingerprints.calibration import (
+    TARGET_RATE,
+    calibrate_robust,
+    robust_stream_matches,
+)
+from movingtarget.memory.fingerprints.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore
 
 EPS = 4 / 255

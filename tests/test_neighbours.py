@@ -10,8 +10,8 @@ import pytest
 
 from movingtarget import ConfigError
 from movingtarget.datasets import load_digits
-from movingtarget.memory.calibration import TARGET_RATE, calibrate_radius
-from movingtarget.memory.neighbours import (
+from movingtarget.memory.fingerprints.calibration import TARGET_RATE, calibrate_radius
+from movingtarget.memory.fingerprints.neighbours import (
     NeighbourIndex,
     NeighbourMemory,
     PCAEncoder,

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from movingtarget.defenses import build_mechanisms
 from movingtarget.errors import ConfigError, DataError, Unavailable
 from movingtarget.memory import ExactFingerprint, InProcessStore, SQLiteStore, Store, open_store
-from movingtarget.memory._redis_launcher import RedisServer
-from movingtarget.memory.redis_store import CHUNK, RedisStore
+from movingtarget.memory.stores._redis_launcher import RedisServer
+from movingtarget.memory.stores.redis_store import CHUNK, RedisStore
 from reference_store import ReferenceStore
 from together import at_once
 
@@ -302,7 +302,7 @@ def test_urls_open_the_right_store(tmp_path: Path, redis_url: str) -> None:
 
 
 def test_unreachable_redis_is_one_unavailable_error_without_the_password() -> None:
-    from movingtarget.memory._redis_launcher import free_port
+    from movingtarget.memory.stores._redis_launcher import free_port
 
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     shown = re.escape("Redis store redis://:***@127.0.0.1")

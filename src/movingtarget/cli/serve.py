@@ -262,7 +262,7 @@ def serve(
     from movingtarget._threads import limit_threads
     from movingtarget.gateway import Gateway, GatewayConfig, create_app
     from movingtarget.gateway.server.service import memory_banner, repair_banner
-    from movingtarget.memory.urls import redact
+    from movingtarget.memory.stores.redaction import redact
 
     if secret_file is not None:
         from movingtarget.gateway.server.secret import ENV, read_secret_file

@@ -58,7 +58,7 @@ from numpy.typing import NDArray
 from movingtarget.answers import ABSTAIN, MODEL, Reason
 from movingtarget.defenses.base import Context
 from movingtarget.errors import ConfigError
-from movingtarget.memory.calibration import TARGET_RATE, Calibration
+from movingtarget.memory.fingerprints.calibration import TARGET_RATE, Calibration
 
 _ADVERSARIAL = int(Reason.ADVERSARIAL_LIKELIHOOD)
 

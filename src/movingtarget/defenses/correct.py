@@ -3,7 +3,7 @@
 Once a labeler (the arena's oracle, the gateway's labeler keys) gives the true class
 of a troubling query, later queries with the same exact fingerprint
 (``match="exact"``) or a near repeat of it (``match="near"``: the noise-robust band
-keys of :class:`~movingtarget.memory.robust.RobustFingerprint`) are answered with
+keys of :class:`~movingtarget.memory.fingerprints.robust.RobustFingerprint`) are answered with
 that class, reason ``corrected``. Against the test set attack this ends the
 exploitation of a mistake once it is labeled: the repeats stop being wrong.
 
@@ -26,10 +26,10 @@ from movingtarget.answers import Reason
 from movingtarget.defenses.base import Context
 from movingtarget.defenses.labeling import DEFAULT_ASK_ON, parse_ask_on, reason_codes
 from movingtarget.errors import ConfigError
-from movingtarget.memory.calibration import TARGET_RATE, Calibration, calibrate_robust
 from movingtarget.memory.corrections import LabelMemory, LabelTable
-from movingtarget.memory.fingerprints import ExactFingerprint
-from movingtarget.memory.robust import RobustFingerprint
+from movingtarget.memory.fingerprints.calibration import TARGET_RATE, Calibration, calibrate_robust
+from movingtarget.memory.fingerprints.exact import ExactFingerprint
+from movingtarget.memory.fingerprints.robust import RobustFingerprint
 
 __all__ = ["MATCHES", "Correct", "LabelTable"]
 

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from movingtarget.answers import Reason
 from movingtarget.errors import ConfigError
-from movingtarget.memory.fingerprints import ExactFingerprint
+from movingtarget.memory.fingerprints.exact import ExactFingerprint
 
 #: The reasons that make a query troubling by default: every flag a mechanism raises
 #: (not rate limits: a flood of queries says nothing about any one input).

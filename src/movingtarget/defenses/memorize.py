@@ -10,10 +10,11 @@ from __future__ import annotations
 from movingtarget.answers import ABSTAIN, Reason
 from movingtarget.defenses.base import Context, uniform_classes
 from movingtarget.errors import ConfigError
-from movingtarget.memory.fingerprints import ExactFingerprint, Fingerprint
+from movingtarget.memory.fingerprints.exact import ExactFingerprint, Fingerprint
 from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.stores.redaction import redact
+from movingtarget.memory.stores.urls import open_store
 from movingtarget.memory.tenancy import observe_from
-from movingtarget.memory.urls import open_store, redact
 
 _REPEAT, _REPEAT_RANDOM = int(Reason.REPEAT), int(Reason.REPEAT_RANDOM)
 

@@ -6,11 +6,11 @@ ABSTAINs (``on_repeat="abstain"``) or answers a uniformly random class
 (``on_repeat="random"``). Two ways to remember:
 
 * ``fingerprint="robust"``: noise-robust band keys
-  (:class:`~movingtarget.memory.robust.RobustFingerprint`) in any store, so the
+  (:class:`~movingtarget.memory.fingerprints.robust.RobustFingerprint`) in any store, so the
   memory can be persistent (SQLite) or shared between replicas (Redis);
 * ``fingerprint="neighbours"``: embeddings in a FAISS index, a near repeat lying
   within a radius calibrated on benign data
-  (:class:`~movingtarget.memory.neighbours.NeighbourMemory`).
+  (:class:`~movingtarget.memory.fingerprints.neighbours.NeighbourMemory`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from numpy.typing import NDArray
 from movingtarget.answers import ABSTAIN, Reason
 from movingtarget.defenses.base import Context
 from movingtarget.errors import ConfigError
-from movingtarget.memory.calibration import (
+from movingtarget.memory.fingerprints.calibration import (
     TARGET_RATE,
     Calibration,
     calibrate_radius,
     calibrate_robust,
     measure_robust,
 )
-from movingtarget.memory.neighbours import (
+from movingtarget.memory.fingerprints.neighbours import (
     INDEXES,
     Encoder,
     NeighbourMemory,
@@ -38,10 +38,10 @@ from movingtarget.memory.neighbours import (
     PenultimateEncoder,
     RandomProjectionEncoder,
 )
-from movingtarget.memory.robust import RobustFingerprint
+from movingtarget.memory.fingerprints.robust import RobustFingerprint
 from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.stores.redaction import redact
 from movingtarget.memory.tenancy import observe_from
-from movingtarget.memory.urls import redact
 
 ON_REPEAT = ("abstain", "random")
 #: Defaults of the settings that :meth:`NearRepeat.describe` names when they differ.
@@ -353,7 +353,7 @@ def _open(store: Store | str | None) -> Store:
     if store is None:
         return InProcessStore()
     if isinstance(store, str):
-        from movingtarget.memory.urls import open_store
+        from movingtarget.memory.stores.urls import open_store
 
         return open_store(store, namespace="near_repeat")
     return store
@@ -371,7 +371,7 @@ def _on_gpu(model: Any) -> bool:
 def _seed_of(secret: bytes | str | None) -> int:
     import hashlib
 
-    from movingtarget.memory.fingerprints import secret_from_env
+    from movingtarget.memory.fingerprints.exact import secret_from_env
 
     digest = hashlib.blake2b(secret_from_env(secret), digest_size=8, person=b"mt-encoder")
     return int.from_bytes(digest.digest(), "little")

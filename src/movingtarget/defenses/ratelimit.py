@@ -7,7 +7,7 @@ import numpy as np
 from movingtarget.answers import ABSTAIN, Reason
 from movingtarget.defenses.base import Context
 from movingtarget.errors import ConfigError
-from movingtarget.memory.stores import occurrences_before
+from movingtarget.memory import occurrences_before
 
 
 class RateLimit:

@@ -34,7 +34,7 @@ from scipy.signal import lfilter
 from movingtarget.answers import ABSTAIN, Reason
 from movingtarget.defenses.base import Context
 from movingtarget.errors import ConfigError
-from movingtarget.memory.calibration import Calibration
+from movingtarget.memory.fingerprints.calibration import Calibration
 
 #: Reasons that flag a query as the defense's detection of it (its own refusals aside).
 FLAG_REASONS = (

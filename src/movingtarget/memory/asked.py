@@ -44,8 +44,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError
-from movingtarget.memory._policy import ClosedOnExit
-from movingtarget.memory.sqlite_store import check_namespace, enter_wal, sqlite_failure
+from movingtarget.memory.stores._policy import ClosedOnExit
+from movingtarget.memory.stores.sqlite_store import check_namespace, enter_wal, sqlite_failure
 
 __all__ = [
     "AskedQueue",
@@ -409,7 +409,7 @@ class RedisQueue(ClosedOnExit):
     def __init__(
         self, url: str, *, namespace: str = "mt", capacity: int = 10_000, per_client: int = 100
     ) -> None:
-        from movingtarget.memory.redis_store import connect_redis, redis_errors
+        from movingtarget.memory.stores.redis_store import connect_redis, redis_errors
 
         check_queue_bounds(capacity, per_client)
         self.capacity, self.per_client = capacity, per_client
@@ -472,7 +472,7 @@ def open_queue(
 ) -> InProcessQueue | SQLiteQueue | RedisQueue:
     """The labeling queue where the store ``url`` lives (``memory://``, ``sqlite:///PATH``,
     ``redis://HOST:PORT/DB``)."""
-    from movingtarget.memory.urls import backend_of
+    from movingtarget.memory.stores.urls import backend_of
 
     kind, where = backend_of(url, "a labeling queue")
     if kind == "memory":

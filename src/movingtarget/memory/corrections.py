@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from movingtarget.memory._policy import ClosedOnExit
-from movingtarget.memory.sqlite_store import check_namespace, enter_wal, sqlite_failure
+from movingtarget.memory.stores._policy import ClosedOnExit
+from movingtarget.memory.stores.sqlite_store import check_namespace, enter_wal, sqlite_failure
 
 if TYPE_CHECKING:
     import redis
@@ -279,7 +279,7 @@ class RedisLabels(ClosedOnExit):
     """
 
     def __init__(self, url_or_client: str | redis.Redis, *, namespace: str = "mt") -> None:
-        from movingtarget.memory.redis_store import connect_redis, redis_errors
+        from movingtarget.memory.stores.redis_store import connect_redis, redis_errors
 
         if isinstance(url_or_client, str):
             self.client, self.url = connect_redis(url_or_client)
@@ -336,7 +336,7 @@ class RedisLabels(ClosedOnExit):
 
 def open_labels(url: str, *, namespace: str) -> LabelTable | SQLiteLabels | RedisLabels:
     """The label memory where the store ``url`` lives (see the module docs)."""
-    from movingtarget.memory.urls import backend_of
+    from movingtarget.memory.stores.urls import backend_of
 
     kind, where = backend_of(url, "corrections")
     if kind == "memory":

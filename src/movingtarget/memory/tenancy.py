@@ -22,7 +22,7 @@ inputs evicts everybody's history from a bounded memory. :class:`TenantMemory` a
 
 Entries expire ``ttl`` after first seen, and each memory evicts exactly its excess
 beyond its capacity after each batch, oldest first-seen first (see
-:mod:`movingtarget.memory.stores`), so the whole memory is bounded by ``key_capacity``
+:mod:`movingtarget.memory.stores.inprocess`), so the whole memory is bounded by ``key_capacity``
 per active key plus ``shared_capacity``, and no batch pays for evicting a whole share.
 """
 
@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError
-from movingtarget.memory.stores import Store
+from movingtarget.memory.stores.base import Store
 
 #: Opens one memory: ``open(name, capacity) -> Store`` (``name``: letters, digits, ``_``).
 StoreOpener = Callable[[str, "int | None"], Store]
@@ -121,7 +121,7 @@ class TenantMemory:
 
     Examples
     --------
-    >>> from movingtarget.memory.stores import InProcessStore
+    >>> from movingtarget.memory.stores.inprocess import InProcessStore
     >>> mem = TenantMemory(lambda name, cap: InProcessStore(capacity=cap), TenantPolicy(quorum=1))
     >>> x = np.array([42], np.uint64)
     >>> mem.observe_from(x, np.array([1]), np.array([0])).tolist()  # key 1 sends it

@@ -25,7 +25,7 @@ def has_arms_race(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> boo
 
 def calibration_lines(runs: list[dict[str, Any]]) -> list[str]:
     """One Markdown line per (defense, calibrated mechanism), from the first seed."""
-    from movingtarget.memory.calibration import Calibration
+    from movingtarget.memory.fingerprints.calibration import Calibration
 
     lines, seen = [], set()
     for run in runs:

@@ -27,7 +27,7 @@ def default_keys_url() -> str:
 def open_keys(url: str | None = None, *, namespace: str = "mt") -> KeyStore:
     """The key store that ``url`` names: ``sqlite:///PATH`` (or a plain path) or
     ``redis://HOST:PORT/DB``, optionally with ``?durability=power`` (what an acknowledged
-    charge or feedback survives: :mod:`movingtarget.memory.durability`).
+    charge or feedback survives: :mod:`movingtarget.memory.stores.durability`).
 
     >>> import tempfile, os
     >>> from movingtarget.gateway.access.base import KeyLimits, token_digest
@@ -38,7 +38,7 @@ def open_keys(url: str | None = None, *, namespace: str = "mt") -> KeyStore:
     """
     from urllib.parse import parse_qsl
 
-    from movingtarget.memory.durability import check_durability
+    from movingtarget.memory.stores.durability import check_durability
 
     url = url or default_keys_url()
     base, _, query = url.partition("?")

@@ -30,7 +30,7 @@ from movingtarget.gateway.access.base import (
     unknown_key,
 )
 from movingtarget.gateway.access.limits import over_limit, too_large
-from movingtarget.memory.urls import redact
+from movingtarget.memory.stores.redaction import redact
 
 # The same steps as limits.charge, in Lua: quota first, then the bucket; charge both or none.
 _AUTHORIZE = """
@@ -109,7 +109,7 @@ class RedisKeyStore:
         )
         self.durability = durability
         if durability != "process":
-            from movingtarget.memory.durability import check_redis_durability
+            from movingtarget.memory.stores.durability import check_redis_durability
 
             self.ping()  # an unreachable server: Unavailable, before the check
             check_redis_durability(self._r, durability, f"keys store {redact(url)}")

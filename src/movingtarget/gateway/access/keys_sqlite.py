@@ -24,7 +24,7 @@ from movingtarget.gateway.access.limits import (
     over_limit,
     too_large,
 )
-from movingtarget.memory.sqlite_store import enter_wal
+from movingtarget.memory.stores.sqlite_store import enter_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -73,7 +73,7 @@ class SQLiteKeyStore:
     def __init__(
         self, path: str | Path, *, url: str | None = None, durability: str = "process"
     ) -> None:
-        from movingtarget.memory.durability import sqlite_synchronous
+        from movingtarget.memory.stores.durability import sqlite_synchronous
 
         synchronous = sqlite_synchronous(durability).upper()
         self.durability = durability

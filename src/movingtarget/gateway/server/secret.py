@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from movingtarget.errors import ConfigError
-from movingtarget.memory.fingerprints import DEVELOPMENT_SECRET
+from movingtarget.memory.fingerprints.exact import DEVELOPMENT_SECRET
 
 #: The shortest secret accepted (``openssl rand -hex 32`` writes 64 characters).
 MIN_SECRET_CHARS = 16

@@ -48,7 +48,7 @@ from movingtarget.gateway.server.config import GatewayConfig
 from movingtarget.gateway.server.secret import operator_secret, schedule_key
 from movingtarget.gateway.server.serving import ServedModel, load_served_model
 from movingtarget.memory.asked import AskedQueue, QueueEntry, open_queue
-from movingtarget.memory.fingerprints import ExactFingerprint, secret_from_env
+from movingtarget.memory.fingerprints.exact import ExactFingerprint, secret_from_env
 from movingtarget.memory.stores import InProcessStore, Store
 from movingtarget.memory.tenancy import TenantMemory, TenantPolicy
 
@@ -84,7 +84,7 @@ def build_served_defense(
     capacities count queries (a robust near-repeat query holds one entry per band).
     """
     from movingtarget.memory.corrections import open_labels
-    from movingtarget.memory.urls import open_store
+    from movingtarget.memory.stores.urls import open_store
 
     defense = _build(config, served)
     # calibrate approximate memories first: calibration forgets what a store holds, and
@@ -244,7 +244,7 @@ def memory_banner(
 def repair_banner(gateway: Gateway) -> str:
     """Who teaches the defense, and where its corrections and labeling queue live, for
     the start-up line (never a secret, never a password)."""
-    from movingtarget.memory.urls import redact_safely
+    from movingtarget.memory.stores.redaction import redact_safely
 
     cfg = gateway.config
     movers = [m for m in gateway.defense.mechanisms if isinstance(m, MovingTarget)]

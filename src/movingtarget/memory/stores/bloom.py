@@ -38,8 +38,8 @@ from numpy.typing import NDArray
 from movingtarget.errors import ConfigError
 
 # the splitmix64 finaliser the exact fingerprint uses: every input bit reaches every output bit
-from movingtarget.memory.fingerprints import _mix64 as _mix
-from movingtarget.memory.fingerprints import _mix64_int as _mix_int
+from movingtarget.memory.fingerprints.exact import _mix64 as _mix
+from movingtarget.memory.fingerprints.exact import _mix64_int as _mix_int
 
 BLOCK_BITS = 512  # one 64-byte cache line
 _WORDS = BLOCK_BITS // 64

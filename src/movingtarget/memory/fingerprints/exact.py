@@ -32,7 +32,7 @@ _COMBINE = np.array(
 
 
 def _loops() -> ModuleType:
-    return loops("movingtarget.memory._fingerprint_loops")
+    return loops("movingtarget.memory.fingerprints._loops")
 
 
 #: The secret used when none is set: public (it is in this file), so fine for

@@ -41,10 +41,10 @@ from numpy.typing import NDArray
 
 from movingtarget._optional import require
 from movingtarget.errors import ConfigError, DataError, Unavailable
-from movingtarget.memory._policy import ClosedOnExit, check_bounds, keep_after_eviction
-from movingtarget.memory.durability import check_redis_durability
-from movingtarget.memory.sqlite_store import check_namespace
-from movingtarget.memory.urls import redact
+from movingtarget.memory.stores._policy import ClosedOnExit, check_bounds, keep_after_eviction
+from movingtarget.memory.stores.durability import check_redis_durability
+from movingtarget.memory.stores.redaction import redact
+from movingtarget.memory.stores.sqlite_store import check_namespace
 
 if TYPE_CHECKING:
     import redis
@@ -214,7 +214,7 @@ class RedisStore(ClosedOnExit):
     durability:
         ``"process"`` (default) or ``"power"``: the server must then run ``appendonly
         yes`` with ``appendfsync always``, checked at open
-        (:mod:`movingtarget.memory.durability`).
+        (:mod:`movingtarget.memory.stores.durability`).
 
     Bounds: a query at time ``t`` whose entry has ``first_seen <= t - ttl`` counts as
     new and restarts the entry; after each batch, entries with ``first_seen <=

@@ -304,7 +304,7 @@ class NeighbourMemory:
         How queries become embeddings (default: a seeded random projection to 64).
     radius:
         L2 distance in embedding space that counts as a repeat (see
-        :func:`movingtarget.memory.calibration.calibrate_radius`).
+        :func:`movingtarget.memory.fingerprints.calibration.calibrate_radius`).
     index:
         ``"flat"`` or ``"hnsw"``.
 

@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError, DataError
-from movingtarget.memory._policy import (
+from movingtarget.memory.stores._policy import (
     ClosedOnExit,
     check_bounds,
     keep_after_eviction,

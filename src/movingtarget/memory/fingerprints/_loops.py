@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from movingtarget._numba import compiled
-from movingtarget.memory.fingerprints import _M1, _M2
+from movingtarget.memory.fingerprints.exact import _M1, _M2
 
 _MIX1, _MIX2 = np.uint64(_M1), np.uint64(_M2)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)

@@ -8,13 +8,13 @@ URL                             store
                                 (``sqlite:///rel/path.db``, ``sqlite:////abs/path.db``)
 ``redis://[:PW@]HOST:PORT/DB``  :class:`RedisStore`: shared between processes and hosts
                                 (also ``rediss://`` for TLS and ``unix://`` sockets)
-``bloom://``                    :class:`~movingtarget.memory.bloom.BloomStore`: this process,
+``bloom://``                    :class:`~movingtarget.memory.stores.bloom.BloomStore`: this process,
                                 membership only (seen or not), about 5 bytes a key
 ==============================  ==========================================================
 
 Bounds and options may also ride in the query string: ``?ttl=3600000&capacity=1000000
 &namespace=gw`` for every scheme, ``&durability=power`` for SQLite and Redis (what an
-acknowledged write survives: :mod:`movingtarget.memory.durability`), and
+acknowledged write survives: :mod:`movingtarget.memory.stores.durability`), and
 ``&synchronous=full`` for SQLite (its lower-level form). ``bloom://`` takes
 ``capacity`` (keys it is sized for, default 1,000,000), ``fp`` (its false-positive rate
 at that size, default ``1e-6``) and ``ttl``, and has no namespaces. A keyword argument and a query
@@ -24,11 +24,13 @@ parameter that disagree are a :class:`ConfigError`.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from movingtarget.errors import ConfigError
-from movingtarget.memory.durability import check_durability, sqlite_synchronous
-from movingtarget.memory.stores import InProcessStore, Store
+from movingtarget.memory.stores.base import Store
+from movingtarget.memory.stores.durability import check_durability, sqlite_synchronous
+from movingtarget.memory.stores.inprocess import InProcessStore
+from movingtarget.memory.stores.redaction import redact, redact_safely
 
 SCHEMES = ("memory", "bloom", "sqlite", "redis", "rediss", "unix")
 _COMMON = ("ttl", "capacity", "namespace")
@@ -76,18 +78,6 @@ def _merge(url: str, name: str, given: Any, from_url: str | None, integer: bool)
     if given is not None and given != value:
         raise ConfigError(f"store URL {url!r} sets {name}={value!r} but the config says {given!r}")
     return value
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print in errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def open_store(
@@ -138,7 +128,7 @@ def open_store(
         return InProcessStore(ttl=ttl, capacity=capacity)
 
     if scheme == "bloom":
-        from movingtarget.memory.bloom import BloomStore
+        from movingtarget.memory.stores.bloom import BloomStore
 
         if parts.netloc or parts.path.strip("/"):
             raise ConfigError(f"store URL {shown!r}: write bloom:// with only ?options after it")
@@ -155,7 +145,7 @@ def open_store(
         )
 
     if scheme == "sqlite":
-        from movingtarget.memory.sqlite_store import SQLiteStore
+        from movingtarget.memory.stores.sqlite_store import SQLiteStore
 
         # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db" (SQLAlchemy style)
         if parts.netloc or not parts.path.startswith("/") or not parts.path[1:]:
@@ -179,7 +169,7 @@ def open_store(
             synchronous=synchronous or "normal",
         )
 
-    from movingtarget.memory.redis_store import RedisStore
+    from movingtarget.memory.stores.redis_store import RedisStore
 
     if scheme == "unix":
         db = options.get("db", "0")
@@ -251,11 +241,3 @@ def backend_of(url: str, what: str) -> tuple[str, str]:
             f"cannot keep {what}: use memory://, sqlite:///PATH or redis://HOST:PORT/DB"
         )
     raise ConfigError(f"store URL {shown!r}: unknown scheme {scheme!r}; use one of {SCHEMES}")
-
-
-def redact_safely(url: str) -> str:
-    """:func:`redact`, or a placeholder for a URL too malformed to read."""
-    try:
-        return redact(url)
-    except ValueError:
-        return "<unreadable URL>"

@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 
 from movingtarget._threads import one_blas_thread
 from movingtarget.errors import ConfigError, InputError
-from movingtarget.memory.fingerprints import _M1, _M2, _loops, secret_from_env
+from movingtarget.memory.fingerprints.exact import _M1, _M2, _loops, secret_from_env
 
 _CHUNK_ROWS = 256  # rows per step: the working set stays in the CPU caches
 

@@ -16,9 +16,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError
-from movingtarget.memory.neighbours import Encoder, NeighbourIndex, stream_nearest
-from movingtarget.memory.robust import RobustFingerprint
-from movingtarget.memory.stores import occurrences_before
+from movingtarget.memory._keys import occurrences_before
+from movingtarget.memory.fingerprints.neighbours import Encoder, NeighbourIndex, stream_nearest
+from movingtarget.memory.fingerprints.robust import RobustFingerprint
 
 #: Default target benign false-match rate (0.1 %).
 TARGET_RATE = 0.001
@@ -182,7 +182,7 @@ def calibrate_radius(
     Examples
     --------
     >>> import numpy as np
-    >>> from movingtarget.memory.neighbours import RandomProjectionEncoder
+    >>> from movingtarget.memory.fingerprints.neighbours import RandomProjectionEncoder
     >>> x = np.random.default_rng(0).random((300, 16), dtype=np.float32)
     >>> cal = calibrate_radius(RandomProjectionEncoder(16), x[:200], x[200:])
     >>> cal.parameter, cal.value > 0, cal.calibration_rate <= 0.001

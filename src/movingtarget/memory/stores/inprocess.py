@@ -1,20 +1,20 @@
-"""Stores: where the memory box keeps fingerprints (count and first-seen time).
+"""The in-process store: fingerprints (count and first-seen time) in this process.
 
-One interface, several back ends. Stores keep keyed hashes, never raw inputs.
+The default back end of the :class:`~movingtarget.memory.stores.base.Store` interface;
+its hash table loops are in :mod:`movingtarget.memory.stores._hashtable`.
 """
 
 from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget._numba import loops
 from movingtarget.errors import ConfigError
-from movingtarget.memory._policy import keep_after_eviction
+from movingtarget.memory.stores._policy import keep_after_eviction
 
 _MIN_SLOTS = 1024
 _MAX_LOAD = 0.6
@@ -35,53 +35,6 @@ def _slots_for(keys: int) -> int:
     return max(_MIN_SLOTS, 1 << math.ceil(math.log2(keys / _MAX_LOAD)))
 
 
-def occurrences_before(keys: NDArray[np.uint64]) -> NDArray[np.int64]:
-    """For each position, how many earlier positions in ``keys`` hold the same key.
-
-    >>> occurrences_before(np.array([5, 7, 5, 5, 7], dtype=np.uint64)).tolist()
-    [0, 0, 1, 2, 1]
-    """
-    order = np.argsort(keys, kind="stable")
-    ranked = keys[order]
-    starts = np.ones(len(keys), dtype=bool)
-    starts[1:] = ranked[1:] != ranked[:-1]
-    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))
-    out = np.empty(len(keys), dtype=np.int64)
-    out[order] = np.arange(len(keys)) - group_start
-    return out
-
-
-@runtime_checkable
-class Store(Protocol):
-    """A memory of fingerprints.
-
-    ``observe`` is the one write: it records each key in arrival order and returns
-    how many times that key had been seen *before* it (so a key twice in one batch
-    is new the first time and a repeat the second).
-
-    Examples
-    --------
-    >>> isinstance(InProcessStore(), Store)
-    True
-    """
-
-    def observe(self, keys: NDArray[np.uint64], now: NDArray[np.int64]) -> NDArray[np.int64]:
-        """Record ``keys`` (seen at times ``now``); return prior counts."""
-        ...
-
-    def lookup(self, keys: NDArray[np.uint64]) -> NDArray[np.int64]:
-        """Counts of ``keys`` without recording them."""
-        ...
-
-    def clear(self) -> None:
-        """Forget everything."""
-        ...
-
-    def __len__(self) -> int:
-        """Number of distinct keys stored."""
-        ...
-
-
 class InProcessStore:
     """An open-addressing hash table in this process: fastest, gone when it ends.
 
@@ -90,7 +43,7 @@ class InProcessStore:
     entry (plus the few left stale by TTL restarts), finds the oldest entries. Keys are
     placed by Fibonacci hashing and linear probing (load kept at most 0.6), in compiled
     loops that take a batch's keys one after the other in arrival order
-    (:mod:`movingtarget.memory._hashtable`): a few microseconds for a batch of 64 keys,
+    (:mod:`movingtarget.memory.stores._hashtable`): a few microseconds for a batch of 64 keys,
     about 10M lookups a second in large batches at 10M stored. Tables up to 4M slots
     grow fourfold, larger ones double.
 
@@ -312,7 +265,7 @@ class InProcessStore:
 
 
 def _table_loops() -> ModuleType:
-    return loops("movingtarget.memory._hashtable")
+    return loops("movingtarget.memory.stores._hashtable")
 
 
 def _as_int64(keys: NDArray[np.uint64]) -> NDArray[np.int64]:
