@@ -154,7 +154,7 @@ def test_the_dynamic_config_runs_the_ablation_on_spambase_and_fashion_mnist() ->
     assert cfg.then == ("dynamic-spambase", "dynamic-fashion")
     for name, fixed in OTHER_FIXED.items():
         other = load_config(name)
-        assert [d.name for d in other.defenses] == [*fixed, *ABLATION]
+        assert [d.name for d in other.defenses] == [*fixed, WHOLE[name], *ABLATION[1:]]
         # the same suite of attackers as digits, in the same order
         assert [a.name for a in other.attacks] == [a.name for a in cfg.attacks]
         assert other.model.name == "pool" and other.arena.near_duplicate_share > 0

@@ -34,7 +34,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.memory.stores._policy import ClosedOnExit
-from movingtarget.memory.stores.sqlite_store import check_namespace, enter_wal, sqlite_failure
+from movingtarget.memory.stores.sqlite_store import (
+    check_namespace,
+    connect_wal,
+    sqlite_failure,
+    transaction,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -164,38 +169,16 @@ class SQLiteLabels(ClosedOnExit):
                 (self.namespace,),
             )
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            enter_wal(conn, self.timeout)
-        except sqlite3.Error:
-            conn.close()
-            raise
-        return conn
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect_wal(self.path, self.timeout)
+        return self._conn
 
     @contextmanager
     def _transaction(self, doing: str, *, write: bool) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                conn = self._conn
-                if not write:
-                    yield conn
-                    return
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as err:
-                if self._conn is not None and self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise sqlite_failure(self.path, err, doing, self.timeout) from None
+        fail = lambda err: sqlite_failure(self.path, err, doing, self.timeout)  # noqa: E731
+        with self._lock, transaction(self._connection, write=write, fail=fail) as conn:
+            yield conn
 
     def add(self, keys: NDArray[np.uint64], labels: NDArray[np.int64]) -> None:
         """Remember ``labels`` for ``keys`` in one committed transaction."""

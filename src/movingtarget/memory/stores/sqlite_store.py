@@ -24,7 +24,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,6 +74,49 @@ def sqlite_failure(path: str, err: sqlite3.Error, doing: str, timeout: float) ->
     else:
         hint = text
     return DataError(f"SQLite store {path}: cannot {doing}: {hint} ({text})")
+
+
+def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection to ``path`` in autocommit mode (transactions are explicit), usable
+    from the gateway's threads, in WAL mode; closed again if WAL cannot be entered."""
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        enter_wal(conn, timeout)
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def transaction(
+    connect: Callable[[], sqlite3.Connection],
+    *,
+    write: bool,
+    fail: Callable[[sqlite3.Error], Exception],
+) -> Iterator[sqlite3.Connection]:
+    """The connection ``connect()`` gives; with ``write``, inside one ``BEGIN
+    IMMEDIATE`` transaction, rolled back if the block raises. Reads are single
+    statements, each already an atomic snapshot, so they skip BEGIN/COMMIT. An
+    ``sqlite3.Error`` becomes ``fail(err)`` (one message naming the file), the
+    transaction rolled back first. The caller holds its own lock."""
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = connect()
+        if not write:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.Error as err:
+        if conn is not None and conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise fail(err) from None
 
 
 def enter_wal(conn: sqlite3.Connection, timeout: float) -> None:
@@ -227,26 +270,10 @@ class SQLiteStore(ClosedOnExit):
 
     @contextmanager
     def _transaction(self, doing: str, *, write: bool) -> Iterator[sqlite3.Connection]:
-        """The connection, under this object's lock; with ``write``, inside one
-        ``BEGIN IMMEDIATE`` transaction. Reads are single statements, each already an
-        atomic snapshot, so they skip BEGIN/COMMIT."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                if not write:
-                    yield conn
-                    return
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as err:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise self._fail(err, doing) from None
+        """The connection, under this object's lock (see :func:`transaction`)."""
+        fail = lambda err: self._fail(err, doing)  # noqa: E731
+        with self._lock, transaction(self._connection, write=write, fail=fail) as conn:
+            yield conn
 
     # -- reading -----------------------------------------------------------------
     def _fetch(
