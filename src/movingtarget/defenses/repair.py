@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from movingtarget.defenses.labeling import DEFAULT_ASK_ON, parse_ask_on, reason_codes
 from movingtarget.errors import ConfigError
-from movingtarget.models.base import Model, OnlineModel
+from movingtarget.models.base import Model, is_online
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,7 @@ class GatedUpdate:
 
     def check(self, model: Model) -> None:
         """Refuse a model that cannot learn (:class:`ConfigError`)."""
-        # a pool says whether its members can learn (``online``)
-        if not isinstance(model, OnlineModel) or not getattr(model, "online", True):
+        if not is_online(model):
             raise ConfigError(
                 f"update: the model ({type(model).__name__}) has no partial_fit; use an "
                 "online model (mlp, torch-mlp, cnn, or an estimator with partial_fit)"

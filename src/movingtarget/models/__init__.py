@@ -39,7 +39,7 @@ import sklearn as _sklearn  # not "sklearn": the submodule of that name shadows 
 
 from movingtarget.datasets.base import Split
 from movingtarget.errors import ConfigError
-from movingtarget.models.base import Model, OnlineModel
+from movingtarget.models.base import Model, OnlineModel, is_online
 from movingtarget.models.checks import check_model, check_online_model
 from movingtarget.models.files import file_model, load_model_file
 from movingtarget.models.pool import ModelPool, pool
@@ -63,6 +63,7 @@ __all__ = [
     "check_model",
     "check_online_model",
     "default_cache_dir",
+    "is_online",
     "load_model_file",
     "split_digest",
 ]

@@ -50,3 +50,17 @@ class OnlineModel(Model, Protocol):
     def partial_fit(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> None:
         """Update the model with labeled inputs."""
         ...
+
+
+def is_online(model: object) -> bool:
+    """Whether ``model`` can learn from labels now: it has ``partial_fit`` and, if it
+    says (a pool of members: ``online``), all of it can learn.
+
+    >>> from movingtarget.models.pool import ModelPool
+    >>> class Fixed:
+    ...     n_classes = 2
+    ...     def predict_proba(self, x): return np.tile([0.5, 0.5], (len(x), 1))
+    >>> is_online(ModelPool([Fixed()]))     # a pool whose members cannot learn
+    False
+    """
+    return isinstance(model, OnlineModel) and bool(getattr(model, "online", True))
