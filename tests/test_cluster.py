@@ -138,8 +138,18 @@ def scheduler(home: Path) -> Iterator[str]:
     port = address.rsplit(":", 1)[1]
     start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")
     for i in range(2):
-        start(f"worker{i}", "worker", address, "--nworkers", "1", "--nthreads", "1",
-              "--host", "127.0.0.1", "--no-dashboard")  # fmt: skip
+        start(
+            f"worker{i}",
+            "worker",
+            address,
+            "--nworkers",
+            "1",
+            "--nthreads",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--no-dashboard",
+        )
     try:
         with distributed.Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=60)
@@ -210,14 +220,17 @@ def test_a_failed_deployment_is_named_and_resume_runs_only_the_rest(
     assert "--resume" in errors[0]
     kept = records(out)
     assert sorted(kept) == sorted(
-        f"test-set__{d}__seed{s}.json" for d in ("deterministic", "memorize-abstain") for s in (0, 1)
+        f"test-set__{d}__seed{s}.json"
+        for d in ("deterministic", "memorize-abstain")
+        for s in (0, 1)
     )
     assert not (out / "summary.json").exists()
 
     (home / "gate-open").touch()
     try:
-        again = cli(home, "run", "gate-fail.toml", "--out", str(out), "--cluster", scheduler,
-                    "--resume")  # fmt: skip
+        again = cli(
+            home, "run", "gate-fail.toml", "--out", str(out), "--cluster", scheduler, "--resume"
+        )
         fresh = cli(home, "run", "gate-fail.toml", "--out", "gate-fresh", "--workers", "1")
     finally:
         (home / "gate-open").unlink()
@@ -235,8 +248,17 @@ def test_a_failed_deployment_is_named_and_resume_runs_only_the_rest(
 def test_a_local_cluster_sweep_killed_mid_way_resumes_without_repeating(home: Path) -> None:
     out = home / "killed"
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "movingtarget", "run", "gate-wait.toml", "--out", str(out),
-         "--cluster", "local:2"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "movingtarget",
+            "run",
+            "gate-wait.toml",
+            "--out",
+            str(out),
+            "--cluster",
+            "local:2",
+        ],
         cwd=home,
         env=env_for(home),
         stdout=subprocess.DEVNULL,
@@ -257,8 +279,9 @@ def test_a_local_cluster_sweep_killed_mid_way_resumes_without_repeating(home: Pa
 
     (home / "gate-open").touch()
     try:
-        again = cli(home, "run", "gate-wait.toml", "--out", str(out), "--cluster", "local:2",
-                    "--resume")  # fmt: skip
+        again = cli(
+            home, "run", "gate-wait.toml", "--out", str(out), "--cluster", "local:2", "--resume"
+        )
         fresh = cli(home, "run", "gate-wait.toml", "--out", "wait-fresh", "--workers", "1")
     finally:
         (home / "gate-open").unlink()
@@ -269,6 +292,7 @@ def test_a_local_cluster_sweep_killed_mid_way_resumes_without_repeating(home: Pa
     after = records(out)
     assert len(after) == DEPLOYMENTS
     assert {k: after[k] for k in kept} == kept
+    assert fresh.returncode == 0, fresh.stderr
     assert (out / "summary.json").read_bytes() == (home / "wait-fresh/summary.json").read_bytes()
 
 
@@ -316,8 +340,17 @@ def test_without_the_cluster_extra_cluster_names_it(home: Path, tmp_path: Path) 
     )
     env = {**env_for(home), "PYTHONPATH": f"{tmp_path}{os.pathsep}{home}"}
     p = subprocess.run(
-        [sys.executable, "-m", "movingtarget", "run", "tiny.toml", "--out", "none",
-         "--cluster", "local:2"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "movingtarget",
+            "run",
+            "tiny.toml",
+            "--out",
+            "none",
+            "--cluster",
+            "local:2",
+        ],
         capture_output=True,
         text=True,
         cwd=home,

@@ -115,7 +115,7 @@ def run(
     # a companion's bad config fails before minutes of the main run, not after
     then = [load_config(name, sizes) for name in cfg.then]
     output_folder(out)
-    how = {"workers": workers, "cache_dir": cache_dir, "device": device}
+    how: dict[str, Any] = {"workers": workers, "cache_dir": cache_dir, "device": device}
     how |= {"cluster": cluster, "resume": resume}
     results = _run_one(cfg, out, **how)
     names = []

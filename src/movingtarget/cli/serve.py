@@ -172,7 +172,8 @@ def serve(
         ),
     ] = None,
     update_steps: Annotated[
-        int, typer.Option(help="partial_fit passes over each labeled batch of a gated model update.")
+        int,
+        typer.Option(help="partial_fit passes over each labeled batch of a gated model update."),
     ] = 1,
     canary: Annotated[
         int, typer.Option(help="Held-out test-split items the model-update gate measures.")

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._optional import require
 from movingtarget.arena.arena import Arena
 from movingtarget.arena.eventlog import EventLog
 from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import NO_TARGET, build_adversary
-from movingtarget._optional import require
 from movingtarget.datasets import load_dataset
 from movingtarget.datasets.base import Split
 from movingtarget.defenses import (
