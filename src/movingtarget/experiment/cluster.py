@@ -76,13 +76,15 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
     distributed = require("distributed", "--cluster")
     if spec.workers:
         # one thread per worker: deployments are single-threaded numpy, and a worker's
-        # tasks share one model (see run_remote); no dashboard, no port to collide on
+        # tasks share one model (see run_remote). The scheduler serves its HTTP routes
+        # (health, metrics) even without a dashboard: on a random port (":0"), so that a
+        # cluster already on 8787 costs no warning
         with (
             distributed.LocalCluster(
                 n_workers=spec.workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",
                 silence_logs=logging.ERROR,
             ) as cluster,
             distributed.Client(cluster) as client,
