@@ -653,6 +653,10 @@ def task_name(task: Task) -> str:
     return f"{task.attack.display} x {task.defense.name}, seed {task.seed}"
 
 
+#: Failed deployments a failure message names besides the first (the line stays a line).
+NAMED_FAILURES = 5
+
+
 def failure_message(failed: list[tuple[Task, BaseException]], total: int, kept: Path | None) -> str:
     """One line: how many deployments failed, which, the first one's error, where the
     finished ones are kept."""
@@ -660,7 +664,9 @@ def failure_message(failed: list[tuple[Task, BaseException]], total: int, kept: 
     why = " ".join(str(exc).split()) or type(exc).__name__
     if not isinstance(exc, MovingTargetError):
         why = f"{type(exc).__name__}: {why}"
-    names = "; ".join(task_name(t) for t, _ in failed[1:])
+    names = "; ".join(task_name(t) for t, _ in failed[1 : 1 + NAMED_FAILURES])
+    more = len(failed) - 1 - NAMED_FAILURES
+    names += f"; and {more} more" if more > 0 else ""
     others = f" (also failed: {names})" if names else ""
     where = (
         f"; the {total - len(failed)} finished are kept in {kept} (run again with --resume "
@@ -700,6 +706,9 @@ def _run_on_cluster(
             i = futures[future]
             try:
                 result, log = future.result()
+            except MovingTargetError:
+                client.cancel(list(futures))  # a user error: every deployment would fail
+                raise
             except Exception as exc:  # reported by name; the others still finish
                 failed.append((tasks[i], exc))
                 continue
@@ -729,7 +738,9 @@ def run_experiment(
     there by an interrupted run of the same config and runs only the rest
     (``on_resumed`` gets how many were found, of how many). A deployment that raises is
     reported by name in one :class:`~movingtarget.errors.TaskFailed` once the others
-    have finished; their records stay for ``resume``.
+    have finished; their records stay for ``resume``. A user error
+    (:class:`~movingtarget.errors.MovingTargetError`: a bad setting, a missing extra)
+    would fail every deployment alike: the first one stops the run, as it is.
     """
     spec = None
     if cluster is not None:
@@ -786,6 +797,8 @@ def run_experiment(
         for i in todo:
             try:
                 result = run_task(tasks[i])
+            except MovingTargetError:
+                raise  # a user error (config, missing extra): every deployment would fail
             except Exception as exc:  # reported by name below; the others still run
                 failed.append((tasks[i], exc))
                 continue
@@ -802,6 +815,10 @@ def run_experiment(
             for future in as_completed(futures):
                 try:
                     result = future.result()
+                except MovingTargetError:
+                    for pending in futures:  # the pool's exit would wait for them
+                        pending.cancel()
+                    raise
                 except Exception as exc:
                     failed.append((tasks[futures[future]], exc))
                     continue
