@@ -377,3 +377,24 @@ def test_records_are_json_that_aggregates_like_the_results(tmp_path: Path) -> No
     for path in recorded:
         data = json.loads(path.read_text())
         assert runs[(data["attack"], data["defense"])]["r_tilde"] == data["r_tilde"]
+
+
+def test_resume_without_a_cluster_runs_only_the_missing_deployments(home: Path) -> None:
+    out = home / "pool"
+    assert cli(home, "run", "tiny.toml", "--out", str(out), "--workers", "1").returncode == 0
+    whole = (out / "summary.json").read_bytes()
+    before = records(out)
+    gone = ["test-set__deterministic__seed1.json", "noisy-repeat__memorize-abstain__seed0.json"]
+    for name in gone:
+        (out / "tasks" / name).unlink()
+    (out / "summary.json").unlink()
+    p = cli(home, "run", "tiny.toml", "--out", str(out), "--workers", "2", "--resume")
+    assert p.returncode == 0, p.stderr
+    assert "tiny: resumed: 6 of 8 deployments already finished" in p.stderr
+    assert "running 2" in p.stderr
+    after = records(out)
+    assert {k: v for k, v in after.items() if k not in gone} == {
+        k: v for k, v in before.items() if k not in gone
+    }
+    assert set(after) == set(before)
+    assert (out / "summary.json").read_bytes() == whole
