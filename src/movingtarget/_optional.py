@@ -32,6 +32,8 @@ EXTRAS = {
     "onnx": "models",
     "skops": "models",
     "skl2onnx": "models",
+    "distributed": "cluster",
+    "dask": "cluster",
 }
 
 

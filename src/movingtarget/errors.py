@@ -45,3 +45,8 @@ class Unavailable(MovingTargetError):
     """A service a component needs (a memory or key store) cannot be reached: an outage,
     not a bad request. The gateway answers 503 with ``Retry-After`` and logs the detail;
     the client is told only that the service is unavailable."""
+
+
+class TaskFailed(MovingTargetError):
+    """Deployments of an experiment raised; the message names them (the finished ones
+    are kept in the results folder for ``--resume``)."""

@@ -75,6 +75,22 @@ def run(
     set_: SetOption = None,
     device: DeviceOption = "auto",
     cache_dir: CacheOption = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Run the deployments on a Dask cluster: tcp://HOST:PORT (a running "
+            "`dask scheduler`) or local:N (N local worker processes).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Keep the deployments an interrupted run of the same config finished "
+            "(OUT/tasks) and run only the rest.",
+        ),
+    ] = False,
 ) -> None:
     """Run an experiment: every attack against every defense, for every seed."""
     from movingtarget.experiment import load_config, record_then
@@ -85,14 +101,26 @@ def run(
         sizes.append(f"seeds={seeds}")
     if queries is not None:
         sizes.append(f"arena.queries={queries}")
+    if cluster is not None:
+        from movingtarget.errors import ConfigError
+        from movingtarget.experiment.cluster import parse_cluster
+
+        if workers is not None:
+            raise ConfigError(
+                "--workers sizes the local process pool; with --cluster the cluster's "
+                "workers run the deployments: give one of them"
+            )
+        parse_cluster(cluster)  # a bad value fails before the config is read
     cfg = load_config(config, [*(set_ or []), *sizes])
     # a companion's bad config fails before minutes of the main run, not after
     then = [load_config(name, sizes) for name in cfg.then]
     output_folder(out)
-    results = _run_one(cfg, out, workers=workers, cache_dir=cache_dir, device=device)
+    how: dict[str, Any] = {"workers": workers, "cache_dir": cache_dir, "device": device}
+    how |= {"cluster": cluster, "resume": resume}
+    results = _run_one(cfg, out, **how)
     names = []
     for sub in then:
-        _run_one(sub, out / sub.name, workers=workers, cache_dir=cache_dir, device=device)
+        _run_one(sub, out / sub.name, **how)
         names.append(sub.name)
     if names:
         record_then(out, names)
@@ -109,7 +137,14 @@ def run(
 
 
 def _run_one(
-    cfg: Any, out: Path, *, workers: int | None, cache_dir: Path | None, device: str
+    cfg: Any,
+    out: Path,
+    *,
+    workers: int | None,
+    cache_dir: Path | None,
+    device: str,
+    cluster: str | None = None,
+    resume: bool = False,
 ) -> Any:
     """Run one experiment under a progress bar; write its own report."""
     from movingtarget.experiment import run_experiment
@@ -134,6 +169,15 @@ def _run_one(
             cache_dir=cache_dir,
             device=device,
             on_task_done=lambda n: progress.advance(bar, n),
+            cluster=cluster,
+            resume=resume,
+            on_resumed=lambda found, n: progress.console.print(
+                f"{cfg.name}: resumed: {found} of {n} deployments already finished in "
+                f"{out / 'tasks'}, skipped; running {n - found}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            ),
         )
     write_report(out)
     return results

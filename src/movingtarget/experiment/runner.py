@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import multiprocessing as mp
 import os
+import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from movingtarget._optional import require
 from movingtarget.arena.arena import Arena
+from movingtarget.arena.eventlog import EventLog
 from movingtarget.arena.seeds import DeploymentSeeds
 from movingtarget.attacks import NO_TARGET, build_adversary
 from movingtarget.datasets import load_dataset
@@ -27,6 +32,8 @@ from movingtarget.defenses import (
     supply_defense,
 )
 from movingtarget.defenses.near_repeat import calibrate_defense, split_unseen
+from movingtarget.errors import ConfigError, MovingTargetError, TaskFailed
+from movingtarget.experiment.cluster import ClusterSpec, parse_cluster
 from movingtarget.experiment.config import ComponentSpec, DefenseSpec, ExperimentConfig
 from movingtarget.metrics.analytic import (
     FEW_MISTAKES,
@@ -278,6 +285,15 @@ def gated_update(table: dict[str, Any], pools: Pools, seed: int) -> GatedUpdate:
 def run_task(task: Task) -> dict[str, Any]:
     """Run one deployment in this process; write its event log; return its metrics and
     the prediction for the attacker it ran."""
+    out, log = deploy(task)
+    if _STATE["logs"]:
+        log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
+    return out
+
+
+def deploy(task: Task) -> tuple[dict[str, Any], EventLog]:
+    """Run one deployment in this process (set up by :func:`_init_worker`); return its
+    metrics, the prediction for the attacker it ran, and its event log."""
     prepared: Prepared = _STATE["prepared"][task.split_seed]
     model, pools = prepared.model, prepared.pools
     config: ExperimentConfig = _STATE["config"]
@@ -319,8 +335,6 @@ def run_task(task: Task) -> dict[str, Any]:
     # the model is shared by this worker's tasks: put back what a refresh or a gated
     # update changed, so the next task's defense gets it as deployed
     defense.reset()
-    if _STATE["logs"]:
-        log.write(Path(_STATE["logs"]) / f"{task.slug}.csv")
     metrics = attack_metrics(log, 0)
     curve = cumulative_r_tilde(log, 0)
     at = curve_points(len(curve))
@@ -351,7 +365,7 @@ def run_task(task: Task) -> dict[str, Any]:
     predicted_curve = prediction.curve(at)
     if predicted_curve is not None:
         out["curve_predicted_y"] = predicted_curve.tolist()
-    return out
+    return out, log
 
 
 def sample_se_floor(sample_se: float, rate: float, queries: int) -> float:
@@ -553,6 +567,156 @@ class Results:
     out: Path | None
 
 
+#: The results folder's subfolder of per-deployment records (``--resume`` reads them).
+TASKS_DIR = "tasks"
+
+
+def sweep_key(config: ExperimentConfig) -> str:
+    """What a deployment's record depends on besides its own attack, defense and seed:
+    the config without its seed list (so a resumed sweep may add seeds).
+
+    >>> from movingtarget.experiment.config import load_config
+    >>> a = load_config("synthetic", ["seeds=2"]); b = load_config("synthetic", ["seeds=5"])
+    >>> sweep_key(a) == sweep_key(b), sweep_key(a) == sweep_key(load_config("hello-world"))
+    (True, False)
+    """
+    text = repr(dataclasses.replace(config, seeds=()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class TaskRecords:
+    """The finished deployments of a sweep on disk: ``tasks/SLUG.json`` per deployment,
+    written when it finishes (after its event log, by rename, so a record on disk is
+    whole and its log is there), and ``tasks/sweep.json`` naming the config they belong
+    to. Without ``out`` nothing is written and nothing is resumed."""
+
+    def __init__(self, out: Path | None, config: ExperimentConfig, *, resume: bool) -> None:
+        self.folder = out / TASKS_DIR if out is not None else None
+        self.resume = resume
+        key = sweep_key(config)
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp = self.folder / "sweep.json"
+        if resume and stamp.exists():
+            try:
+                was = json.loads(stamp.read_text(encoding="utf-8")).get("config")
+            except (ValueError, AttributeError):
+                was = None
+            if was != key:
+                raise ConfigError(
+                    f"--resume: {self.folder} holds deployments of another config (or "
+                    "another queries, defense, attack or arena setting); run without "
+                    "--resume to start over"
+                )
+        if not resume:
+            # a fresh sweep: records of an earlier one must not be resumed later
+            for old in self.folder.glob("*.json"):
+                old.unlink()
+        stamp.write_text(json.dumps({"config": key}) + "\n", encoding="utf-8")
+
+    def finished(self, tasks: list[Task]) -> dict[int, dict[str, Any]]:
+        """Index -> result of each task recorded on disk (only when resuming)."""
+        if self.folder is None or not self.resume:
+            return {}
+        found = {}
+        for i, task in enumerate(tasks):
+            path = self.folder / f"{task.slug}.json"
+            try:
+                found[i] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # not finished (or unreadable): it runs again
+        return found
+
+    def save(self, task: Task, result: dict[str, Any]) -> dict[str, Any]:
+        """Record ``result``; return it as a resumed run would read it back.
+
+        Every result passes through the same JSON text (NaN kept as NaN), so a sweep
+        that was resumed and one that was not aggregate byte-identical summaries."""
+        text = json.dumps(result)
+        if self.folder is not None:
+            path = self.folder / f"{task.slug}.json"
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
+        loaded: dict[str, Any] = json.loads(text)
+        return loaded
+
+
+def task_name(task: Task) -> str:
+    """A deployment as a user names it.
+
+    >>> from movingtarget.experiment.config import ComponentSpec, DefenseSpec
+    >>> task_name(Task(ComponentSpec("test-set"), DefenseSpec("deterministic", "deterministic"), 3))
+    'test-set x deterministic, seed 3'
+    """
+    return f"{task.attack.display} x {task.defense.name}, seed {task.seed}"
+
+
+#: Failed deployments a failure message names besides the first (the line stays a line).
+NAMED_FAILURES = 5
+
+
+def failure_message(failed: list[tuple[Task, BaseException]], total: int, kept: Path | None) -> str:
+    """One line: how many deployments failed, which, the first one's error, where the
+    finished ones are kept."""
+    task, exc = failed[0]
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, MovingTargetError):
+        why = f"{type(exc).__name__}: {why}"
+    names = "; ".join(task_name(t) for t, _ in failed[1 : 1 + NAMED_FAILURES])
+    more = len(failed) - 1 - NAMED_FAILURES
+    names += f"; and {more} more" if more > 0 else ""
+    others = f" (also failed: {names})" if names else ""
+    where = (
+        f"; the {total - len(failed)} finished are kept in {kept} (run again with --resume "
+        "to run only the rest)"
+        if kept is not None
+        else ""
+    )
+    return f"{len(failed)} of {total} deployments failed: {task_name(task)}: {why}{others}{where}"
+
+
+def _run_on_cluster(
+    spec: ClusterSpec,
+    tasks: list[Task],
+    todo: list[int],
+    prepared: dict[int, Prepared],
+    config: ExperimentConfig,
+    logs: str,
+    finished: Callable[[int, dict[str, Any]], None],
+    failed: list[tuple[Task, BaseException]],
+) -> None:
+    """Run the ``todo`` tasks on the Dask cluster ``spec``; write each event log here."""
+    import distributed
+
+    from movingtarget.experiment.cluster import Shared, open_client, run_remote
+
+    if not todo:
+        return
+    with open_client(spec) as client:
+        # one copy per worker, not one per task (hash=False: no need to tokenize models)
+        shared = client.scatter(Shared(prepared, config), broadcast=True, hash=False)
+        run = uuid.uuid4().hex[:8]  # keys unique on a long-lived scheduler
+        futures = {
+            client.submit(run_remote, tasks[i], shared, key=f"{tasks[i].slug}-{run}", pure=False): i
+            for i in todo
+        }
+        for future in distributed.as_completed(futures):
+            i = futures[future]
+            try:
+                result, log = future.result()
+            except MovingTargetError:
+                client.cancel(list(futures))  # a user error: every deployment would fail
+                raise
+            except Exception as exc:  # reported by name; the others still finish
+                failed.append((tasks[i], exc))
+                continue
+            if logs:
+                (Path(logs) / f"{tasks[i].slug}.csv").write_text(log, encoding="utf-8")
+            finished(i, result)
+
+
 def run_experiment(
     config: ExperimentConfig,
     out: str | Path | None = None,
@@ -561,11 +725,28 @@ def run_experiment(
     cache_dir: str | Path | None = None,
     device: str = "auto",
     on_task_done: Callable[[int], None] | None = None,
+    cluster: str | None = None,
+    resume: bool = False,
+    on_resumed: Callable[[int, int], None] | None = None,
 ) -> Results:
     """Run ``config``; write ``summary.json``, ``runs.json`` and event logs under ``out``.
 
-    ``on_task_done`` gets the number of adversarial queries of each finished run.
+    ``on_task_done`` gets the number of adversarial queries of each finished run (and of
+    each run found on disk). ``cluster`` (``local:N`` or ``tcp://HOST:PORT``) runs the
+    deployments on a Dask cluster instead of the process pool. Each finished deployment
+    is recorded under ``out/tasks`` as it finishes; ``resume`` keeps the ones recorded
+    there by an interrupted run of the same config and runs only the rest
+    (``on_resumed`` gets how many were found, of how many). A deployment that raises is
+    reported by name in one :class:`~movingtarget.errors.TaskFailed` once the others
+    have finished; their records stay for ``resume``. A user error
+    (:class:`~movingtarget.errors.MovingTargetError`: a bad setting, a missing extra)
+    would fail every deployment alike: the first one stops the run, as it is.
     """
+    spec = None
+    if cluster is not None:
+        # a bad --cluster or a missing extra fails before any model is trained
+        spec = parse_cluster(cluster)
+        require("distributed", "--cluster")
     split_seeds = (
         [config.split_seed + s for s in config.seeds]
         if config.resample == "data"
@@ -593,14 +774,35 @@ def run_experiment(
         out = Path(out)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         logs = str(out / "logs")
-    n_workers = workers or min(len(tasks), os.cpu_count() or 1)
-    runs: list[dict[str, Any]] = []
-    if n_workers <= 1:
+    records = TaskRecords(out, config, resume=resume)
+    done = records.finished(tasks)
+    if resume and on_resumed:
+        on_resumed(len(done), len(tasks))
+    for _ in done:
+        if on_task_done:
+            on_task_done(config.arena.queries)
+    todo = [i for i in range(len(tasks)) if i not in done]
+    failed: list[tuple[Task, BaseException]] = []
+
+    def finished(i: int, result: dict[str, Any]) -> None:
+        done[i] = records.save(tasks[i], result)
+        if on_task_done:
+            on_task_done(config.arena.queries)
+
+    n_workers = workers or min(len(todo), os.cpu_count() or 1)
+    if spec is not None:
+        _run_on_cluster(spec, tasks, todo, prepared, config, logs, finished, failed)
+    elif n_workers <= 1:
         _init_worker(prepared, config, logs)
-        for task in tasks:
-            runs.append(run_task(task))
-            if on_task_done:
-                on_task_done(config.arena.queries)
+        for i in todo:
+            try:
+                result = run_task(tasks[i])
+            except MovingTargetError:
+                raise  # a user error (config, missing extra): every deployment would fail
+            except Exception as exc:  # reported by name below; the others still run
+                failed.append((tasks[i], exc))
+                continue
+            finished(i, result)
     else:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ProcessPoolExecutor(
@@ -609,10 +811,22 @@ def run_experiment(
             initializer=_init_worker,
             initargs=(prepared, config, logs),
         ) as pool:
-            for result in pool.map(run_task, tasks):
-                runs.append(result)
-                if on_task_done:
-                    on_task_done(config.arena.queries)
+            futures = {pool.submit(run_task, tasks[i]): i for i in todo}
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except MovingTargetError:
+                    for pending in futures:  # the pool's exit would wait for them
+                        pending.cancel()
+                    raise
+                except Exception as exc:
+                    failed.append((tasks[futures[future]], exc))
+                    continue
+                finished(futures[future], result)
+    if failed:
+        raise TaskFailed(failure_message(failed, len(tasks), records.folder))
+    # in the order of the task list, however they finished: the summary is the same
+    runs = [done[i] for i in range(len(tasks))]
     rows = aggregate(runs, r, config)
     rates = {key: float(np.mean([p.rates[key] for p in prepared.values()])) for key in base.rates}
     results = Results(config, r, rows, runs, out)
