@@ -45,3 +45,13 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Best time of each run over ``rounds`` interleaved rounds (a burst of load
+    elsewhere hits every run alike)."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            best[key] = min(best[key], best_of(fn, 1))
+    return best

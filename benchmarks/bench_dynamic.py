@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import best_of, machine
+from _common import best_of, interleaved, machine
 from movingtarget.answers import MODEL
 from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary
@@ -62,15 +62,6 @@ def real_images(split: Any, n: int, seed: int = 0) -> np.ndarray:
     send, none a repeat of another."""
     x = np.concatenate([split.x_train, split.x_test])
     return x[np.random.default_rng(seed).permutation(len(x))[:n]].astype(np.float32)
-
-
-def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Best time of each run over ``rounds`` interleaved rounds (load hits all alike)."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for key, fn in runs.items():
-            best[key] = min(best[key], best_of(fn, 1))
-    return best
 
 
 def composed_defense(pool: Any, split: Any, labeled: int) -> Any:

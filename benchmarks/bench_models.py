@@ -25,14 +25,13 @@ import pickle
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from _common import best_of, machine
+from _common import interleaved, machine
 from movingtarget._threads import limit_threads
 from movingtarget.arena import Arena, ArenaConfig
 from movingtarget.attacks import build_adversary
@@ -43,15 +42,6 @@ from movingtarget.gateway.access.keys import open_keys
 from movingtarget.gateway.process import GatewayProcess, running
 from movingtarget.models import Model, build_model, load_model_file
 from movingtarget.models.export import export_model
-
-
-def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Best time of each run over ``rounds`` interleaved rounds (load hits all alike)."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for key, fn in runs.items():
-            best[key] = min(best[key], best_of(fn, 1))
-    return best
 
 
 def models(quick: bool, root: Path) -> list[tuple[str, Split, Model, Model, Path]]:

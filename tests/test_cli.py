@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_process import run_cli
+
 SUMMARY_KEYS = {
     "attack",
     "defense",
@@ -26,15 +28,7 @@ SUMMARY_KEYS = {
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MOVINGTARGET_CACHE": str(Path(cwd or ".") / ".mt-cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "movingtarget", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 def test_small_run_writes_every_output(tmp_path: Path) -> None:

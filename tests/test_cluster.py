@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_process import run_cli
+
 distributed = pytest.importorskip("distributed", reason="the cluster extra is not installed")
 
 BIN = Path(sys.executable).parent
@@ -104,14 +106,7 @@ def env_for(home: Path) -> dict[str, str]:
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "movingtarget", *args],
-        capture_output=True,
-        text=True,
-        cwd=home,
-        env=env_for(home),
-        timeout=300,
-    )
+    return run_cli(*args, cwd=home, env=env_for(home), timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,15 @@ digits and Fashion-MNIST; bad files get one clear message; `run` takes each form
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from cli_process import run_cli
 from movingtarget.datasets import Split, load_dataset
 from movingtarget.errors import ConfigError, DataError, InputError
 from movingtarget.models import Model, build_model, check_model, load_model_file
@@ -241,15 +240,7 @@ def test_art_gets_gradients_from_torchscript_and_scores_from_onnx(
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MOVINGTARGET_CACHE": str(cwd / ".mt-cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "movingtarget", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 SMALL = [

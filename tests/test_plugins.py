@@ -4,15 +4,14 @@ names them: the example plugin package is installed in the test venv by scripts/
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from cli_process import run_cli
 from movingtarget.errors import ConfigError
 from movingtarget.registry import Registry, import_object
 
@@ -21,17 +20,10 @@ DIST = "movingtarget-example-plugin"
 
 
 def cli(*args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MOVINGTARGET_CACHE": str(cwd / ".mt-cache"), "COLUMNS": "400"}
+    env = {"COLUMNS": "400"}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run(
-        [sys.executable, "-m", "movingtarget", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+    return run_cli(*args, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -25,6 +25,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def query_progress() -> Progress:
+    """A progress bar of adversarial queries on stderr (off when it is not a terminal)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
+        transient=True,
+    )
+
+
 def _summary_table(rows: list[dict[str, object]], title: str) -> Table:
     from movingtarget.report.tables import TABLE_COLUMNS, table_rows
 
@@ -151,15 +164,7 @@ def _run_one(
     from movingtarget.report import write_report
 
     total = len(cfg.seeds) * len(cfg.attacks) * len(cfg.defenses) * cfg.arena.queries
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not err_console.is_terminal,
-        transient=True,
-    )
+    progress = query_progress()
     with progress:
         bar = progress.add_task(f"{cfg.name}: adversarial queries", total=total)
         results = run_experiment(
@@ -288,15 +293,7 @@ def fading(
     cfg = FadingConfig(dataset=dataset, member=member, **given)
     output_folder(out)
     total = len(cfg.members) * len(cfg.every) * cfg.seeds * cfg.queries
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not err_console.is_terminal,
-        transient=True,
-    )
+    progress = query_progress()
     with progress:
         bar = progress.add_task("fading: adversarial queries", total=total)
         result = run_fading(
