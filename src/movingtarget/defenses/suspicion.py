@@ -334,10 +334,14 @@ class Suspicion:
         hist = np.concatenate(kept) if kept else xs[:0]
         hend = np.cumsum(hlen)
         for k in range(1, self.history + 1):
-            if k < n:  # the same run, k rows back (float32 differences: no cancellation)
-                diff = xs[k:] - xs[:-k]
+            rows = np.flatnonzero(local >= k)  # the same run, k rows back
+            if 2 * len(rows) > n:  # most rows: contiguous slices beat a gather
+                diff = xs[k:] - xs[:-k]  # float32 differences: no cancellation
                 d2 = np.einsum("ij,ij->i", diff, diff)
                 np.minimum(best[k:], np.where(local[k:] >= k, d2, np.inf), out=best[k:])
+            elif len(rows):  # many short runs (many clients): only the rows that have one
+                diff = xs[rows] - xs[rows - k]
+                best[rows] = np.minimum(best[rows], np.einsum("ij,ij->i", diff, diff))
             back = np.flatnonzero((local < k) & (hlen[seg] >= k - local))
             if len(back):  # the client's history, k - local rows from its end
                 diff = xs[back] - hist[hend[seg[back]] - (k - local[back])]
