@@ -31,12 +31,10 @@ back end               layout
 from __future__ import annotations
 
 import os
-import sqlite3
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -45,12 +43,7 @@ from numpy.typing import NDArray
 
 from movingtarget.errors import ConfigError
 from movingtarget.memory.stores._policy import ClosedOnExit
-from movingtarget.memory.stores.sqlite_store import (
-    check_namespace,
-    connect_wal,
-    sqlite_failure,
-    transaction,
-)
+from movingtarget.memory.stores.sqlite_store import SQLiteFile, check_namespace
 
 __all__ = [
     "AskedQueue",
@@ -191,7 +184,7 @@ class InProcessQueue:
         return len(self._entries)
 
 
-class SQLiteQueue(ClosedOnExit):
+class SQLiteQueue(SQLiteFile):
     """The labeling queue in a SQLite file: survives restarts, shared by processes on one
     machine. Each offer and removal is one ``BEGIN IMMEDIATE`` transaction, so the bounds
     hold across processes. Errors are one :class:`~movingtarget.errors.DataError` naming
@@ -221,12 +214,8 @@ class SQLiteQueue(ClosedOnExit):
     ) -> None:
         check_queue_bounds(capacity, per_client)
         self.capacity, self.per_client = capacity, per_client
-        self.path = os.fspath(path)
-        self.namespace = check_namespace(namespace, f"SQLite labeling queue {self.path}")
-        self.timeout = float(timeout)
+        super().__init__(path, namespace, "SQLite labeling queue", timeout)
         self._table = f"lq_{self.namespace}"
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
         with self._transaction("open it", write=True) as conn:
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._table} (query_id TEXT PRIMARY KEY,"
@@ -239,17 +228,6 @@ class SQLiteQueue(ClosedOnExit):
             conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {self._table}_client ON {self._table}(client)"
             )
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = connect_wal(self.path, self.timeout)
-        return self._conn
-
-    @contextmanager
-    def _transaction(self, doing: str, *, write: bool) -> Iterator[sqlite3.Connection]:
-        fail = lambda err: sqlite_failure(self.path, err, doing, self.timeout)  # noqa: E731
-        with self._lock, transaction(self._connection, write=write, fail=fail) as conn:
-            yield conn
 
     @staticmethod
     def _signed(fp: int) -> int:
@@ -330,13 +308,6 @@ class SQLiteQueue(ClosedOnExit):
     def __len__(self) -> int:
         with self._transaction("count the labeling queue", write=False) as conn:
             return int(conn.execute(f"SELECT count(*) FROM {self._table}").fetchone()[0])
-
-    def close(self) -> None:
-        """Close the connection (every change is already committed)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 # KEYS: entries, fps, order, clients. ARGV: capacity, per_client, then for each entry:

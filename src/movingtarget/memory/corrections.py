@@ -24,22 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from movingtarget.memory.stores._policy import ClosedOnExit
-from movingtarget.memory.stores.sqlite_store import (
-    check_namespace,
-    connect_wal,
-    sqlite_failure,
-    transaction,
-)
+from movingtarget.memory.stores.sqlite_store import SQLiteFile, check_namespace
 
 if TYPE_CHECKING:
     import redis
@@ -124,7 +115,7 @@ class LabelTable:
         """Nothing to reach: in this process."""
 
 
-class SQLiteLabels(ClosedOnExit):
+class SQLiteLabels(SQLiteFile):
     """Labels in a SQLite file (WAL mode), safe for several processes on one machine:
     every :meth:`add` is one committed transaction, so a label acknowledged to a labeler
     survives a restart (and ``kill -9``).
@@ -147,12 +138,8 @@ class SQLiteLabels(ClosedOnExit):
     def __init__(
         self, path: str | os.PathLike[str], *, namespace: str = "mt", timeout: float = 30.0
     ):
-        self.path = os.fspath(path)
-        self.namespace = check_namespace(namespace, f"SQLite labels {self.path}")
-        self.timeout = float(timeout)
+        super().__init__(path, namespace, "SQLite labels", timeout)
         self._table = f"lb_{self.namespace}"
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
         with self._transaction("open it", write=True) as conn:
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._table} (key INTEGER PRIMARY KEY,"
@@ -168,17 +155,6 @@ class SQLiteLabels(ClosedOnExit):
                 f"INSERT OR IGNORE INTO lb_meta SELECT ?, count(*) FROM {self._table}",
                 (self.namespace,),
             )
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = connect_wal(self.path, self.timeout)
-        return self._conn
-
-    @contextmanager
-    def _transaction(self, doing: str, *, write: bool) -> Iterator[sqlite3.Connection]:
-        fail = lambda err: sqlite_failure(self.path, err, doing, self.timeout)  # noqa: E731
-        with self._lock, transaction(self._connection, write=write, fail=fail) as conn:
-            yield conn
 
     def add(self, keys: NDArray[np.uint64], labels: NDArray[np.int64]) -> None:
         """Remember ``labels`` for ``keys`` in one committed transaction."""
@@ -237,13 +213,6 @@ class SQLiteLabels(ClosedOnExit):
         """A read that changes nothing (readiness)."""
         with self._transaction("read labels", write=False) as conn:
             conn.execute(f"SELECT 1 FROM {self._table} LIMIT 1").fetchall()
-
-    def close(self) -> None:
-        """Close the connection (every label is already committed)."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 class RedisLabels(ClosedOnExit):

@@ -119,6 +119,37 @@ def transaction(
         raise fail(err) from None
 
 
+class SQLiteFile(ClosedOnExit):
+    """One SQLite file holding a table of the gateway's state beside the memory (the
+    correction labels, the labeling queue): its path, checked namespace, lock, a
+    connection opened at first use and :func:`transaction` under the lock."""
+
+    def __init__(self, path: str | os.PathLike[str], namespace: str, what: str, timeout: float):
+        self.path = os.fspath(path)
+        self.namespace = check_namespace(namespace, f"{what} {self.path}")
+        self.timeout = float(timeout)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect_wal(self.path, self.timeout)
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, doing: str, *, write: bool) -> Iterator[sqlite3.Connection]:
+        fail = lambda err: sqlite_failure(self.path, err, doing, self.timeout)  # noqa: E731
+        with self._lock, transaction(self._connection, write=write, fail=fail) as conn:
+            yield conn
+
+    def close(self) -> None:
+        """Close the connection (every change is already committed)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
 def enter_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Switch ``conn``'s database to WAL mode, retrying for up to ``timeout`` seconds.
 
