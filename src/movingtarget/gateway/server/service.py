@@ -51,6 +51,7 @@ from movingtarget.memory.asked import AskedQueue, QueueEntry, open_queue
 from movingtarget.memory.fingerprints.exact import ExactFingerprint, secret_from_env
 from movingtarget.memory.stores import InProcessStore, Store
 from movingtarget.memory.tenancy import TenantMemory, TenantPolicy
+from movingtarget.models.base import is_online
 
 log = logging.getLogger("movingtarget.gateway")
 
@@ -189,18 +190,16 @@ def _build(config: GatewayConfig, served: ServedModel) -> Defense:
         canary = (test.x_test[pick], test.y_test[pick])
     update = None
     if config.update_tolerance is not None and canary is not None:
+        if not is_online(served.model):
+            raise ConfigError(
+                f"--update-tolerance: --model {served.source} cannot learn (no partial_fit; "
+                "serve an online model: mlp, cnn, or a pool of them, e.g. "
+                "digits:pool(member=mlp))"
+            )
         update = GatedUpdate(
             *canary, tolerance=float(config.update_tolerance), steps=config.update_steps
         )
-    try:
-        defense = Defense(served.model, mechanisms, name=name, seed=config.seed, update=update)
-    except ConfigError as exc:
-        if update is None or "partial_fit" not in str(exc):
-            raise
-        why = str(exc).removeprefix("update: ")
-        raise ConfigError(
-            f"--update-tolerance: --model {served.source} cannot learn ({why})"
-        ) from None
+    defense = Defense(served.model, mechanisms, name=name, seed=config.seed, update=update)
     if refreshes and served.split is not None and canary is not None:
         # a refresh trains new members on the training split, gated on the canary
         supply_defense(defense, served.split, *canary)
